@@ -1,0 +1,105 @@
+"""Reading the ledger: balances, accounts and the audit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Annotated
+
+import asyncpg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ledger_db.audit import CheckResult, run_audit
+from ledger_db.queries import AccountView, get_account, list_accounts
+from workers.settings import Settings
+
+console = Console()
+accounts_app = typer.Typer(no_args_is_help=True, help="Ledger accounts.")
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+async def _connect() -> asyncpg.Connection:
+    return await asyncpg.connect(Settings().database_url.get_secret_value())
+
+
+def _accounts_table(views: list[AccountView]) -> Table:
+    table = Table("account", "kind", "currency", "status", "tier", "balance")
+    for v in views:
+        table.add_row(str(v.id), v.kind, v.currency, v.status, v.tier or "", f"{v.balance:,}")
+    return table
+
+
+def balance(account_id: uuid.UUID, as_json: JsonFlag = False) -> None:
+    """Show one account's balance in minor units."""
+
+    async def run() -> AccountView | None:
+        conn = await _connect()
+        try:
+            return await get_account(conn, account_id)
+        finally:
+            await conn.close()
+
+    view = asyncio.run(run())
+    if view is None:
+        console.print(f"[red]no account {account_id}[/red]")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(view.as_json()))
+    else:
+        console.print(_accounts_table([view]))
+
+
+@accounts_app.command("list")
+def accounts_list(as_json: JsonFlag = False) -> None:
+    """List accounts, wallets first, with balances."""
+
+    async def run() -> list[AccountView]:
+        conn = await _connect()
+        try:
+            return await list_accounts(conn)
+        finally:
+            await conn.close()
+
+    views = asyncio.run(run())
+    if as_json:
+        print(json.dumps([v.as_json() for v in views]))
+    else:
+        console.print(_accounts_table(views))
+
+
+def audit_report(results: list[CheckResult]) -> Table:
+    table = Table("check", "holds", "violations", "what it means")
+    for r in results:
+        table.add_row(r.name, "[green]yes[/green]" if r.ok else "[red]NO[/red]",
+                      str(r.violations), r.description)
+    return table
+
+
+def audit(as_json: JsonFlag = False) -> None:
+    """Check every ledger invariant over the whole database; exit 1 on any violation."""
+
+    async def run() -> list[CheckResult]:
+        conn = await _connect()
+        try:
+            return await run_audit(conn)
+        finally:
+            await conn.close()
+
+    results = asyncio.run(run())
+    ok = all(r.ok for r in results)
+    if as_json:
+        print(json.dumps({
+            "ok": ok,
+            "checks": [
+                {"name": r.name, "ok": r.ok, "violations": r.violations, "examples": r.examples}
+                for r in results
+            ],
+        }))
+    else:
+        console.print(audit_report(results))
+        console.print("[green]audit passed[/green]" if ok else "[red]audit FAILED[/red]")
+    if not ok:
+        raise typer.Exit(1)

@@ -1,0 +1,88 @@
+"""`ledgerflow stack up|down|status|env`: the local PostgreSQL and Apache Kafka, without Docker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import stack
+from stack import ServiceChange, StackError, StackSettings
+
+stack_app = typer.Typer(
+    no_args_is_help=True,
+    help="The embedded local stack: PostgreSQL and Apache Kafka as plain processes.",
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+def _report_start(change: ServiceChange) -> None:
+    if change.changed:
+        console.print(f"[green]started[/green] {change.name} (pid {change.pid})")
+    else:
+        console.print(f"{change.name} already running (pid {change.pid})")
+
+
+@stack_app.command()
+def up() -> None:
+    """Start PostgreSQL and Kafka unless they run; wait until both accept connections."""
+    settings = StackSettings()
+    try:
+        endpoints = asyncio.run(stack.up_async(settings, on_progress=_report_start))
+    except StackError as exc:
+        errors.print(f"[red]stack up failed:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from exc
+    console.print(
+        f"PostgreSQL {settings.host}:{settings.postgres_port} (database ledgerflow), "
+        f"Kafka {endpoints.kafka_bootstrap_servers}. "
+        "`ledgerflow stack env --show-secrets` prints the connection variables."
+    )
+
+
+@stack_app.command()
+def down() -> None:
+    """Stop both services (bounded: SIGKILL after LEDGERFLOW_STACK_STOP_TIMEOUT_S)."""
+    try:
+        changes = stack.down(StackSettings())
+    except StackError as exc:
+        errors.print(f"[red]stack down failed:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    for change in changes.values():
+        if change.changed:
+            console.print(f"stopped {change.name} (pid {change.pid})")
+        else:
+            console.print(f"{change.name} was not running")
+
+
+@stack_app.command()
+def status() -> None:
+    """Pid, port and health of each service; exits 1 unless both are healthy."""
+    rows = stack.status(StackSettings())
+    table = Table(title="ledgerflow stack")
+    for column in ("service", "pid", "address", "health", "log"):
+        table.add_column(column)
+    for row in rows:
+        if row.healthy:
+            health = "[green]healthy[/green]"
+        elif row.running:
+            health = "[yellow]not answering[/yellow]"
+        else:
+            health = "[red]stopped[/red]"
+        table.add_row(row.name, str(row.pid or "-"), f"{row.host}:{row.port}", health, str(row.log))
+    console.print(table)
+    if not all(row.healthy for row in rows):
+        raise typer.Exit(1)
+
+
+@stack_app.command()
+def env(
+    show_secrets: bool = typer.Option(
+        False, "--show-secrets", help="Print real passwords (for `eval`); masked otherwise."
+    ),
+) -> None:
+    """Print `export LEDGERFLOW_...` lines; use: eval "$(ledgerflow stack env --show-secrets)"."""
+    for line in stack.env_lines(StackSettings(), show_secrets=show_secrets):
+        print(line)

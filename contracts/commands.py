@@ -1,0 +1,107 @@
+"""Commands: what the API layer asks the ledger to do (imperative names), the `data` of a message.
+
+Every command is frozen and ignores unknown fields, so a producer may add fields before the
+consumers know them. The first field of each command is its idempotency key.
+"""
+
+from typing import Annotated, Final
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from contracts.fields import PhoneNumber, Uuid
+from contracts.money import Amount, Currency, Fee
+
+FULL_NAME_MAX_CHARS: Final = 200
+NOTE_MAX_CHARS: Final = 140
+BANK_REFERENCE_MAX_CHARS: Final = 128
+# RFC 5321 caps a forward path at 256 octets including the angle brackets: 254 for the address.
+EMAIL_MAX_CHARS: Final = 254
+NATIONAL_ID_MAX_CHARS: Final = 64
+# A BIC is 8 or 11 characters, a US routing number 9, a UK sort code 6 (8 with hyphens);
+# 32 leaves room for any national scheme.
+BANK_CODE_MAX_CHARS: Final = 32
+# An IBAN is at most 34 characters, the longest account number format in use.
+ACCOUNT_NUMBER_MAX_CHARS: Final = 34
+
+_CONFIG = ConfigDict(extra="ignore", frozen=True)
+
+
+class BankAccount(BaseModel):
+    """A basic bank account, for cash-in and cash-out."""
+
+    model_config = _CONFIG
+
+    bank_code: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=BANK_CODE_MAX_CHARS, pattern=r"^[A-Za-z0-9-]+$"),
+    ] = Field(description="BIC, routing number, sort code or national bank code.")
+    account_number: Annotated[
+        str,
+        StringConstraints(
+            min_length=1, max_length=ACCOUNT_NUMBER_MAX_CHARS, pattern=r"^[A-Za-z0-9-]+$"
+        ),
+    ] = Field(description="IBAN or national account number, without spaces.")
+
+
+class RequestOnboarding(BaseModel):
+    """`onboarding.requested`: open a customer and the customer's wallet."""
+
+    model_config = _CONFIG
+
+    customer_id: Uuid = Field(description="Idempotency key; also the message key.")
+    full_name: Annotated[str, StringConstraints(min_length=1, max_length=FULL_NAME_MAX_CHARS)]
+    phone_number: PhoneNumber = Field(description="E.164, e.g. +447700900123.")
+    currency: Currency = Field(description="Currency of the new wallet.")
+    email: (
+        Annotated[
+            str,
+            StringConstraints(min_length=3, max_length=EMAIL_MAX_CHARS, pattern=r"^[^@\s]+@[^@\s]+$"),
+        ]
+        | None
+    ) = None
+    national_id: (
+        Annotated[str, StringConstraints(min_length=1, max_length=NATIONAL_ID_MAX_CHARS)] | None
+    ) = None
+    bank_account: BankAccount | None = Field(
+        default=None, description="The basic bank account used for cash-in and cash-out."
+    )
+
+
+class ConfirmCashIn(BaseModel):
+    """`cashin.confirmed`: the bank confirmed money arrived for a wallet; credit it."""
+
+    model_config = _CONFIG
+
+    cashin_id: Uuid = Field(description="Idempotency key.")
+    wallet_account_id: Uuid = Field(description="The wallet credited; the message key.")
+    amount: Amount
+    currency: Currency
+    bank_reference: Annotated[
+        str, StringConstraints(min_length=1, max_length=BANK_REFERENCE_MAX_CHARS)
+    ] = Field(description="The bank's reference of the incoming payment.")
+
+
+class InitiateTransfer(BaseModel):
+    """`transfer.initiated`: move money from one wallet to another."""
+
+    model_config = _CONFIG
+
+    transfer_id: Uuid = Field(description="Idempotency key.")
+    from_account_id: Uuid = Field(description="The sender's wallet; the message key.")
+    to_account_id: Uuid = Field(description="The receiver's wallet.")
+    amount: Amount
+    currency: Currency
+    note: Annotated[str, StringConstraints(max_length=NOTE_MAX_CHARS)] | None = None
+
+
+class ApproveCashOut(BaseModel):
+    """`cashout.approved`: pay money out of a wallet to a bank account."""
+
+    model_config = _CONFIG
+
+    cashout_id: Uuid = Field(description="Idempotency key.")
+    wallet_account_id: Uuid = Field(description="The wallet debited; the message key.")
+    amount: Amount = Field(description="Paid out to the bank account, in minor units.")
+    currency: Currency
+    fee: Fee = Field(default=0, description="Debited on top of the amount, in minor units.")
+    destination: BankAccount

@@ -1,0 +1,147 @@
+"""Results: what the ledger did (past tense), the `data` of a result event.
+
+`*.completed` repeats the command's id field, accounts, amount and currency; `*.rejected` repeats
+the id field and says why with a stable code. Consumers ignore fields they do not know.
+"""
+
+from enum import StrEnum
+from typing import Annotated, Final
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from contracts.fields import Uuid
+from contracts.money import Amount, Balance, Currency, Fee
+
+# A rejection's detail is read by people and stored in every consumer: long enough for a list of
+# field errors, short enough that a hostile command cannot inflate its rejection.
+DETAIL_MAX_CHARS: Final = 1000
+
+
+class RejectReason(StrEnum):
+    """Why a command was rejected: stable snake_case codes, part of the contract."""
+
+    INVALID_COMMAND = "invalid_command"
+    ACCOUNT_NOT_FOUND = "account_not_found"
+    ACCOUNT_CLOSED = "account_closed"
+    SAME_ACCOUNT = "same_account"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    PHONE_NUMBER_TAKEN = "phone_number_taken"
+    ID_CONFLICT = "id_conflict"
+    UNAUTHORIZED = "unauthorized"
+
+
+class Tier(StrEnum):
+    """Know-your-customer tier of a wallet; a new customer starts at `basic`."""
+
+    BASIC = "basic"
+    STANDARD = "standard"
+    FULL = "full"
+
+
+_CONFIG = ConfigDict(extra="ignore", frozen=True)
+
+Detail = Annotated[str, StringConstraints(max_length=DETAIL_MAX_CHARS)]
+
+_JOURNAL_ENTRY = "The ledger's journal entry that recorded it."
+_BALANCE_AFTER = "Balance of the wallet the command names first, after it, in minor units."
+
+
+class OnboardingCompleted(BaseModel):
+    """`onboarding.completed`: the customer and the wallet exist."""
+
+    model_config = _CONFIG
+
+    customer_id: Uuid
+    wallet_account_id: Uuid = Field(description="The new wallet.")
+    currency: Currency
+    tier: Tier
+
+
+class CashInCompleted(BaseModel):
+    """`cashin.completed`: the wallet was credited."""
+
+    model_config = _CONFIG
+
+    cashin_id: Uuid
+    wallet_account_id: Uuid
+    amount: Amount
+    currency: Currency
+    journal_entry_id: Uuid = Field(description=_JOURNAL_ENTRY)
+    balance_after: Balance = Field(description=_BALANCE_AFTER)
+
+
+class TransferCompleted(BaseModel):
+    """`transfer.completed`: the money moved; `balance_after` is the sender's."""
+
+    model_config = _CONFIG
+
+    transfer_id: Uuid
+    from_account_id: Uuid
+    to_account_id: Uuid
+    amount: Amount
+    currency: Currency
+    journal_entry_id: Uuid = Field(description=_JOURNAL_ENTRY)
+    balance_after: Balance = Field(description=_BALANCE_AFTER)
+
+
+class CashOutCompleted(BaseModel):
+    """`cashout.completed`: amount and fee were debited from the wallet."""
+
+    model_config = _CONFIG
+
+    cashout_id: Uuid
+    wallet_account_id: Uuid
+    amount: Amount
+    currency: Currency
+    fee: Fee
+    journal_entry_id: Uuid = Field(description=_JOURNAL_ENTRY)
+    balance_after: Balance = Field(description=_BALANCE_AFTER)
+
+
+class OnboardingRejected(BaseModel):
+    """`onboarding.rejected`: nothing was created."""
+
+    model_config = _CONFIG
+
+    customer_id: Uuid
+    reason: RejectReason
+    detail: Detail
+
+
+class CashInRejected(BaseModel):
+    """`cashin.rejected`: the wallet was not credited."""
+
+    model_config = _CONFIG
+
+    cashin_id: Uuid
+    reason: RejectReason
+    detail: Detail
+
+
+class TransferRejected(BaseModel):
+    """`transfer.rejected`: no money moved."""
+
+    model_config = _CONFIG
+
+    transfer_id: Uuid
+    reason: RejectReason
+    detail: Detail
+
+
+class CashOutRejected(BaseModel):
+    """`cashout.rejected`: no money left the wallet."""
+
+    model_config = _CONFIG
+
+    cashout_id: Uuid
+    reason: RejectReason
+    detail: Detail
+
+
+def bound_detail(detail: str) -> str:
+    """`detail` cut to DETAIL_MAX_CHARS, marked with an ellipsis when cut."""
+    if len(detail) <= DETAIL_MAX_CHARS:
+        return detail
+    return detail[: DETAIL_MAX_CHARS - 1] + "…"

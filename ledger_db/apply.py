@@ -1,0 +1,410 @@
+"""The batched apply path: a batch of parsed commands in, one outcome per command out.
+
+One transaction per batch (see `unit_of_work`), a constant number of round trips per batch:
+read the idempotency records and lock the wallets (ascending id), decide every command in order
+with the pure rules, then write customers, journal, postings, balances, idempotency records and
+outbox rows set-based with `unnest`. Business rejections are outcomes, not errors.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, cast
+
+from contracts.codec import encode_event
+from contracts.commands import ApproveCashOut, ConfirmCashIn, InitiateTransfer, RequestOnboarding
+from contracts.events import (
+    CashInCompleted,
+    CashOutCompleted,
+    OnboardingCompleted,
+    RejectReason,
+    Tier,
+    TransferCompleted,
+)
+from contracts.parsing import InvalidCommand, ValidCommand
+from ledger_db import sql
+from ledger_db.rules import (
+    HOUSE_KINDS,
+    Book,
+    CustomerOpened,
+    Decision,
+    LedgerCommand,
+    MoneyMoved,
+    Rejected,
+    TierLimits,
+    Wallet,
+    house_account_id,
+)
+from ledger_db.unit_of_work import RetryStats, run_in_transaction
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    import asyncpg
+    from pydantic import BaseModel
+
+    from contracts.topics import Flow
+
+# House balances are split over this many rows; each connection writes the shard of its backend
+# pid, so concurrent batches rarely queue on one row (docs/decisions/hot-house-accounts.md).
+HOUSE_SHARDS = 16
+BATCH_COMMANDS_MAX = 5_000
+RESULT_SOURCE = "/ledgerflow"
+OUTBOX_CHANNEL = "ledgerflow_outbox"
+
+
+class OutcomeKind(StrEnum):
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+    REPLAYED = "replayed"  # same key, same content: the stored result published again
+    CONFLICT = "conflict"  # same key, other content: id_conflict, the first outcome stands
+    INVALID = "invalid"  # attributable but invalid: invalid_command, not recorded
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A parsed command and the transport context its result event continues."""
+
+    command: ValidCommand | InvalidCommand
+    traceparent: str | None = None
+    # The command's Kafka key: its result event is keyed the same, to stay in its partition.
+    key: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    flow: str
+    key: str
+    kind: OutcomeKind
+    reason: str | None
+    event_id: str
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    content_hash: bytes
+    topic: str
+    event_id: str
+    payload: bytes
+
+
+@dataclass(slots=True)
+class _Writes:
+    """Column arrays of every row the batch inserts, in the order they were decided."""
+
+    customers: list[tuple[Any, ...]] = field(default_factory=list)
+    pii: list[tuple[Any, ...]] = field(default_factory=list)
+    wallets: list[tuple[Any, ...]] = field(default_factory=list)
+    entries: list[tuple[Any, ...]] = field(default_factory=list)
+    postings: list[tuple[Any, ...]] = field(default_factory=list)
+    deltas: dict[uuid.UUID, int] = field(default_factory=dict)
+    records: list[tuple[Any, ...]] = field(default_factory=list)
+    outbox: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to column arrays for `unnest`."""
+    return [[row[i] for row in rows] for i in range(width)] if rows else [[] for _ in range(width)]
+
+
+@dataclass(slots=True)
+class LedgerWriter:
+    """Applies batches to one database. Holds only configuration and a cache of house accounts."""
+
+    pool: asyncpg.Pool
+    limits: Mapping[str, TierLimits]
+    topic_prefix: str = ""
+    retries_max: int = 8
+    retry_stats: RetryStats = field(default_factory=RetryStats)
+    _house_currencies: set[str] = field(default_factory=set)
+
+    async def apply(self, batch: Sequence[Incoming]) -> list[Outcome]:
+        assert len(batch) <= BATCH_COMMANDS_MAX, "batches are bounded"
+        if not batch:
+            return []
+        await self._ensure_house_accounts(_currencies(batch))
+
+        async def work(conn: asyncpg.Connection) -> list[Outcome]:
+            return await _apply_in_transaction(conn, batch, self.limits, self.topic_prefix)
+
+        return await run_in_transaction(
+            self.pool, work, retries_max=self.retries_max, stats=self.retry_stats
+        )
+
+    async def _ensure_house_accounts(self, currencies: set[str]) -> None:
+        missing = currencies - self._house_currencies
+        if not missing:
+            return
+        ids, kinds, curs = [], [], []
+        for currency in sorted(missing):
+            for kind in HOUSE_KINDS:
+                ids.append(house_account_id(kind, currency))
+                kinds.append(kind.value)
+                curs.append(currency)
+        shard_ids = [i for i in ids for _ in range(HOUSE_SHARDS)]
+        shard_kinds = [k for k in kinds for _ in range(HOUSE_SHARDS)]
+        shards = list(range(HOUSE_SHARDS)) * len(ids)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(sql.ENSURE_HOUSE_ACCOUNTS, ids, kinds, curs)
+            await conn.execute(sql.ENSURE_HOUSE_SHARDS, shard_ids, shard_kinds, shards)
+        self._house_currencies |= missing
+
+
+def _currencies(batch: Iterable[Incoming]) -> set[str]:
+    found: set[str] = set()
+    for item in batch:
+        cmd = item.command
+        if isinstance(cmd, ValidCommand) and not isinstance(cmd.data, RequestOnboarding):
+            found.add(cast("LedgerCommand", cmd.data).currency)
+    return found
+
+
+def _touched_wallets(commands: Iterable[LedgerCommand]) -> list[uuid.UUID]:
+    ids: set[uuid.UUID] = set()
+    for cmd in commands:
+        match cmd:
+            case ConfirmCashIn() | ApproveCashOut():
+                ids.add(cmd.wallet_account_id)
+            case InitiateTransfer():
+                ids.update((cmd.from_account_id, cmd.to_account_id))
+            case RequestOnboarding():
+                pass
+    return sorted(ids)
+
+
+async def _apply_in_transaction(
+    conn: asyncpg.Connection,
+    batch: Sequence[Incoming],
+    limits: Mapping[str, TierLimits],
+    topic_prefix: str,
+) -> list[Outcome]:
+    valid = [item.command for item in batch if isinstance(item.command, ValidCommand)]
+    commands = [cast("LedgerCommand", cmd.data) for cmd in valid]
+
+    # 1. What was decided before, by key.
+    stored: dict[tuple[str, str], _Stored] = {}
+    if valid:
+        rows = await conn.fetch(
+            sql.SELECT_IDEMPOTENCY_RECORDS,
+            [cmd.flow.name for cmd in valid],
+            [cmd.idempotency_key for cmd in valid],
+        )
+        for row in rows:
+            stored[(row["flow"], str(row["key"]))] = _Stored(
+                bytes(row["content_hash"]),
+                row["result_topic"],
+                str(row["result_event_id"]),
+                bytes(row["result_payload"]),
+            )
+
+    # 2. Lock the wallets the batch touches, in ascending id order (no deadlock cycles).
+    wallets: dict[uuid.UUID, Wallet] = {}
+    wallet_ids = _touched_wallets(commands)
+    if wallet_ids:
+        for row in await conn.fetch(sql.LOCK_WALLETS, wallet_ids):
+            wallets[row["id"]] = Wallet(
+                row["id"], row["currency"], row["status"], row["tier"], row["balance"]
+            )
+    phones = [cmd.phone_number for cmd in commands if isinstance(cmd, RequestOnboarding)]
+    taken: set[str] = set()
+    if phones:
+        taken = {row["phone_number"] for row in await conn.fetch(sql.SELECT_TAKEN_PHONES, phones)}
+    book = Book(wallets=wallets, taken_phone_numbers=taken, limits=limits)
+
+    # 3. Decide every command in consumption order.
+    now = datetime.now(UTC)
+    writes = _Writes()
+    outcomes: list[Outcome] = []
+    for item in batch:
+        outcomes.append(_decide(item, book, stored, writes, now, topic_prefix))
+
+    # 4. Write set-based, parents before children.
+    await _write(conn, writes, book)
+    return outcomes
+
+
+def _decide(
+    item: Incoming,
+    book: Book,
+    stored: dict[tuple[str, str], _Stored],
+    writes: _Writes,
+    now: datetime,
+    topic_prefix: str,
+) -> Outcome:
+    cmd = item.command
+    flow = cmd.flow
+    if isinstance(cmd, InvalidCommand):
+        event_id = str(uuid.uuid4())
+        topic = topic_prefix + flow.rejected_topic
+        payload = _encode(flow.rejected_topic, cmd.rejection(), event_id, cmd, now)
+        writes.outbox.append(
+            (event_id, topic, item.key or cmd.idempotency_key.encode(), payload, item.traceparent)
+        )
+        return Outcome(
+            flow.name,
+            cmd.idempotency_key,
+            OutcomeKind.INVALID,
+            RejectReason.INVALID_COMMAND.value,
+            event_id,
+            topic,
+        )
+
+    key = (flow.name, cmd.idempotency_key)
+    message_key = item.key or cmd.message_key.encode()
+    previous = stored.get(key)
+    if previous is not None:
+        if previous.content_hash == cmd.content_hash:
+            writes.outbox.append(
+                (previous.event_id, previous.topic, message_key, previous.payload, item.traceparent)
+            )
+            return Outcome(
+                flow.name, cmd.idempotency_key, OutcomeKind.REPLAYED, None,
+                previous.event_id, previous.topic,
+            )
+        event_id = str(uuid.uuid4())
+        topic = topic_prefix + flow.rejected_topic
+        rejection = flow.rejected(
+            cmd.idempotency_key,
+            RejectReason.ID_CONFLICT,
+            "this id was used before for a command with other content; the first outcome stands",
+        )
+        payload = _encode(flow.rejected_topic, rejection, event_id, cmd, now)
+        writes.outbox.append((event_id, topic, message_key, payload, item.traceparent))
+        return Outcome(
+            flow.name, cmd.idempotency_key, OutcomeKind.CONFLICT,
+            RejectReason.ID_CONFLICT.value, event_id, topic,
+        )
+
+    command = cast("LedgerCommand", cmd.data)
+    decision = book.decide(command)
+    event_id = str(uuid.uuid4())
+    event_type, data = _result(flow, command, decision)
+    topic = topic_prefix + event_type
+    payload = _encode(event_type, data, event_id, cmd, now)
+    entry_id: uuid.UUID | None = None
+    match decision:
+        case MoneyMoved():
+            entry_id = decision.entry_id
+            writes.entries.append((entry_id, flow.name, cmd.idempotency_key))
+            for seq, posting in enumerate(decision.postings):
+                writes.postings.append(
+                    (entry_id, seq, posting.account_id, posting.currency, posting.amount)
+                )
+                writes.deltas[posting.account_id] = (
+                    writes.deltas.get(posting.account_id, 0) + posting.amount
+                )
+        case CustomerOpened():
+            _add_customer(writes, cast("RequestOnboarding", command), decision)
+        case Rejected():
+            pass
+    reason = decision.reason.value if isinstance(decision, Rejected) else None
+    outcome_kind = OutcomeKind.REJECTED if reason else OutcomeKind.COMPLETED
+    writes.records.append(
+        (
+            flow.name, cmd.idempotency_key, cmd.content_hash, outcome_kind.value, reason, entry_id,
+            topic, uuid.UUID(event_id), payload,
+        )
+    )
+    writes.outbox.append((event_id, topic, message_key, payload, item.traceparent))
+    stored[key] = _Stored(cmd.content_hash, topic, event_id, payload)
+    return Outcome(flow.name, cmd.idempotency_key, outcome_kind, reason, event_id, topic)
+
+
+def _add_customer(writes: _Writes, cmd: RequestOnboarding, opened: CustomerOpened) -> None:
+    bank = cmd.bank_account
+    writes.customers.append((cmd.customer_id, opened.wallet.tier))
+    writes.pii.append(
+        (
+            cmd.customer_id, cmd.full_name, cmd.phone_number, cmd.email, cmd.national_id,
+            bank.bank_code if bank else None, bank.account_number if bank else None,
+        )
+    )
+    writes.wallets.append((opened.wallet.id, opened.wallet.currency, cmd.customer_id))
+
+
+def _result(flow: Flow, cmd: LedgerCommand, decision: Decision) -> tuple[str, BaseModel]:
+    """The result event's type and data for a decided command."""
+    if isinstance(decision, Rejected):
+        key = getattr(cmd, flow.id_field)
+        return flow.rejected_topic, flow.rejected(key, decision.reason, decision.detail)
+    data: BaseModel
+    match cmd, decision:
+        case RequestOnboarding(), CustomerOpened():
+            data = OnboardingCompleted(
+                customer_id=cmd.customer_id,
+                wallet_account_id=decision.wallet.id,
+                currency=cmd.currency,
+                tier=Tier(decision.wallet.tier),
+            )
+        case ConfirmCashIn(), MoneyMoved():
+            data = CashInCompleted(
+                cashin_id=cmd.cashin_id, wallet_account_id=cmd.wallet_account_id,
+                amount=cmd.amount, currency=cmd.currency,
+                journal_entry_id=decision.entry_id, balance_after=decision.balance_after,
+            )
+        case InitiateTransfer(), MoneyMoved():
+            data = TransferCompleted(
+                transfer_id=cmd.transfer_id, from_account_id=cmd.from_account_id,
+                to_account_id=cmd.to_account_id, amount=cmd.amount, currency=cmd.currency,
+                journal_entry_id=decision.entry_id, balance_after=decision.balance_after,
+            )
+        case ApproveCashOut(), MoneyMoved():
+            data = CashOutCompleted(
+                cashout_id=cmd.cashout_id, wallet_account_id=cmd.wallet_account_id,
+                amount=cmd.amount, currency=cmd.currency, fee=cmd.fee,
+                journal_entry_id=decision.entry_id, balance_after=decision.balance_after,
+            )
+        case _:
+            raise AssertionError(f"no result for {type(cmd).__name__} with {decision!r}")
+    return flow.completed_topic, data
+
+
+def _encode(
+    event_type: str,
+    data: BaseModel,
+    event_id: str,
+    cmd: ValidCommand | InvalidCommand,
+    now: datetime,
+) -> bytes:
+    return encode_event(
+        event_type,
+        data,
+        event_id=event_id,
+        source=RESULT_SOURCE,
+        causation_id=cmd.meta.event_id,
+        correlation_id=cmd.meta.correlation_id,
+        time=now,
+    )
+
+
+async def _write(conn: asyncpg.Connection, w: _Writes, book: Book) -> None:
+    if w.customers:
+        await conn.execute(sql.INSERT_CUSTOMERS, *columns(w.customers, 2))
+        await conn.execute(sql.INSERT_CUSTOMER_PII, *columns(w.pii, 7))
+        await conn.execute(sql.INSERT_WALLETS, *columns(w.wallets, 3))
+    if w.entries:
+        await conn.execute(sql.INSERT_ENTRIES, *columns(w.entries, 3))
+        await conn.execute(sql.INSERT_POSTINGS, *columns(w.postings, 5))
+        wallet_ids = sorted(a for a in w.deltas if a in book.wallets)
+        house_ids = sorted(a for a in w.deltas if a not in book.wallets)
+        shard = conn.get_server_pid() % HOUSE_SHARDS
+        # Wallet rows are locked already; house shard rows are locked here, last and in order.
+        if house_ids:
+            await conn.execute(sql.LOCK_HOUSE_SHARDS, house_ids, shard)
+        ids = wallet_ids + house_ids
+        await conn.execute(
+            sql.APPLY_BALANCE_DELTAS,
+            ids,
+            [0] * len(wallet_ids) + [shard] * len(house_ids),
+            [w.deltas[a] for a in ids],
+        )
+    if w.records:
+        await conn.execute(sql.INSERT_IDEMPOTENCY_RECORDS, *columns(w.records, 9))
+    if w.outbox:
+        await conn.execute(sql.INSERT_OUTBOX, *columns(w.outbox, 5))
+        # One wake-up per transaction: NOTIFY takes a global lock at commit.
+        await conn.execute(sql.NOTIFY_OUTBOX)

@@ -1,0 +1,263 @@
+"""The ledger's pure rules: what a command does to which accounts. No I/O.
+
+`Book` is the in-memory view of the rows one batch touches (locked by the caller). Deciding a
+command mutates the book, so the second of two debits in one batch sees the first. Every
+accepted command yields balanced postings; that invariant is asserted here and enforced again by
+PostgreSQL at commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from contracts.commands import ApproveCashOut, ConfirmCashIn, InitiateTransfer, RequestOnboarding
+from contracts.events import RejectReason, Tier
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from uuid import UUID
+
+# Fixed forever: account and entry ids derive from it, so every replica computes the same ids.
+LEDGER_NAMESPACE = uuid.UUID("6f1c3b52-5d0e-4c7b-9a55-2f7f1e0c8a11")
+
+LedgerCommand = RequestOnboarding | ConfirmCashIn | InitiateTransfer | ApproveCashOut
+
+
+class AccountKind(StrEnum):
+    WALLET = "wallet"
+    CASHIN_CLEARING = "cashin_clearing"
+    CASHOUT_CLEARING = "cashout_clearing"
+    FEE_REVENUE = "fee_revenue"
+
+
+HOUSE_KINDS = (AccountKind.CASHIN_CLEARING, AccountKind.CASHOUT_CLEARING, AccountKind.FEE_REVENUE)
+
+
+def house_account_id(kind: AccountKind, currency: str) -> UUID:
+    return uuid.uuid5(LEDGER_NAMESPACE, f"house:{kind.value}:{currency}")
+
+
+def wallet_account_id(customer_id: UUID, currency: str) -> UUID:
+    return uuid.uuid5(LEDGER_NAMESPACE, f"wallet:{customer_id}:{currency}")
+
+
+def journal_entry_id(flow: str, key: UUID) -> UUID:
+    """Deterministic, so applying one command twice collides on the journal's primary key."""
+    return uuid.uuid5(LEDGER_NAMESPACE, f"entry:{flow}:{key}")
+
+
+@dataclass(frozen=True, slots=True)
+class TierLimits:
+    """Bounds in minor units; None means unbounded."""
+
+    single_amount_max: int | None = None
+    balance_max: int | None = None
+
+
+@dataclass(slots=True)
+class Wallet:
+    id: UUID
+    currency: str
+    status: str
+    tier: str
+    balance: int
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """A signed amount: positive credits the account, negative debits it."""
+
+    account_id: UUID
+    currency: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class MoneyMoved:
+    entry_id: UUID
+    postings: tuple[Posting, ...]
+    balance_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerOpened:
+    customer_id: UUID
+    wallet: Wallet
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: RejectReason
+    detail: str
+
+
+Decision = MoneyMoved | CustomerOpened | Rejected
+
+
+def assert_balanced(postings: Iterable[Posting]) -> None:
+    """Double entry: at least two postings, summing to zero per currency. A bug if violated."""
+    sums: dict[str, int] = defaultdict(int)
+    count = 0
+    for posting in postings:
+        assert posting.amount != 0, "a posting moves money"
+        sums[posting.currency] += posting.amount
+        count += 1
+    assert count >= 2, "an entry has at least two postings"
+    assert all(total == 0 for total in sums.values()), f"unbalanced entry: {dict(sums)}"
+
+
+@dataclass(slots=True)
+class Book:
+    """The wallets, phone numbers and limits one batch needs, as locked in the database."""
+
+    wallets: dict[UUID, Wallet]
+    taken_phone_numbers: set[str]
+    limits: Mapping[str, TierLimits]
+    new_customers: list[CustomerOpened] = field(default_factory=list)
+
+    def decide(self, command: LedgerCommand) -> Decision:
+        match command:
+            case RequestOnboarding():
+                return self._onboard(command)
+            case ConfirmCashIn():
+                return self._cash_in(command)
+            case InitiateTransfer():
+                return self._transfer(command)
+            case ApproveCashOut():
+                return self._cash_out(command)
+
+    # -- flows -------------------------------------------------------------------------------
+
+    def _onboard(self, cmd: RequestOnboarding) -> Decision:
+        if cmd.phone_number in self.taken_phone_numbers:
+            return Rejected(RejectReason.PHONE_NUMBER_TAKEN, "the phone number has a wallet")
+        wallet = Wallet(
+            id=wallet_account_id(cmd.customer_id, cmd.currency),
+            currency=cmd.currency,
+            status="open",
+            tier=Tier.BASIC.value,
+            balance=0,
+        )
+        if wallet.id in self.wallets:
+            # Only reachable if a customer row exists without its idempotency record.
+            return Rejected(RejectReason.ID_CONFLICT, "the customer already has a wallet")
+        self.taken_phone_numbers.add(cmd.phone_number)
+        self.wallets[wallet.id] = wallet
+        opened = CustomerOpened(customer_id=cmd.customer_id, wallet=wallet)
+        self.new_customers.append(opened)
+        return opened
+
+    def _cash_in(self, cmd: ConfirmCashIn) -> Decision:
+        wallet = self._wallet(cmd.wallet_account_id, cmd.currency)
+        if isinstance(wallet, Rejected):
+            return wallet
+        refused = self._over_single_limit(wallet, cmd.amount) or self._over_balance_limit(
+            wallet, cmd.amount
+        )
+        if refused:
+            return refused
+        clearing = house_account_id(AccountKind.CASHIN_CLEARING, cmd.currency)
+        postings = (
+            Posting(clearing, cmd.currency, -cmd.amount),
+            Posting(wallet.id, cmd.currency, cmd.amount),
+        )
+        return self._post("cashin", cmd.cashin_id, postings, wallet)
+
+    def _transfer(self, cmd: InitiateTransfer) -> Decision:
+        if cmd.from_account_id == cmd.to_account_id:
+            return Rejected(RejectReason.SAME_ACCOUNT, "sender and receiver are one account")
+        sender = self._wallet(cmd.from_account_id, cmd.currency, role="sender")
+        if isinstance(sender, Rejected):
+            return sender
+        receiver = self._wallet(cmd.to_account_id, cmd.currency, role="receiver")
+        if isinstance(receiver, Rejected):
+            return receiver
+        refused = self._over_single_limit(sender, cmd.amount)
+        if refused:
+            return refused
+        if sender.balance < cmd.amount:
+            return Rejected(RejectReason.INSUFFICIENT_FUNDS, "the sender's balance is too low")
+        refused = self._over_balance_limit(receiver, cmd.amount, role="receiver")
+        if refused:
+            return refused
+        postings = (
+            Posting(sender.id, cmd.currency, -cmd.amount),
+            Posting(receiver.id, cmd.currency, cmd.amount),
+        )
+        return self._post("transfer", cmd.transfer_id, postings, sender)
+
+    def _cash_out(self, cmd: ApproveCashOut) -> Decision:
+        wallet = self._wallet(cmd.wallet_account_id, cmd.currency)
+        if isinstance(wallet, Rejected):
+            return wallet
+        refused = self._over_single_limit(wallet, cmd.amount)
+        if refused:
+            return refused
+        if wallet.balance < cmd.amount + cmd.fee:
+            return Rejected(
+                RejectReason.INSUFFICIENT_FUNDS, "the balance does not cover amount and fee"
+            )
+        postings = [
+            Posting(wallet.id, cmd.currency, -(cmd.amount + cmd.fee)),
+            Posting(house_account_id(AccountKind.CASHOUT_CLEARING, cmd.currency), cmd.currency,
+                    cmd.amount),
+        ]
+        if cmd.fee:
+            postings.append(
+                Posting(house_account_id(AccountKind.FEE_REVENUE, cmd.currency), cmd.currency,
+                        cmd.fee)
+            )
+        return self._post("cashout", cmd.cashout_id, tuple(postings), wallet)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _wallet(self, account_id: UUID, currency: str, role: str = "wallet") -> Wallet | Rejected:
+        wallet = self.wallets.get(account_id)
+        if wallet is None:
+            return Rejected(RejectReason.ACCOUNT_NOT_FOUND, f"the {role} account does not exist")
+        if wallet.status != "open":
+            return Rejected(RejectReason.ACCOUNT_CLOSED, f"the {role} account is closed")
+        if wallet.currency != currency:
+            return Rejected(
+                RejectReason.CURRENCY_MISMATCH,
+                f"the {role} account holds {wallet.currency}, not {currency}",
+            )
+        return wallet
+
+    def _over_single_limit(self, wallet: Wallet, amount: int) -> Rejected | None:
+        bound = self._limits(wallet).single_amount_max
+        if bound is not None and amount > bound:
+            return Rejected(
+                RejectReason.LIMIT_EXCEEDED,
+                f"amount above the {wallet.tier} tier's single-amount limit of {bound}",
+            )
+        return None
+
+    def _over_balance_limit(
+        self, wallet: Wallet, credit: int, role: str = "wallet"
+    ) -> Rejected | None:
+        bound = self._limits(wallet).balance_max
+        if bound is not None and wallet.balance + credit > bound:
+            return Rejected(
+                RejectReason.LIMIT_EXCEEDED,
+                f"the {role}'s balance would pass the {wallet.tier} tier's limit of {bound}",
+            )
+        return None
+
+    def _limits(self, wallet: Wallet) -> TierLimits:
+        return self.limits.get(wallet.tier, TierLimits())
+
+    def _post(
+        self, flow: str, key: UUID, postings: tuple[Posting, ...], first: Wallet
+    ) -> MoneyMoved:
+        assert_balanced(postings)
+        for posting in postings:
+            wallet = self.wallets.get(posting.account_id)
+            if wallet is not None:
+                wallet.balance += posting.amount
+                assert wallet.balance >= 0, "a wallet never goes below zero"
+        return MoneyMoved(journal_entry_id(flow, key), postings, first.balance)

@@ -1,0 +1,93 @@
+"""Every SQL statement of the write path. Arrays in, `unnest` inside: one round trip per table."""
+
+SELECT_IDEMPOTENCY_RECORDS = """
+SELECT r.flow, r.key, r.content_hash, r.result_topic, r.result_event_id, r.result_payload
+FROM idempotency_records r
+JOIN unnest($1::text[], $2::uuid[]) AS k(flow, key) ON r.flow = k.flow AND r.key = k.key
+"""
+
+# ORDER BY before FOR UPDATE: rows are locked in ascending id order, so two batches touching
+# the same wallets wait for each other instead of deadlocking.
+LOCK_WALLETS = """
+SELECT a.id, a.currency, a.status, c.tier, b.balance
+FROM balances b
+JOIN accounts a ON a.id = b.account_id
+JOIN customers c ON c.id = a.customer_id
+WHERE b.account_id = ANY($1::uuid[]) AND b.kind = 'wallet'
+ORDER BY b.account_id
+FOR UPDATE OF b
+"""
+
+SELECT_TAKEN_PHONES = """
+SELECT phone_number FROM customer_pii WHERE phone_number = ANY($1::text[])
+"""
+
+ENSURE_HOUSE_ACCOUNTS = """
+INSERT INTO accounts (id, kind, currency)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[])
+ON CONFLICT DO NOTHING
+"""
+
+ENSURE_HOUSE_SHARDS = """
+INSERT INTO balances (account_id, kind, shard)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::smallint[])
+ON CONFLICT DO NOTHING
+"""
+
+INSERT_CUSTOMERS = """
+INSERT INTO customers (id, tier) SELECT * FROM unnest($1::uuid[], $2::text[])
+"""
+
+INSERT_CUSTOMER_PII = """
+INSERT INTO customer_pii (customer_id, full_name, phone_number, email, national_id, bank_code,
+                          bank_account_number)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[])
+"""
+
+INSERT_WALLETS = """
+WITH w AS (
+    INSERT INTO accounts (id, kind, currency, customer_id)
+    SELECT id, 'wallet', currency, customer_id
+    FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS n(id, currency, customer_id)
+    RETURNING id
+)
+INSERT INTO balances (account_id, kind, shard, balance) SELECT id, 'wallet', 0, 0 FROM w
+"""
+
+INSERT_ENTRIES = """
+INSERT INTO journal_entries (id, flow, idempotency_key)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[])
+"""
+
+INSERT_POSTINGS = """
+INSERT INTO postings (entry_id, seq, account_id, currency, amount)
+SELECT * FROM unnest($1::uuid[], $2::smallint[], $3::uuid[], $4::text[], $5::bigint[])
+"""
+
+LOCK_HOUSE_SHARDS = """
+SELECT 1 FROM balances
+WHERE account_id = ANY($1::uuid[]) AND shard = $2
+ORDER BY account_id
+FOR UPDATE
+"""
+
+APPLY_BALANCE_DELTAS = """
+UPDATE balances b SET balance = b.balance + d.delta
+FROM unnest($1::uuid[], $2::smallint[], $3::bigint[]) AS d(account_id, shard, delta)
+WHERE b.account_id = d.account_id AND b.shard = d.shard
+"""
+
+INSERT_IDEMPOTENCY_RECORDS = """
+INSERT INTO idempotency_records (flow, key, content_hash, outcome, reason, journal_entry_id,
+                                 result_topic, result_event_id, result_payload)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[], $4::text[], $5::text[], $6::uuid[],
+                     $7::text[], $8::uuid[], $9::bytea[])
+"""
+
+INSERT_OUTBOX = """
+INSERT INTO outbox (event_id, topic, key, payload, traceparent)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[])
+"""
+
+NOTIFY_OUTBOX = "SELECT pg_notify('ledgerflow_outbox', '')"

@@ -1,0 +1,97 @@
+"""The unit of work: one PostgreSQL transaction, retried as a whole on transient conflicts.
+
+Every write of a batch (idempotency records, journal, balances, outbox) happens inside one call
+of `run_in_transaction`, so they commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+T = TypeVar("T")
+
+# Retrying repeats the whole transaction with the same commands, which is safe: nothing of a
+# failed attempt was committed. A unique violation means another transaction decided one of our
+# keys (or phone numbers) first; the retry reads its outcome and grades ours as a duplicate.
+RETRYABLE: dict[type[BaseException], str] = {
+    asyncpg.DeadlockDetectedError: "deadlock",
+    asyncpg.SerializationError: "serialization",
+    asyncpg.UniqueViolationError: "unique_violation",
+    asyncpg.LockNotAvailableError: "lock_timeout",
+}
+BACKOFF_BASE_S = 0.005
+BACKOFF_MAX_S = 0.5
+
+
+@dataclass(slots=True)
+class RetryStats:
+    """Retries by cause, for metrics and tests."""
+
+    by_cause: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_cause.values())
+
+
+def retry_cause(error: BaseException) -> str | None:
+    for kind, cause in RETRYABLE.items():
+        if isinstance(error, kind):
+            return cause
+    return None
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    size_max: int = 4,
+    statement_timeout_ms: int = 30_000,
+    lock_timeout_ms: int = 5_000,
+) -> asyncpg.Pool:
+    """A small pool: it multiplies with replicas, and one batch needs one connection."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=size_max,
+        server_settings={
+            "statement_timeout": str(statement_timeout_ms),
+            "lock_timeout": str(lock_timeout_ms),
+            "application_name": "ledgerflow",
+        },
+    )
+    assert pool is not None
+    return pool
+
+
+async def run_in_transaction(
+    pool: asyncpg.Pool,
+    work: Callable[[asyncpg.Connection], Awaitable[T]],
+    *,
+    retries_max: int = 8,
+    stats: RetryStats | None = None,
+) -> T:
+    """Run `work` in one transaction; retry transient conflicts with jittered backoff."""
+    attempt = 0
+    while True:
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                return await work(conn)
+        except tuple(RETRYABLE) as error:
+            cause = retry_cause(error)
+            assert cause is not None
+            if attempt >= retries_max:
+                raise
+            attempt += 1
+            if stats is not None:
+                stats.by_cause[cause] += 1
+            ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt)
+            await asyncio.sleep(random.uniform(0, ceiling))  # noqa: S311 - jitter, not crypto

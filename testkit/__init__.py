@@ -1,0 +1,1 @@
+"""Pytest plugin and helpers for testing against Ledgerflow with real brokers."""

@@ -1,0 +1,114 @@
+"""Builders of valid commands with sensible defaults, for tests here and in other teams."""
+
+from __future__ import annotations
+
+import uuid
+from itertools import count
+from typing import TYPE_CHECKING
+
+from contracts.codec import KafkaRecord, encode_command
+from contracts.commands import (
+    ApproveCashOut,
+    BankAccount,
+    ConfirmCashIn,
+    InitiateTransfer,
+    RequestOnboarding,
+)
+from contracts.parsing import InvalidCommand, ValidCommand, parse_command
+from contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER, Flow
+from ledger_db.apply import Incoming, LedgerWriter, Outcome
+from ledger_db.rules import wallet_account_id
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+_phones = count(1)
+
+
+def new_phone_number() -> str:
+    """A distinct valid E.164 number per call (German mobile range)."""
+    return f"+49151{next(_phones) + 10_000_000:08d}"
+
+
+def onboarding(
+    currency: str = "EUR", phone_number: str | None = None, customer_id: uuid.UUID | None = None
+) -> RequestOnboarding:
+    return RequestOnboarding(
+        customer_id=customer_id or uuid.uuid4(),
+        full_name="Test Customer",
+        phone_number=phone_number or new_phone_number(),
+        currency=currency,
+    )
+
+
+def wallet_of(command: RequestOnboarding) -> uuid.UUID:
+    """The wallet account id onboarding will open (derived, so known before the result)."""
+    return wallet_account_id(command.customer_id, command.currency)
+
+
+def cashin(wallet: uuid.UUID, amount: int, currency: str = "EUR") -> ConfirmCashIn:
+    return ConfirmCashIn(
+        cashin_id=uuid.uuid4(),
+        wallet_account_id=wallet,
+        amount=amount,
+        currency=currency,
+        bank_reference="BANK-REF-1",
+    )
+
+
+def transfer(
+    sender: uuid.UUID, receiver: uuid.UUID, amount: int, currency: str = "EUR"
+) -> InitiateTransfer:
+    return InitiateTransfer(
+        transfer_id=uuid.uuid4(),
+        from_account_id=sender,
+        to_account_id=receiver,
+        amount=amount,
+        currency=currency,
+    )
+
+
+def cashout(wallet: uuid.UUID, amount: int, fee: int = 0, currency: str = "EUR") -> ApproveCashOut:
+    return ApproveCashOut(
+        cashout_id=uuid.uuid4(),
+        wallet_account_id=wallet,
+        amount=amount,
+        currency=currency,
+        fee=fee,
+        destination=BankAccount(bank_code="BANKDEFF", account_number="DE89370400440532013000"),
+    )
+
+
+def flow_of(command: BaseModel) -> Flow:
+    match command:
+        case RequestOnboarding():
+            return ONBOARDING
+        case ConfirmCashIn():
+            return CASHIN
+        case InitiateTransfer():
+            return TRANSFER
+        case ApproveCashOut():
+            return CASHOUT
+    raise TypeError(type(command).__name__)
+
+
+def record(command: BaseModel, **kwargs: object) -> KafkaRecord:
+    """The Kafka record an upstream producer would send for `command`."""
+    return encode_command(flow_of(command), command, **kwargs)  # type: ignore[arg-type]
+
+
+def parsed(command: BaseModel) -> ValidCommand:
+    result = parse_command(flow_of(command), record(command).value)
+    assert isinstance(result, ValidCommand), result
+    return result
+
+
+def parsed_invalid(flow: Flow, value: bytes) -> InvalidCommand:
+    result = parse_command(flow, value)
+    assert isinstance(result, InvalidCommand), result
+    return result
+
+
+async def apply_all(writer: LedgerWriter, *commands: BaseModel) -> list[Outcome]:
+    """Apply valid commands as one batch, the way a worker would."""
+    return await writer.apply([Incoming(parsed(c)) for c in commands])

@@ -1,0 +1,550 @@
+"""Pytest fixtures for tests against the real PostgreSQL and Apache Kafka.
+
+Registered through the `pytest11` entry point, so installing `ledgerflow` is enough. Fixtures:
+
+- `postgres` (session): a server with a superuser URL. `kafka` (session): bootstrap servers.
+  Each is found in this order: (a) `LEDGERFLOW_TEST_DATABASE_URL` (a superuser URL) /
+  `LEDGERFLOW_TEST_KAFKA_BOOTSTRAP_SERVERS`; (b) testcontainers, when a Docker engine answers
+  (set `LEDGERFLOW_TEST_DOCKER=0` to skip the probe); (c) the embedded stack (`stack.up`).
+  The embedded services are started when needed and LEFT RUNNING at the end of the session: other
+  sessions (a second terminal, a colleague's run in the same tree) may be using them, and the next
+  run starts in a second instead of ten. `ledgerflow stack down` stops them; set
+  `LEDGERFLOW_TEST_STACK_STOP=1` to stop, at session end, the services this session started.
+- `database` (function): a fresh database per test, cloned from a template that is built once
+  (roles, `CREATE DATABASE`, then `ledger_db.migrate.migrate(owner_dsn)` when that exists). The
+  template's name carries a hash of the migrations, so changing one rebuilds it.
+- `kafka_topic_prefix` (function): a unique topic prefix (`t<hex8>.`); topics under it are deleted
+  after the test. Use `unique_group(name)` for consumer groups and `create_topics(...)` for topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from stack import StackSettings
+from stack import postgres as stack_postgres
+from stack.lifecycle import run_sync, start_services, stop_services
+from stack.settings import (
+    APP_PASSWORD,
+    APP_ROLE,
+    OWNER_PASSWORD,
+    OWNER_ROLE,
+    SUPERUSER,
+    SUPERUSER_PASSWORD,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+
+Source = Literal["env", "testcontainers", "embedded"]
+
+DATABASE_URL_ENV = "LEDGERFLOW_TEST_DATABASE_URL"
+KAFKA_BOOTSTRAP_ENV = "LEDGERFLOW_TEST_KAFKA_BOOTSTRAP_SERVERS"
+DOCKER_ENV = "LEDGERFLOW_TEST_DOCKER"
+STOP_ENV = "LEDGERFLOW_TEST_STACK_STOP"
+
+POSTGRES_IMAGE = "postgres:15"
+KAFKA_IMAGE = "apache/kafka:4.1.1"
+DOCKER_PING_TIMEOUT_S = 2
+CONTAINER_START_TIMEOUT_S = 120
+CONNECT_TIMEOUT_S = 10.0
+ADMIN_TIMEOUT_MS = 15_000
+TOPIC_READY_TIMEOUT_S = 30.0
+# Bumped when the way a template is built changes, so old templates are not reused.
+TEMPLATE_FORMAT = "1"
+TEMPLATE_LOCK_KEY = 0x4C46_5450  # "LFTP": one session builds a template, the others wait
+TEST_DATABASE_PREFIX = "lf_test_"
+TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """A PostgreSQL server the tests may use as superuser."""
+
+    admin_url: str = field(repr=False)
+    source: Source
+
+    def url(self, user: str, password: str, database: str) -> str:
+        return with_credentials(self.admin_url, user, password, database)
+
+
+@dataclass(frozen=True)
+class KafkaServer:
+    bootstrap_servers: str
+    source: Source
+
+
+@dataclass(frozen=True)
+class IsolatedDatabase:
+    """One test's own database; the URLs are plain asyncpg DSNs."""
+
+    name: str
+    admin_url: str = field(repr=False)  # superuser, connected to this database
+    owner_url: str = field(repr=False)  # ledgerflow_owner: owns the schema (migrations)
+    app_url: str = field(repr=False)  # ledgerflow_app: what workers use
+
+
+def with_credentials(url: str, user: str, password: str, database: str) -> str:
+    """The same server as `url`, as another user and database (scheme normalised for asyncpg)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(("postgresql", netloc, "/" + quote(database, safe=""), parts.query, ""))
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution: env override, then Docker, then the embedded stack.
+
+
+@functools.lru_cache(maxsize=1)
+def docker_available() -> bool:
+    """True when a Docker engine answers a ping within a short bound; never raises."""
+    if os.environ.get(DOCKER_ENV, "").strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    try:
+        import docker  # type: ignore[import-untyped]  # noqa: PLC0415 - optional, probed lazily
+
+        client = docker.from_env(timeout=DOCKER_PING_TIMEOUT_S)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def choose_source(
+    override_var: str, env: Mapping[str, str], docker_probe: Callable[[], bool]
+) -> Source:
+    """The resolution order of the `postgres` and `kafka` fixtures, as a pure function."""
+    if env.get(override_var, "").strip():
+        return "env"
+    if docker_probe():
+        return "testcontainers"
+    return "embedded"
+
+
+def _stop_requested(env: Mapping[str, str]) -> bool:
+    return env.get(STOP_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@contextlib.contextmanager
+def provide_postgres(
+    env: Mapping[str, str] | None = None,
+    docker_probe: Callable[[], bool] = docker_available,
+    stack_settings: StackSettings | None = None,
+) -> Iterator[PostgresServer]:
+    """Yield a PostgreSQL server following the resolution order; clean up what was started."""
+    env = os.environ if env is None else env
+    source = choose_source(DATABASE_URL_ENV, env, docker_probe)
+    if source == "env":
+        yield PostgresServer(admin_url=env[DATABASE_URL_ENV].strip(), source="env")
+    elif source == "testcontainers":
+        container = _postgres_container()
+        container.start()
+        try:
+            yield PostgresServer(admin_url=container.get_connection_url(), source=source)
+        finally:
+            container.stop()
+    else:
+        settings = stack_settings or StackSettings()
+        changes = run_sync(
+            lambda: start_services(settings, ["postgres"]),
+            settings.jar_fetch_timeout_s + settings.start_timeout_s,
+        )
+        try:
+            yield PostgresServer(admin_url=stack_postgres.admin_url(settings), source=source)
+        finally:
+            if changes["postgres"].changed and _stop_requested(env):
+                stop_services(settings, ["postgres"])
+
+
+@contextlib.contextmanager
+def provide_kafka(
+    env: Mapping[str, str] | None = None,
+    docker_probe: Callable[[], bool] = docker_available,
+    stack_settings: StackSettings | None = None,
+) -> Iterator[KafkaServer]:
+    """Yield a Kafka cluster following the resolution order; clean up what was started."""
+    env = os.environ if env is None else env
+    source = choose_source(KAFKA_BOOTSTRAP_ENV, env, docker_probe)
+    if source == "env":
+        yield KafkaServer(bootstrap_servers=env[KAFKA_BOOTSTRAP_ENV].strip(), source="env")
+    elif source == "testcontainers":
+        container, bootstrap = _start_kafka_container()
+        try:
+            yield KafkaServer(bootstrap_servers=bootstrap, source=source)
+        finally:
+            container.stop()
+    else:
+        settings = stack_settings or StackSettings()
+        changes = run_sync(
+            lambda: start_services(settings, ["kafka"]),
+            settings.jar_fetch_timeout_s + settings.start_timeout_s,
+        )
+        try:
+            yield KafkaServer(bootstrap_servers=settings.kafka_bootstrap_servers, source=source)
+        finally:
+            if changes["kafka"].changed and _stop_requested(env):
+                stop_services(settings, ["kafka"])
+
+
+def _postgres_container() -> Any:
+    try:
+        from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415
+    except ImportError:  # testcontainers < 4.15 kept the module at the top level
+        from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+
+    return PostgresContainer(
+        POSTGRES_IMAGE,
+        username=SUPERUSER,
+        password=SUPERUSER_PASSWORD.get_secret_value(),
+        dbname="postgres",
+        driver=None,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start_kafka_container() -> tuple[Any, str]:
+    """Apache Kafka's own image in KRaft mode.
+
+    testcontainers' KafkaContainer drives Confluent's image through Confluent's scripts and does
+    not start `apache/kafka`; the broker must also advertise the host-side port, which Docker
+    assigns only at start. So the host port is chosen first and bound explicitly.
+    """
+    from testcontainers.core.container import DockerContainer  # noqa: PLC0415
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy  # noqa: PLC0415
+
+    host_port = _free_port()
+    container = DockerContainer(KAFKA_IMAGE)
+    host = container.get_docker_client().host()
+    container.with_bind_ports(9092, host_port)
+    for key, value in {
+        "KAFKA_NODE_ID": "1",
+        "KAFKA_PROCESS_ROLES": "broker,controller",
+        "KAFKA_LISTENERS": "PLAINTEXT://:9092,CONTROLLER://:9093",
+        "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://{host}:{host_port}",
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
+        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",
+        "KAFKA_NUM_PARTITIONS": "6",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR": "1",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+    }.items():
+        container.with_env(key, value)
+    container.waiting_for(
+        LogMessageWaitStrategy("Kafka Server started").with_startup_timeout(
+            CONTAINER_START_TIMEOUT_S
+        )
+    )
+    container.start()
+    return container, f"{host}:{host_port}"
+
+
+# --------------------------------------------------------------------------------------------
+# Databases: one template per migration set, one clone per test.
+
+
+def _migration_fingerprint() -> str:
+    """Hash of everything that decides a template's content: the SQL files and the hook."""
+    digest = hashlib.sha256(TEMPLATE_FORMAT.encode())
+    spec = importlib.util.find_spec("ledger_db")
+    if spec is not None and spec.submodule_search_locations:
+        package = Path(next(iter(spec.submodule_search_locations)))
+        for sql in sorted((package / "migrations").glob("*.sql")):
+            digest.update(sql.name.encode() + b"\0" + sql.read_bytes() + b"\0")
+        hook = package / "migrate.py"
+        if hook.is_file():
+            digest.update(b"migrate.py\0" + hook.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def template_name() -> str:
+    return f"lf_tpl_{_migration_fingerprint()}"
+
+
+def _migrate_hook() -> Callable[[str], Awaitable[Any]] | None:
+    """`ledger_db.migrate.migrate` when it exists yet; the template is then built without it."""
+    try:
+        module = importlib.import_module("ledger_db.migrate")
+    except ModuleNotFoundError as exc:
+        if exc.name in {"ledger_db", "ledger_db.migrate"}:
+            return None
+        raise  # the module exists but one of its imports is broken: say so
+    hook = getattr(module, "migrate", None)
+    if hook is None or not inspect.iscoroutinefunction(hook):
+        return None
+    return hook  # type: ignore[no-any-return]
+
+
+async def _connect(url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
+
+
+async def build_template(server: PostgresServer) -> str:
+    """Create (once per migration set) the database every test database is cloned from.
+
+    Concurrent sessions serialise on an advisory lock; a template counts as finished only once it
+    is marked IS_TEMPLATE, so one left half-built by a crashed run is dropped and rebuilt.
+    """
+    name = template_name()
+    admin = await _connect(server.admin_url)
+    try:
+        await admin.execute("SELECT pg_advisory_lock($1)", TEMPLATE_LOCK_KEY)
+        try:
+            await stack_postgres.ensure_roles(admin)
+            done = await admin.fetchval(
+                "SELECT datistemplate FROM pg_database WHERE datname = $1", name
+            )
+            if done:
+                return name
+            if done is not None:
+                await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{name}" OWNER "{OWNER_ROLE}"')
+            hook = _migrate_hook()
+            if hook is not None:
+                await hook(server.url(OWNER_ROLE, OWNER_PASSWORD.get_secret_value(), name))
+            # Nobody may stay connected: CREATE DATABASE … TEMPLATE needs the template idle.
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+            await admin.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE true')
+            return name
+        finally:
+            await admin.execute("SELECT pg_advisory_unlock($1)", TEMPLATE_LOCK_KEY)
+    finally:
+        await admin.close(timeout=CONNECT_TIMEOUT_S)
+
+
+async def create_test_database(server: PostgresServer, template: str) -> IsolatedDatabase:
+    name = f"{TEST_DATABASE_PREFIX}{uuid.uuid4().hex}"
+    admin = await _connect(server.admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" OWNER "{OWNER_ROLE}"')
+    finally:
+        await admin.close(timeout=CONNECT_TIMEOUT_S)
+    return IsolatedDatabase(
+        name=name,
+        admin_url=with_credentials(
+            server.admin_url,
+            urlsplit(server.admin_url).username or "postgres",
+            urlsplit(server.admin_url).password or "",
+            name,
+        ),
+        owner_url=server.url(OWNER_ROLE, OWNER_PASSWORD.get_secret_value(), name),
+        app_url=server.url(APP_ROLE, APP_PASSWORD.get_secret_value(), name),
+    )
+
+
+async def drop_test_database(server: PostgresServer, name: str) -> None:
+    admin = await _connect(server.admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close(timeout=CONNECT_TIMEOUT_S)
+
+
+# --------------------------------------------------------------------------------------------
+# Kafka helpers.
+
+
+def unique_prefix() -> str:
+    """A topic prefix no other test uses: `t<hex8>.`."""
+    return f"t{uuid.uuid4().hex[:8]}."
+
+
+def unique_group(name: str) -> str:
+    """A consumer group id no other test uses, readable in broker logs."""
+    return f"{name}.g{uuid.uuid4().hex[:8]}"
+
+
+def _admin(bootstrap_servers: str) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        request_timeout_ms=ADMIN_TIMEOUT_MS,
+        client_id="ledgerflow-testkit",
+    )
+
+
+async def create_topics(
+    bootstrap_servers: str,
+    names: Iterable[str],
+    partitions: int = 6,
+    *,
+    replication_factor: int = 1,
+    configs: Mapping[str, str] | None = None,
+    timeout_s: float = TOPIC_READY_TIMEOUT_S,
+) -> None:
+    """Create topics (existing ones are fine) and wait until every partition has a leader.
+
+    Auto-creation is off on our brokers, and a producer that races a fresh topic's leader
+    election gets errors; waiting here keeps tests free of retries and sleeps.
+    """
+    wanted = list(names)
+    admin = _admin(bootstrap_servers)
+    deadline = time.monotonic() + timeout_s
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    name=topic,
+                    num_partitions=partitions,
+                    replication_factor=replication_factor,
+                    topic_configs=dict(configs or {}),
+                )
+                for topic in wanted
+            ],
+            timeout_ms=int(timeout_s * 1000),
+        )
+        failed = [
+            (topic, code, message)
+            for topic, code, message, *_ in _topic_errors(response)
+            if code not in {0, TOPIC_ALREADY_EXISTS}
+        ]
+        if failed:
+            raise RuntimeError(f"create_topics failed: {failed}")
+        while True:
+            described = await admin.describe_topics(wanted)
+            if all(
+                topic["error_code"] == 0
+                and len(topic["partitions"]) == partitions
+                and all(part["leader"] >= 0 for part in topic["partitions"])
+                for topic in described
+            ):
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"topics {wanted} had no leaders after {timeout_s} s")
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.close()
+
+
+def _topic_errors(response: Any) -> list[tuple[Any, ...]]:
+    """(topic, error_code, error_message) rows; v0 responses carry no message."""
+    rows: list[tuple[Any, ...]] = []
+    for row in response.topic_errors:
+        values = tuple(row)
+        rows.append(values if len(values) >= 3 else (*values, None))
+    return rows
+
+
+async def delete_topics_with_prefix(
+    bootstrap_servers: str, prefix: str, timeout_s: float = 10.0
+) -> None:
+    """Best-effort cleanup so the local broker does not collect thousands of test topics."""
+    admin = _admin(bootstrap_servers)
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if topics:
+            await admin.delete_topics(topics, timeout_ms=int(timeout_s * 1000))
+    finally:
+        await admin.close()
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    timeout_s: float,
+    interval_s: float = 0.05,
+    message: str = "condition",
+) -> None:
+    """Poll `condition` until it holds; fail with `message` after `timeout_s` (never hang)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{message} did not hold within {timeout_s} s")
+        await asyncio.sleep(interval_s)
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Declare our markers for projects that use this plugin with --strict-markers."""
+    config.addinivalue_line("markers", "integration: needs the real PostgreSQL and Kafka")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server with a superuser URL (env override, testcontainers or embedded)."""
+    with provide_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaServer]:
+    """A Kafka cluster (env override, testcontainers or the embedded Apache Kafka)."""
+    with provide_kafka() as server:
+        yield server
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def ledgerflow_db_template(postgres: PostgresServer) -> str:
+    """The template database's name, built once per session (and reused across sessions)."""
+    return await build_template(postgres)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def database(
+    postgres: PostgresServer, ledgerflow_db_template: str
+) -> AsyncIterator[IsolatedDatabase]:
+    """A database of this test's own, migrated, dropped (WITH FORCE) afterwards."""
+    db = await create_test_database(postgres, ledgerflow_db_template)
+    try:
+        yield db
+    finally:
+        await drop_test_database(postgres, db.name)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def kafka_topic_prefix(kafka: KafkaServer) -> AsyncIterator[str]:
+    """A unique topic prefix; topics named with it are deleted after the test."""
+    prefix = unique_prefix()
+    yield prefix
+    with contextlib.suppress(Exception):
+        await delete_topics_with_prefix(kafka.bootstrap_servers, prefix)

@@ -1,0 +1,171 @@
+"""The batched apply path against a real PostgreSQL: flows, rejections, idempotency, outbox."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import orjson
+import pytest
+
+from contracts.events import RejectReason
+from contracts.parsing import parse_command
+from contracts.topics import TRANSFER
+from ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
+from ledger_db.queries import get_account
+from testkit.commands import apply_all, cashin, cashout, onboarding, parsed, record, transfer, wallet_of
+
+pytestmark = pytest.mark.integration
+
+
+async def balance(pool: asyncpg.Pool, account: uuid.UUID) -> int:
+    async with pool.acquire() as conn:
+        view = await get_account(conn, account)
+    assert view is not None
+    return view.balance
+
+
+async def outbox(pool: asyncpg.Pool) -> list[dict[str, object]]:
+    rows = await pool.fetch("SELECT topic, key, payload FROM outbox ORDER BY id")
+    return [{"topic": r["topic"], "key": bytes(r["key"]), **orjson.loads(r["payload"])} for r in rows]
+
+
+async def two_wallets(writer: LedgerWriter, funds: int = 10_000) -> tuple[uuid.UUID, uuid.UUID]:
+    a, b = onboarding(), onboarding()
+    await apply_all(writer, a, b, cashin(wallet_of(a), funds))
+    return wallet_of(a), wallet_of(b)
+
+
+async def test_every_flow_moves_money_and_writes_its_result(
+    writer: LedgerWriter, pool: asyncpg.Pool
+) -> None:
+    a, b = onboarding(), onboarding()
+    outcomes = await apply_all(
+        writer, a, b, cashin(wallet_of(a), 1_000), transfer(wallet_of(a), wallet_of(b), 300),
+        cashout(wallet_of(b), 200, fee=50),
+    )
+    assert [o.kind for o in outcomes] == [OutcomeKind.COMPLETED] * 5
+    assert await balance(pool, wallet_of(a)) == 700
+    assert await balance(pool, wallet_of(b)) == 50
+    events = await outbox(pool)
+    assert [e["type"] for e in events] == [
+        "onboarding.completed", "onboarding.completed", "cashin.completed",
+        "transfer.completed", "cashout.completed",
+    ]
+    assert events[3]["data"]["balance_after"] == 700  # type: ignore[index]
+    assert events[4]["data"]["balance_after"] == 50  # type: ignore[index]
+    assert events[3]["key"] == str(wallet_of(a)).encode()
+    assert events[3]["id"] == outcomes[3].event_id
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["not_found", "same", "currency", "insufficient", "limit_single", "limit_balance", "phone"],
+)
+async def test_each_rejection_reason(case: str, writer: LedgerWriter, pool: asyncpg.Pool) -> None:
+    a, b = await two_wallets(writer)
+    command, reason = {
+        "not_found": (transfer(a, uuid.uuid4(), 1), RejectReason.ACCOUNT_NOT_FOUND),
+        "same": (transfer(a, a, 1), RejectReason.SAME_ACCOUNT),
+        "currency": (transfer(a, b, 1, currency="USD"), RejectReason.CURRENCY_MISMATCH),
+        "insufficient": (cashout(a, 10_000, fee=1), RejectReason.INSUFFICIENT_FUNDS),
+        "limit_single": (cashin(a, 1_000_001), RejectReason.LIMIT_EXCEEDED),
+        "limit_balance": (cashin(b, 1_000_000), None),
+        "phone": (None, RejectReason.PHONE_NUMBER_TAKEN),
+    }[case]
+    if case == "limit_balance":
+        await apply_all(writer, *[cashin(b, 1_000_000) for _ in range(5)])
+        command, reason = cashin(b, 1), RejectReason.LIMIT_EXCEEDED
+    if case == "phone":
+        first = onboarding()
+        await apply_all(writer, first)
+        command = onboarding(phone_number=first.phone_number)
+    before = (await balance(pool, a), await balance(pool, b))
+    [outcome] = await apply_all(writer, command)
+    assert (outcome.kind, outcome.reason) == (OutcomeKind.REJECTED, reason)
+    assert (await balance(pool, a), await balance(pool, b)) == before
+    last = (await outbox(pool))[-1]
+    assert last["type"].endswith(".rejected")  # type: ignore[union-attr]
+    assert last["data"]["reason"] == reason  # type: ignore[index]
+
+
+async def test_closed_account_is_refused(writer: LedgerWriter, pool: asyncpg.Pool) -> None:
+    a, b = await two_wallets(writer)
+    await pool.execute("UPDATE accounts SET status = 'closed' WHERE id = $1", b)
+    [outcome] = await apply_all(writer, transfer(a, b, 5))
+    assert outcome.reason == RejectReason.ACCOUNT_CLOSED
+
+
+async def test_duplicate_replays_the_original_event_and_moves_money_once(
+    writer: LedgerWriter, pool: asyncpg.Pool
+) -> None:
+    a, b = await two_wallets(writer)
+    command = transfer(a, b, 100)
+    [first] = await apply_all(writer, command)
+    # A retry: same data, new envelope id; and one duplicate inside a single batch.
+    [again, again_in_batch] = await apply_all(writer, command, command)
+    assert first.kind is OutcomeKind.COMPLETED
+    assert again.kind is again_in_batch.kind is OutcomeKind.REPLAYED
+    assert first.event_id == again.event_id == again_in_batch.event_id
+    assert await balance(pool, a) == 9_900
+    events = [e for e in await outbox(pool) if e["type"] == "transfer.completed"]
+    assert len(events) == 3
+    assert len({e["id"] for e in events}) == 1, "a replay carries the original CloudEvents id"
+    entries = await pool.fetchval("SELECT count(*) FROM journal_entries WHERE flow = 'transfer'")
+    assert entries == 1
+
+
+async def test_conflict_keeps_the_first_outcome(writer: LedgerWriter, pool: asyncpg.Pool) -> None:
+    a, b = await two_wallets(writer)
+    command = transfer(a, b, 100)
+    await apply_all(writer, command)
+    changed = command.model_copy(update={"amount": 999})
+    [outcome] = await apply_all(writer, changed)
+    assert (outcome.kind, outcome.reason) == (OutcomeKind.CONFLICT, RejectReason.ID_CONFLICT)
+    assert await balance(pool, a) == 9_900
+    [again] = await apply_all(writer, command)
+    assert again.kind is OutcomeKind.REPLAYED
+
+
+async def test_a_rejection_is_recorded_against_its_key(
+    writer: LedgerWriter, pool: asyncpg.Pool
+) -> None:
+    a, b = await two_wallets(writer, funds=50)
+    command = transfer(a, b, 100)
+    [first] = await apply_all(writer, command)
+    await apply_all(writer, cashin(a, 1_000))
+    [retry] = await apply_all(writer, command)
+    assert first.reason == RejectReason.INSUFFICIENT_FUNDS
+    assert (retry.kind, retry.event_id) == (OutcomeKind.REPLAYED, first.event_id)
+    assert await balance(pool, b) == 0
+
+
+async def test_invalid_command_is_answered_and_not_recorded(
+    writer: LedgerWriter, pool: asyncpg.Pool
+) -> None:
+    a, b = await two_wallets(writer)
+    good = transfer(a, b, 100)
+    envelope = orjson.loads(record(good).value)
+    envelope["data"]["amount"] = "100"
+    invalid = parse_command(TRANSFER, orjson.dumps(envelope))
+    [outcome] = await writer.apply([Incoming(invalid)])
+    assert (outcome.kind, outcome.reason) == (OutcomeKind.INVALID, "invalid_command")
+    last = (await outbox(pool))[-1]
+    assert last["type"] == "transfer.rejected"
+    assert "amount" in last["data"]["detail"]  # type: ignore[index]
+    # The client fixes the command and resends it with the same id: it is applied.
+    [fixed] = await writer.apply([Incoming(parsed(good))])
+    assert fixed.kind is OutcomeKind.COMPLETED
+
+
+async def test_house_accounts_balance_the_wallets(writer: LedgerWriter, pool: asyncpg.Pool) -> None:
+    a, b = await two_wallets(writer, funds=5_000)
+    await apply_all(writer, transfer(a, b, 1_000), cashout(b, 500, fee=25))
+    totals = await pool.fetch(
+        "SELECT a.kind, sum(b.balance) AS total FROM balances b JOIN accounts a ON a.id = b.account_id"
+        " GROUP BY a.kind ORDER BY a.kind"
+    )
+    by_kind = {r["kind"]: r["total"] for r in totals}
+    assert by_kind == {
+        "cashin_clearing": -5_000, "cashout_clearing": 500, "fee_revenue": 25, "wallet": 4_475,
+    }

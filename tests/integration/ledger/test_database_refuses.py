@@ -1,0 +1,142 @@
+"""PostgreSQL itself refuses what would break the ledger, whatever the Python code does."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from ledger_db.apply import LedgerWriter
+from ledger_db.audit import run_audit
+from testkit.commands import apply_all, cashin, onboarding, transfer, wallet_of
+
+pytestmark = pytest.mark.integration
+
+
+async def funded(writer: LedgerWriter) -> tuple[uuid.UUID, uuid.UUID]:
+    a, b = onboarding(), onboarding()
+    await apply_all(writer, a, b, cashin(wallet_of(a), 1_000), transfer(wallet_of(a), wallet_of(b), 1))
+    return wallet_of(a), wallet_of(b)
+
+
+async def test_unbalanced_entry_is_refused_at_commit(writer: LedgerWriter, database: Any) -> None:
+    a, b = await funded(writer)
+    conn = await asyncpg.connect(database.app_url)
+    try:
+        entry = uuid.uuid4()
+        with pytest.raises(asyncpg.CheckViolationError, match="not balanced"):
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO journal_entries (id, flow, idempotency_key) VALUES ($1, 'transfer', $2)",
+                    entry, uuid.uuid4(),
+                )
+                await conn.execute(
+                    "INSERT INTO postings VALUES ($1, 0, $2, 'EUR', -10), ($1, 1, $3, 'EUR', 9)",
+                    entry, a, b,
+                )
+        with pytest.raises(asyncpg.CheckViolationError, match="not balanced"):
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO journal_entries (id, flow, idempotency_key) VALUES ($1, 'transfer', $2)",
+                    entry, uuid.uuid4(),
+                )
+        # A posting added to an existing, balanced entry later is refused too.
+        existing = await conn.fetchval("SELECT id FROM journal_entries LIMIT 1")
+        with pytest.raises(asyncpg.CheckViolationError, match="with their journal entry"):
+            await conn.execute(
+                "INSERT INTO postings VALUES ($1, 7, $2, 'EUR', 10), ($1, 8, $3, 'EUR', -10)",
+                existing, a, b,
+            )
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE postings SET amount = amount + 1",
+        "DELETE FROM postings",
+        "UPDATE journal_entries SET flow = 'cashin'",
+        "DELETE FROM journal_entries",
+        "TRUNCATE postings",
+        "TRUNCATE journal_entries CASCADE",
+    ],
+)
+async def test_journal_is_append_only_for_the_app_role(
+    statement: str, writer: LedgerWriter, database: Any
+) -> None:
+    await funded(writer)
+    conn = await asyncpg.connect(database.app_url)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def test_journal_is_append_only_even_for_its_owner(writer: LedgerWriter, database: Any) -> None:
+    await funded(writer)
+    conn = await asyncpg.connect(database.owner_url)
+    try:
+        for statement in ("UPDATE postings SET amount = 1", "DELETE FROM journal_entries",
+                          "TRUNCATE postings"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def test_wallet_never_negative(writer: LedgerWriter, database: Any) -> None:
+    a, _ = await funded(writer)
+    conn = await asyncpg.connect(database.app_url)
+    try:
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE balances SET balance = -1 WHERE account_id = $1", a)
+    finally:
+        await conn.close()
+
+
+async def test_posting_currency_must_be_the_accounts(writer: LedgerWriter, database: Any) -> None:
+    a, b = await funded(writer)
+    conn = await asyncpg.connect(database.app_url)
+    try:
+        entry = uuid.uuid4()
+        with pytest.raises(asyncpg.ForeignKeyViolationError):
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO journal_entries (id, flow, idempotency_key) VALUES ($1, 'transfer', $2)",
+                    entry, uuid.uuid4(),
+                )
+                await conn.execute(
+                    "INSERT INTO postings VALUES ($1, 0, $2, 'USD', -10), ($1, 1, $3, 'USD', 10)",
+                    entry, a, b,
+                )
+    finally:
+        await conn.close()
+
+
+async def test_app_role_owns_no_table(database: Any) -> None:
+    conn = await asyncpg.connect(database.admin_url)
+    try:
+        owned = await conn.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = 'ledgerflow_app'"
+        )
+    finally:
+        await conn.close()
+    assert owned == 0
+
+
+async def test_audit_catches_a_tampered_balance(writer: LedgerWriter, database: Any) -> None:
+    a, _ = await funded(writer)
+    conn = await asyncpg.connect(database.admin_url)
+    try:
+        assert all(r.ok for r in await run_audit(conn))
+        await conn.execute("UPDATE balances SET balance = balance + 500 WHERE account_id = $1", a)
+        results = {r.name: r for r in await run_audit(conn)}
+    finally:
+        await conn.close()
+    assert not results["balances_equal_postings"].ok
+    assert results["balances_equal_postings"].examples[0]["account_id"] == str(a)
+    assert results["currency_totals_zero"].ok

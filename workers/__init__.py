@@ -1,0 +1,1 @@
+"""FastStream workers and the outbox relay: thin adapters over the ledger."""

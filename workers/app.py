@@ -1,0 +1,174 @@
+"""The worker process: one FastStream batch subscriber per command topic, plus HTTP endpoints.
+
+Offsets are committed by hand (AckPolicy.MANUAL) after the batch's transaction committed, for
+exactly the records of that batch. A failed batch is rewound (seek to its first offsets) and
+retried after a bounded backoff, so nothing is skipped (docs/decisions/ack-policy.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from faststream import AckPolicy
+from faststream.asgi import AsgiFastStream
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from contracts.topics import flow_by_name
+from ledger_db.apply import LedgerWriter
+from ledger_db.rules import TierLimits
+from ledger_db.unit_of_work import create_pool
+from workers import http, metrics
+from workers.batch import BatchProcessor, DeadLetter
+from workers.kafka_io import commit_offsets, idempotent_producer, send_dead_letters
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import asyncpg
+    from aiokafka import AIOKafkaProducer
+
+    from contracts.topics import Flow
+    from workers.settings import Settings
+
+log = logging.getLogger("ledgerflow.worker")
+
+FLOW_NAMES = ("onboarding", "cashin", "transfer", "cashout")
+FAILURE_BACKOFF_MAX_S = 5.0
+# Kafka's group protocol bounds: a batch must finish well within max_poll_interval_ms.
+SESSION_TIMEOUT_MS = 10_000
+HEARTBEAT_INTERVAL_MS = 3_000
+MAX_POLL_INTERVAL_MS = 120_000
+GRACEFUL_TIMEOUT_S = 15.0
+
+
+def group_id(flow: Flow) -> str:
+    return f"ledgerflow.{flow.name}"
+
+
+def tier_limits(settings: Settings) -> dict[str, TierLimits]:
+    return {
+        "basic": TierLimits(settings.basic_single_amount_max, settings.basic_balance_max),
+    }
+
+
+async def _raw(_message: Any) -> None:
+    """Skip FastStream's JSON decoding: `contracts.parsing` parses the bytes once, strictly."""
+
+
+@dataclass(slots=True)
+class WorkerState:
+    settings: Settings
+    pool: asyncpg.Pool | None = None
+    producer: AIOKafkaProducer | None = None
+    processors: dict[str, BatchProcessor] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+
+    async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        assert self.producer is not None
+        await send_dead_letters(self.producer, letters)
+
+
+def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastStream:
+    broker = KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id="ledgerflow-worker",
+        allow_auto_create_topics=False,
+        graceful_timeout=GRACEFUL_TIMEOUT_S,
+        consumer_only=True,
+    )
+    state = WorkerState(settings)
+    flows = [flow_by_name(name) for name in flow_names]
+    for flow in flows:
+        _subscribe(broker, state, flow)
+
+    async def startup() -> None:
+        state.pool = await create_pool(
+            settings.database_url.get_secret_value(),
+            size_max=settings.db_pool_size_max,
+            statement_timeout_ms=settings.statement_timeout_ms,
+            lock_timeout_ms=settings.lock_timeout_ms,
+        )
+        state.producer = idempotent_producer(settings.kafka_bootstrap_servers, "ledgerflow-dlq")
+        await state.producer.start()
+        writer = LedgerWriter(
+            state.pool, tier_limits(settings), settings.topic_prefix, settings.db_retries_max
+        )
+        for flow in flows:
+            state.processors[flow.name] = BatchProcessor(
+                flow, writer, state.send_dead_letters, settings.topic_prefix,
+                settings.message_bytes_max,
+            )
+
+    async def shutdown() -> None:
+        if state.producer is not None:
+            await state.producer.stop()
+        if state.pool is not None:
+            await state.pool.close()
+
+    async def ready() -> str | None:
+        if state.pool is None:
+            return "starting"
+        try:
+            await state.pool.fetchval("SELECT 1")
+        except Exception as error:  # any failure means not ready; the error class says why
+            return f"postgresql unavailable: {type(error).__name__}"
+        if not await broker.ping(timeout=1.0):
+            return "kafka unavailable"
+        if any(state.failures.values()):
+            return "batches are failing: " + ", ".join(k for k, v in state.failures.items() if v)
+        return None
+
+    return AsgiFastStream(
+        broker,
+        asgi_routes=http.routes(ready),
+        on_startup=[startup],
+        after_shutdown=[shutdown],
+    )
+
+
+def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
+    settings = state.settings
+
+    @broker.subscriber(
+        settings.topic_prefix + flow.command_topic,
+        group_id=group_id(flow),
+        batch=True,
+        max_records=settings.batch_records_max,
+        batch_timeout_ms=max(1, settings.batch_wait_ms),
+        # At-least-once in: FastStream's default (ACK_FIRST) is at-most-once, wrong for money.
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+        decoder=_raw,
+        title=f"{flow.name} worker",
+    )
+    async def handle(_body: Any, msg: KafkaMessage) -> None:
+        records = msg.raw_message
+        if not isinstance(records, tuple):
+            records = (records,)
+        started = time.perf_counter()
+        try:
+            await state.processors[flow.name].process(records)
+        except Exception as error:
+            failures = state.failures.get(flow.name, 0) + 1
+            state.failures[flow.name] = failures
+            metrics.BATCH_FAILURES.labels(flow.name, type(error).__name__).inc()
+            log.warning(
+                "batch failed, will retry",
+                extra={"flow": flow.name, "error_class": type(error).__name__, "attempt": failures},
+            )
+            await msg.nack()  # rewind every partition of the batch to its first record
+            await asyncio.sleep(min(FAILURE_BACKOFF_MAX_S, 0.05 * 2**failures))
+            return
+        state.failures[flow.name] = 0
+        if not await commit_offsets(msg.consumer, records):  # type: ignore[arg-type]
+            metrics.OFFSET_COMMIT_FAILURES.labels(flow.name).inc()
+        metrics.BATCH_DURATION.labels(flow.name).observe(time.perf_counter() - started)
+        metrics.LAST_PROCESSED.labels(flow.name).set(time.time())

@@ -1,0 +1,60 @@
+"""Kafka clients that are not FastStream subscribers: the idempotent producer and offset commits."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from aiokafka import AIOKafkaConsumer
+
+    from workers.batch import DeadLetter, Record
+
+PRODUCER_REQUEST_BYTES_MAX = 1024 * 1024
+PRODUCER_LINGER_MS = 2
+
+
+def idempotent_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+    """acks=all and idempotence: a retried send never duplicates or reorders within a partition."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        client_id=client_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=PRODUCER_LINGER_MS,
+        max_request_size=PRODUCER_REQUEST_BYTES_MAX,
+        request_timeout_ms=30_000,
+    )
+
+
+async def send_dead_letters(producer: AIOKafkaProducer, letters: Sequence[DeadLetter]) -> None:
+    """Every letter acknowledged by the broker before the batch's offsets may be committed."""
+    futures = [
+        await producer.send(letter.topic, letter.value, key=letter.key, headers=letter.headers)
+        for letter in letters
+    ]
+    for future in futures:
+        await future
+
+
+def next_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
+    """The offsets to commit for exactly the partitions and records this batch held."""
+    offsets: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+    return offsets
+
+
+async def commit_offsets(consumer: AIOKafkaConsumer, records: Sequence[Record]) -> bool:
+    """False when the commit failed (e.g. partitions revoked in a rebalance): the new owner gets
+    the batch again, and the idempotency records make that redelivery change nothing."""
+    try:
+        await consumer.commit(next_offsets(records))
+    except (CommitFailedError, IllegalStateError, KafkaError):
+        return False
+    return True

@@ -1,0 +1,63 @@
+"""Runtime configuration from `LEDGERFLOW_*` environment variables.
+
+Defaults point at the embedded stack (`ledgerflow stack up`), so a fresh clone runs without any
+configuration. Secrets are `SecretStr`: they never appear in `repr`, logs or `stack env`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Embedded-stack defaults; deliberately not 5432/9092 so a machine's own services don't collide.
+DEFAULT_POSTGRES_PORT = 55432
+DEFAULT_KAFKA_PORT = 59092
+
+
+class Settings(BaseSettings):
+    """Every bound the processes run with has a name, a unit and a default here."""
+
+    model_config = SettingsConfigDict(env_prefix="LEDGERFLOW_", extra="ignore")
+
+    # Connections. The app role owns no table (see ledger_db migrations); the owner role migrates.
+    database_url: SecretStr = SecretStr(
+        f"postgresql://ledgerflow_app:ledgerflow_app@127.0.0.1:{DEFAULT_POSTGRES_PORT}/ledgerflow"
+    )
+    migration_database_url: SecretStr = SecretStr(
+        f"postgresql://ledgerflow_owner:ledgerflow_owner@127.0.0.1:{DEFAULT_POSTGRES_PORT}/ledgerflow"
+    )
+    kafka_bootstrap_servers: str = f"127.0.0.1:{DEFAULT_KAFKA_PORT}"
+    topic_prefix: str = ""
+
+    # Topics.
+    command_partitions: int = Field(default=6, ge=1, le=1024)
+    result_partitions: int = Field(default=6, ge=1, le=1024)
+    dlq_partitions: int = Field(default=1, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=7)
+
+    # Input bounds.
+    message_bytes_max: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+
+    # Consumption and the database.
+    batch_records_max: int = Field(default=500, ge=1, le=5000)
+    batch_wait_ms: int = Field(default=5, ge=0, le=1000)
+    db_pool_size_max: int = Field(default=4, ge=1, le=32)
+    statement_timeout_ms: int = Field(default=30_000, ge=100, le=120_000)
+    lock_timeout_ms: int = Field(default=5_000, ge=10, le=60_000)
+    db_retries_max: int = Field(default=8, ge=0, le=100)
+    relay_batch_rows_max: int = Field(default=1000, ge=1, le=5000)
+
+    # Basic-tier limits, in minor units of the wallet's currency.
+    basic_single_amount_max: int = Field(default=1_000_000, ge=1, le=10**15)
+    basic_balance_max: int = Field(default=5_000_000, ge=1, le=10**15)
+
+    # HTTP (/metrics, /healthz, /readyz).
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

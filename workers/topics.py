@@ -1,0 +1,50 @@
+"""Create every topic of the contract with explicit partitions (auto-creation is off)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from contracts.topics import FLOWS
+
+ADMIN_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+
+
+def topic_specs(
+    prefix: str, command_partitions: int, result_partitions: int, dlq_partitions: int
+) -> list[TopicSpec]:
+    specs: list[TopicSpec] = []
+    for flow in FLOWS:
+        specs.append(TopicSpec(prefix + flow.command_topic, command_partitions))
+        specs.append(TopicSpec(prefix + flow.completed_topic, result_partitions))
+        specs.append(TopicSpec(prefix + flow.rejected_topic, result_partitions))
+        specs.append(TopicSpec(prefix + flow.dlq_topic, dlq_partitions))
+    return specs
+
+
+async def ensure_topics(
+    bootstrap_servers: str, specs: list[TopicSpec], replication_factor: int
+) -> list[str]:
+    """Create the missing topics; return the names created (empty when all existed)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=ADMIN_TIMEOUT_MS
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            await admin.create_topics(
+                [NewTopic(s.name, s.partitions, replication_factor) for s in missing],
+                timeout_ms=ADMIN_TIMEOUT_MS,
+            )
+        return [s.name for s in missing]
+    finally:
+        await admin.close()
