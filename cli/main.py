@@ -3,12 +3,14 @@
 import typer
 
 from cli import ledger_cmd, ops
+from cli.bench import bench_app
 from cli.stack_cmd import stack_app
 
 app = typer.Typer(no_args_is_help=True, help="Ledgerflow: the money core of the wallet.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(ops.topics_app, name="topics")
 app.add_typer(ledger_cmd.accounts_app, name="accounts")
+app.add_typer(bench_app, name="bench")
 app.command()(ops.migrate)
 app.command()(ops.worker)
 app.command()(ops.relay)

@@ -118,10 +118,20 @@ def content_hash(data: BaseModel) -> bytes:
     as optional (the only way v1 may change) leaves the hash of an old command as it was, so a
     retry across a deployment is still recognised as the same command.
     """
-    canonical = orjson.dumps(
-        data.model_dump(mode="json", exclude_none=True), option=orjson.OPT_SORT_KEYS
-    )
+    # Equal to orjson.dumps(data.model_dump(mode="json", exclude_none=True), OPT_SORT_KEYS) for
+    # the field types of commands (UUID, int, str, nested models), at half the cost; a test
+    # holds the two equal.
+    canonical = orjson.dumps(_present_fields(data), default=_present_fields, option=_CANONICAL)
     return hashlib.sha256(canonical).digest()
+
+
+_CANONICAL: Final = orjson.OPT_SORT_KEYS
+
+
+def _present_fields(model: Any) -> dict[str, Any]:
+    if not isinstance(model, BaseModel):
+        raise TypeError(f"{type(model).__name__} has no canonical JSON form")
+    return {name: value for name, value in model.__dict__.items() if value is not None}
 
 
 def parse_command(flow: Flow, value: bytes | None, *, max_bytes: int = MAX_BYTES_DEFAULT) -> ParseResult:

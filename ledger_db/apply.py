@@ -158,7 +158,7 @@ def _currencies(batch: Iterable[Incoming]) -> set[str]:
     found: set[str] = set()
     for item in batch:
         cmd = item.command
-        if isinstance(cmd, ValidCommand) and not isinstance(cmd.data, RequestOnboarding):
+        if isinstance(cmd, ValidCommand) and type(cmd.data) is not RequestOnboarding:
             found.add(cast("LedgerCommand", cmd.data).currency)
     return found
 
@@ -166,13 +166,13 @@ def _currencies(batch: Iterable[Incoming]) -> set[str]:
 def _touched_wallets(commands: Iterable[LedgerCommand]) -> list[uuid.UUID]:
     ids: set[uuid.UUID] = set()
     for cmd in commands:
-        match cmd:
-            case ConfirmCashIn() | ApproveCashOut():
-                ids.add(cmd.wallet_account_id)
-            case InitiateTransfer():
-                ids.update((cmd.from_account_id, cmd.to_account_id))
-            case RequestOnboarding():
-                pass
+        kind = type(cmd)  # exact-type checks: see Book.decide
+        if kind is InitiateTransfer:
+            transfer = cast("InitiateTransfer", cmd)
+            ids.add(transfer.from_account_id)
+            ids.add(transfer.to_account_id)
+        elif kind is not RequestOnboarding:
+            ids.add(cast("ConfirmCashIn | ApproveCashOut", cmd).wallet_account_id)
     return sorted(ids)
 
 
@@ -331,35 +331,39 @@ def _result(flow: Flow, cmd: LedgerCommand, decision: Decision) -> tuple[str, Ba
     if isinstance(decision, Rejected):
         key = getattr(cmd, flow.id_field)
         return flow.rejected_topic, flow.rejected(key, decision.reason, decision.detail)
+    kind = type(cmd)  # exact-type checks: see Book.decide
+    if isinstance(decision, CustomerOpened):
+        onboard = cast("RequestOnboarding", cmd)
+        return flow.completed_topic, OnboardingCompleted(
+            customer_id=onboard.customer_id,
+            wallet_account_id=decision.wallet.id,
+            currency=onboard.currency,
+            tier=Tier(decision.wallet.tier),
+        )
+    assert isinstance(decision, MoneyMoved), decision
     data: BaseModel
-    match cmd, decision:
-        case RequestOnboarding(), CustomerOpened():
-            data = OnboardingCompleted(
-                customer_id=cmd.customer_id,
-                wallet_account_id=decision.wallet.id,
-                currency=cmd.currency,
-                tier=Tier(decision.wallet.tier),
-            )
-        case ConfirmCashIn(), MoneyMoved():
-            data = CashInCompleted(
-                cashin_id=cmd.cashin_id, wallet_account_id=cmd.wallet_account_id,
-                amount=cmd.amount, currency=cmd.currency,
-                journal_entry_id=decision.entry_id, balance_after=decision.balance_after,
-            )
-        case InitiateTransfer(), MoneyMoved():
-            data = TransferCompleted(
-                transfer_id=cmd.transfer_id, from_account_id=cmd.from_account_id,
-                to_account_id=cmd.to_account_id, amount=cmd.amount, currency=cmd.currency,
-                journal_entry_id=decision.entry_id, balance_after=decision.balance_after,
-            )
-        case ApproveCashOut(), MoneyMoved():
-            data = CashOutCompleted(
-                cashout_id=cmd.cashout_id, wallet_account_id=cmd.wallet_account_id,
-                amount=cmd.amount, currency=cmd.currency, fee=cmd.fee,
-                journal_entry_id=decision.entry_id, balance_after=decision.balance_after,
-            )
-        case _:
-            raise AssertionError(f"no result for {type(cmd).__name__} with {decision!r}")
+    if kind is InitiateTransfer:
+        t = cast("InitiateTransfer", cmd)
+        data = TransferCompleted(
+            transfer_id=t.transfer_id, from_account_id=t.from_account_id,
+            to_account_id=t.to_account_id, amount=t.amount, currency=t.currency,
+            journal_entry_id=decision.entry_id, balance_after=decision.balance_after,
+        )
+    elif kind is ConfirmCashIn:
+        c = cast("ConfirmCashIn", cmd)
+        data = CashInCompleted(
+            cashin_id=c.cashin_id, wallet_account_id=c.wallet_account_id, amount=c.amount,
+            currency=c.currency, journal_entry_id=decision.entry_id,
+            balance_after=decision.balance_after,
+        )
+    else:
+        assert kind is ApproveCashOut, kind
+        o = cast("ApproveCashOut", cmd)
+        data = CashOutCompleted(
+            cashout_id=o.cashout_id, wallet_account_id=o.wallet_account_id, amount=o.amount,
+            currency=o.currency, fee=o.fee, journal_entry_id=decision.entry_id,
+            balance_after=decision.balance_after,
+        )
     return flow.completed_topic, data
 
 

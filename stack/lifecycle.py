@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from stack import kafka_broker, postgres
-from stack.process import file_lock
+from stack.process import StackError, file_lock
 from stack.settings import StackSettings
 
 if TYPE_CHECKING:
@@ -107,10 +107,15 @@ async def start_services(
         results = await asyncio.gather(
             *(starters[name](s) for name in wanted), return_exceptions=True
         )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    unexpected = [f for f in failures if not isinstance(f, StackError)]
+    if unexpected:
+        raise unexpected[0]
+    if failures:  # report every failing service, not just the first
+        raise StackError("\n\n".join(str(f) for f in failures))
     changes: dict[Service, ServiceChange] = {}
     for name, result in zip(wanted, results, strict=True):
-        if isinstance(result, BaseException):
-            raise result
+        assert not isinstance(result, BaseException)
         pid, started = result
         changes[name] = ServiceChange(name=name, pid=pid, changed=started)
     return changes

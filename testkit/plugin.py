@@ -73,6 +73,7 @@ TOPIC_READY_TIMEOUT_S = 30.0
 TEMPLATE_FORMAT = "1"
 TEMPLATE_LOCK_KEY = 0x4C46_5450  # "LFTP": one session builds a template, the others wait
 TEST_DATABASE_PREFIX = "lf_test_"
+STALE_TEMPLATE_LOCK_TIMEOUT_MS = 2000
 TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
 
 
@@ -346,6 +347,7 @@ async def build_template(server: PostgresServer) -> str:
                 name,
             )
             await admin.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE true')
+            await _drop_stale_templates(admin, keep=name)
             return name
         finally:
             await admin.execute("SELECT pg_advisory_unlock($1)", TEMPLATE_LOCK_KEY)
@@ -353,11 +355,37 @@ async def build_template(server: PostgresServer) -> str:
         await admin.close(timeout=CONNECT_TIMEOUT_S)
 
 
+async def _drop_stale_templates(admin: asyncpg.Connection, keep: str) -> None:
+    """Templates of older migration sets would pile up while migrations are being edited.
+
+    Best effort: one still being cloned holds a lock, and we give up on it after a short wait.
+    """
+    stale = await admin.fetch(
+        "SELECT datname FROM pg_database WHERE datistemplate AND datname LIKE 'lf\\_tpl\\_%' "
+        "AND datname <> $1",
+        keep,
+    )
+    await admin.execute(f"SET lock_timeout = {STALE_TEMPLATE_LOCK_TIMEOUT_MS}")
+    try:
+        for row in stale:
+            with contextlib.suppress(asyncpg.PostgresError):
+                await admin.execute(f'ALTER DATABASE "{row["datname"]}" IS_TEMPLATE false')
+                await admin.execute(f'DROP DATABASE "{row["datname"]}"')
+    finally:
+        await admin.execute("RESET lock_timeout")
+
+
 async def create_test_database(server: PostgresServer, template: str) -> IsolatedDatabase:
     name = f"{TEST_DATABASE_PREFIX}{uuid.uuid4().hex}"
+    statement = f'CREATE DATABASE "{name}" TEMPLATE "{template}" OWNER "{OWNER_ROLE}"'
     admin = await _connect(server.admin_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" OWNER "{OWNER_ROLE}"')
+        try:
+            await admin.execute(statement)
+        except asyncpg.InvalidCatalogNameError:
+            # A session with newer migrations replaced our template meanwhile: rebuild it.
+            await build_template(server)
+            await admin.execute(statement)
     finally:
         await admin.close(timeout=CONNECT_TIMEOUT_S)
     return IsolatedDatabase(

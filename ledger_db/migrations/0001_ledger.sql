@@ -31,9 +31,7 @@ CREATE TABLE accounts (
     status       text        NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'closed')),
     created_at   timestamptz NOT NULL DEFAULT now(),
     CHECK ((kind = 'wallet') = (customer_id IS NOT NULL)),
-    -- Targets of the composite foreign keys below: a posting's currency and a balance row's kind
-    -- must be those of the account.
-    UNIQUE (id, currency),
+    -- Target of the balances' composite foreign key: a balance row's kind is its account's.
     UNIQUE (id, kind)
 );
 -- One house account of each kind per currency.
@@ -66,59 +64,72 @@ CREATE TABLE journal_entries (
 );
 
 CREATE TABLE postings (
-    entry_id    uuid     NOT NULL REFERENCES journal_entries (id),
+    entry_id    uuid     NOT NULL,
     seq         smallint NOT NULL CHECK (seq >= 0),
     account_id  uuid     NOT NULL,
     currency    char(3)  NOT NULL,
     amount      bigint   NOT NULL CHECK (amount <> 0),
-    PRIMARY KEY (entry_id, seq),
-    FOREIGN KEY (account_id, currency) REFERENCES accounts (id, currency)
+    PRIMARY KEY (entry_id, seq)
 );
 CREATE INDEX postings_account_id_idx ON postings (account_id);
 
--- Double entry, checked at commit: every entry has at least two postings and they sum to zero
--- per currency. One check per entry (not per posting) keeps the cost at one index probe.
-CREATE FUNCTION check_entry_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Double entry, checked set-based once per INSERT statement (row-level foreign keys and
+-- triggers would cost a query per posting): every entry the statement posts to was created in
+-- this transaction, gets at least two postings summing to zero per currency, and each posting
+-- is in its account's currency. Since each statement is balanced on its own, so is their union.
+CREATE FUNCTION check_postings() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    n_postings  bigint;
-    n_unbalanced bigint;
+    problem text;
 BEGIN
-    SELECT count(*) INTO n_postings FROM postings WHERE entry_id = NEW.id;
-    SELECT count(*) INTO n_unbalanced FROM (
-        SELECT currency FROM postings WHERE entry_id = NEW.id
-        GROUP BY currency HAVING sum(amount) <> 0
-    ) AS unbalanced;
-    IF n_postings < 2 OR n_unbalanced > 0 THEN
-        RAISE EXCEPTION 'journal entry % is not balanced (% postings, % unbalanced currencies)',
-            NEW.id, n_postings, n_unbalanced
-            USING ERRCODE = 'check_violation';
+    SELECT 'posting to journal entry ' || p.entry_id || ' which was not created with it'
+      INTO problem
+      FROM new_postings p LEFT JOIN journal_entries e ON e.id = p.entry_id
+     WHERE e.id IS NULL OR e.tx_id <> pg_current_xact_id()
+     LIMIT 1;
+    IF problem IS NULL THEN
+        WITH per_currency AS (
+            SELECT entry_id, count(*) AS n, sum(amount) AS total
+              FROM new_postings GROUP BY entry_id, currency
+        )
+        SELECT 'journal entry ' || entry_id || ' is not balanced' INTO problem
+          FROM per_currency
+         GROUP BY entry_id
+        HAVING sum(n) < 2 OR bool_or(total <> 0)
+         LIMIT 1;
+    END IF;
+    IF problem IS NULL THEN
+        SELECT 'posting ' || p.entry_id || '/' || p.seq || ' is not in its account''s currency'
+          INTO problem
+          FROM new_postings p LEFT JOIN accounts a ON a.id = p.account_id
+         WHERE a.id IS NULL OR a.currency <> p.currency
+         LIMIT 1;
+    END IF;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION '%', problem USING ERRCODE = 'check_violation';
     END IF;
     RETURN NULL;
 END $$;
 
-CREATE CONSTRAINT TRIGGER journal_entries_balanced
-    AFTER INSERT ON journal_entries
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION check_entry_balanced();
-
--- Postings may only be added to an entry in the transaction that created it, so a balanced
--- entry cannot be unbalanced later by an extra posting.
-CREATE FUNCTION check_postings_same_transaction() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF EXISTS (
-        SELECT 1 FROM new_postings p JOIN journal_entries e ON e.id = p.entry_id
-        WHERE e.tx_id <> pg_current_xact_id()
-    ) THEN
-        RAISE EXCEPTION 'postings can only be added with their journal entry'
-            USING ERRCODE = 'check_violation';
-    END IF;
-    RETURN NULL;
-END $$;
-
-CREATE TRIGGER postings_same_transaction
+CREATE TRIGGER postings_balanced
     AFTER INSERT ON postings
     REFERENCING NEW TABLE AS new_postings
-    FOR EACH STATEMENT EXECUTE FUNCTION check_postings_same_transaction();
+    FOR EACH STATEMENT EXECUTE FUNCTION check_postings();
+
+-- An entry without postings is refused at commit (one index probe per entry).
+CREATE FUNCTION check_entry_has_postings() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM postings WHERE entry_id = NEW.id LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'journal entry % is not balanced: it has no postings', NEW.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE CONSTRAINT TRIGGER journal_entries_have_postings
+    AFTER INSERT ON journal_entries
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION check_entry_has_postings();
 
 -- Append-only: no UPDATE, DELETE or TRUNCATE of the journal, whoever asks.
 CREATE FUNCTION refuse_journal_change() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -28,4 +28,3 @@ async def pool(database: Any) -> AsyncIterator[asyncpg.Pool]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def writer(pool: asyncpg.Pool) -> LedgerWriter:
     return LedgerWriter(pool, LIMITS)
-

@@ -13,7 +13,16 @@ from contracts.parsing import parse_command
 from contracts.topics import TRANSFER
 from ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
 from ledger_db.queries import get_account
-from testkit.commands import apply_all, cashin, cashout, onboarding, parsed, record, transfer, wallet_of
+from testkit.commands import (
+    apply_all,
+    cashin,
+    cashout,
+    onboarding,
+    parsed,
+    record,
+    transfer,
+    wallet_of,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +36,9 @@ async def balance(pool: asyncpg.Pool, account: uuid.UUID) -> int:
 
 async def outbox(pool: asyncpg.Pool) -> list[dict[str, object]]:
     rows = await pool.fetch("SELECT topic, key, payload FROM outbox ORDER BY id")
-    return [{"topic": r["topic"], "key": bytes(r["key"]), **orjson.loads(r["payload"])} for r in rows]
+    return [
+        {"topic": r["topic"], "key": bytes(r["key"]), **orjson.loads(r["payload"])} for r in rows
+    ]
 
 
 async def two_wallets(writer: LedgerWriter, funds: int = 10_000) -> tuple[uuid.UUID, uuid.UUID]:
@@ -41,7 +52,11 @@ async def test_every_flow_moves_money_and_writes_its_result(
 ) -> None:
     a, b = onboarding(), onboarding()
     outcomes = await apply_all(
-        writer, a, b, cashin(wallet_of(a), 1_000), transfer(wallet_of(a), wallet_of(b), 300),
+        writer,
+        a,
+        b,
+        cashin(wallet_of(a), 1_000),
+        transfer(wallet_of(a), wallet_of(b), 300),
         cashout(wallet_of(b), 200, fee=50),
     )
     assert [o.kind for o in outcomes] == [OutcomeKind.COMPLETED] * 5
@@ -49,8 +64,11 @@ async def test_every_flow_moves_money_and_writes_its_result(
     assert await balance(pool, wallet_of(b)) == 50
     events = await outbox(pool)
     assert [e["type"] for e in events] == [
-        "onboarding.completed", "onboarding.completed", "cashin.completed",
-        "transfer.completed", "cashout.completed",
+        "onboarding.completed",
+        "onboarding.completed",
+        "cashin.completed",
+        "transfer.completed",
+        "cashout.completed",
     ]
     assert events[3]["data"]["balance_after"] == 700  # type: ignore[index]
     assert events[4]["data"]["balance_after"] == 50  # type: ignore[index]
@@ -167,5 +185,8 @@ async def test_house_accounts_balance_the_wallets(writer: LedgerWriter, pool: as
     )
     by_kind = {r["kind"]: r["total"] for r in totals}
     assert by_kind == {
-        "cashin_clearing": -5_000, "cashout_clearing": 500, "fee_revenue": 25, "wallet": 4_475,
+        "cashin_clearing": -5_000,
+        "cashout_clearing": 500,
+        "fee_revenue": 25,
+        "wallet": 4_475,
     }

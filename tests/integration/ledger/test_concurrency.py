@@ -52,13 +52,19 @@ async def test_concurrent_batches_conserve_money(pool: asyncpg.Pool, writer: Led
         "SELECT sum(balance) FROM balances WHERE account_id = ANY($1::uuid[])", wallets
     )
     assert total == WALLETS * FUNDS
-    assert await pool.fetchval("SELECT count(*) FROM balances WHERE balance < 0 AND kind = 'wallet'") == 0
+    assert (
+        await pool.fetchval("SELECT count(*) FROM balances WHERE balance < 0 AND kind = 'wallet'")
+        == 0
+    )
     async with pool.acquire() as conn:
         assert all(r.ok for r in await run_audit(conn))
     retries = sum(w.retry_stats.total for w in writers)
     assert retries > 0, "racing duplicate keys must have been retried, and counted"
     assert set(sum((list(w.retry_stats.by_cause) for w in writers), [])) <= {
-        "unique_violation", "deadlock", "serialization", "lock_timeout"
+        "unique_violation",
+        "deadlock",
+        "serialization",
+        "lock_timeout",
     }
     entries = await pool.fetchval("SELECT count(*) FROM journal_entries WHERE flow = 'transfer'")
     completed_keys = await pool.fetchval(

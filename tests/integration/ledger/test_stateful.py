@@ -150,14 +150,18 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def ledger_matches_model(self) -> None:
-        rows = self.run(self.pool.fetch(
-            "SELECT account_id, balance FROM balances WHERE account_id = ANY($1::uuid[])",
-            list(self.balances),
-        ))
+        rows = self.run(
+            self.pool.fetch(
+                "SELECT account_id, balance FROM balances WHERE account_id = ANY($1::uuid[])",
+                list(self.balances),
+            )
+        )
         assert {r["account_id"]: r["balance"] for r in rows} == self.balances
+
         async def audit() -> bool:
             async with self.pool.acquire() as conn:
                 return all(r.ok for r in await run_audit(conn))
+
         assert self.run(audit())
 
 
@@ -166,7 +170,9 @@ def test_ledger_against_model(database: Any) -> None:
     LedgerMachine.admin_dsn = database.admin_url
     runner = LedgerMachine.TestCase()
     runner.settings = settings(
-        max_examples=12, stateful_step_count=20, deadline=None,
+        max_examples=12,
+        stateful_step_count=20,
+        deadline=None,
         suppress_health_check=list(HealthCheck),
     )
     runner.runTest()

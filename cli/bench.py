@@ -1,0 +1,61 @@
+"""`ledgerflow bench …`: measured numbers, never timing assertions in tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli import bench_ledger
+from workers.settings import Settings
+
+console = Console()
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; results go to docs/benchmarks.md.")
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def machine() -> dict[str, object]:
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return {"cores": os.cpu_count(), "memory_gib": round(pages / 2**30, 1)}
+
+
+@bench_app.command("ledger")
+def ledger(
+    wallets: int = typer.Option(10_000, help="Wallets the transfers spread over."),
+    batch: list[int] = typer.Option([1, 100, 500, 2000], help="Batch sizes to measure."),
+    transfers: int = typer.Option(20_000, help="Transfers per case at most."),
+    as_json: JsonFlag = False,
+) -> None:
+    """Transfers/s through the batched apply, spread over wallets and into one hot wallet."""
+    settings = Settings()
+    results = bench_ledger.run(
+        settings.migration_database_url.get_secret_value(),
+        settings.database_url.get_secret_value(),
+        wallets,
+        batch,
+        transfers,
+    )
+    spread_500 = next((r.per_s for r in results if r.case == "spread" and r.batch == 500), None)
+    rows = [
+        {"case": r.case, "batch": r.batch, "transfers": r.transfers,
+         "seconds": round(r.seconds, 3), "transfers_per_s": round(r.per_s)}
+        for r in results
+    ]
+    if as_json:
+        print(json.dumps({"machine": machine(), "results": rows}))
+        return
+    table = Table("case", "batch", "transfers", "seconds", "transfers/s", "vs batch 1")
+    base = {r.case: r.per_s for r in results if r.batch == 1}
+    for r in results:
+        ratio = f"{r.per_s / base[r.case]:.1f}x" if r.case in base else ""
+        table.add_row(r.case, str(r.batch), str(r.transfers), f"{r.seconds:.2f}",
+                      f"{r.per_s:,.0f}", ratio)
+    console.print(table)
+    if spread_500:
+        hot_500 = next((r.per_s for r in results if r.case == "hot" and r.batch == 500), 0.0)
+        console.print(f"hot/spread at batch 500: {hot_500 / spread_500:.2f}")
+    console.print(f"machine: {machine()}")

@@ -1,0 +1,98 @@
+"""`ledgerflow bench ledger`: transfers/s through the batched apply path, by batch size.
+
+Runs on its own database (`<name>_bench`, recreated each run) so the ledger under test starts
+the same every time and the real ledger is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+from ledger_db.apply import Incoming, LedgerWriter
+from ledger_db.migrate import migrate
+from ledger_db.rules import TierLimits
+from ledger_db.unit_of_work import create_pool
+from testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
+
+SETUP_BATCH = 2_000
+FUNDS = 10**9
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerBenchResult:
+    case: str
+    batch: int
+    transfers: int
+    seconds: float
+
+    @property
+    def per_s(self) -> float:
+        return self.transfers / self.seconds
+
+
+def with_database(url: str, name: str) -> str:
+    base, _, rest = url.rpartition("/")
+    query = rest.partition("?")[2]
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+async def _recreate(owner_url: str, name: str) -> str:
+    conn = await asyncpg.connect(owner_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = with_database(owner_url, name)
+    await migrate(url)
+    return url
+
+
+async def run_ledger_bench(
+    owner_url: str,
+    app_url: str,
+    wallets: int,
+    batches: list[int],
+    transfers_per_case: int,
+    database: str = "ledgerflow_bench",
+) -> list[LedgerBenchResult]:
+    await _recreate(owner_url, database)
+    pool = await create_pool(with_database(app_url, database), size_max=2)
+    try:
+        writer = LedgerWriter(pool, {"basic": TierLimits()})
+        people = [onboarding() for _ in range(wallets + 1)]
+        ids = [wallet_of(p) for p in people]
+        merchant, ids = ids[0], ids[1:]
+        for start in range(0, len(people), SETUP_BATCH):
+            await writer.apply([Incoming(parsed(p)) for p in people[start : start + SETUP_BATCH]])
+        funding = [cashin(w, FUNDS) for w in ids]
+        for start in range(0, len(funding), SETUP_BATCH):
+            await writer.apply([Incoming(parsed(c)) for c in funding[start : start + SETUP_BATCH]])
+        rng = random.Random(7)
+        results = []
+        for case in ("spread", "hot"):
+            for batch in batches:
+                # Fewer transfers at batch 1: each is a commit (~5 ms on this disk).
+                n = min(transfers_per_case, max(batch * 3, 300 if batch == 1 else batch * 10))
+                commands = []
+                for _ in range(n):
+                    a, b = rng.sample(ids, 2)
+                    commands.append(transfer(a, merchant if case == "hot" else b, rng.randint(1, 100)))
+                incoming = [Incoming(parsed(c)) for c in commands]
+                started = time.perf_counter()
+                for start in range(0, n, batch):
+                    await writer.apply(incoming[start : start + batch])
+                results.append(LedgerBenchResult(case, batch, n, time.perf_counter() - started))
+        return results
+    finally:
+        await pool.close()
+
+
+def run(owner_url: str, app_url: str, wallets: int, batches: list[int], transfers: int) -> list[LedgerBenchResult]:
+    return asyncio.run(run_ledger_bench(owner_url, app_url, wallets, batches, transfers))
+

@@ -1,0 +1,1 @@
+"""Shared test setup lives in the `testkit.plugin` pytest plugin (registered by entry point)."""
