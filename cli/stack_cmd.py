@@ -19,6 +19,12 @@ console = Console()
 errors = Console(stderr=True)
 
 
+def _print_failure(what: str, exc: StackError) -> None:
+    """Log tails contain [brackets]: print them verbatim, not as rich markup, and unwrapped."""
+    errors.print(f"[red]{what} failed:[/red]")
+    errors.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+
+
 def _report_start(change: ServiceChange) -> None:
     if change.changed:
         console.print(f"[green]started[/green] {change.name} (pid {change.pid})")
@@ -33,7 +39,7 @@ def up() -> None:
     try:
         endpoints = asyncio.run(stack.up_async(settings, on_progress=_report_start))
     except StackError as exc:
-        errors.print(f"[red]stack up failed:[/red] {exc}", markup=True, highlight=False)
+        _print_failure("stack up", exc)
         raise typer.Exit(1) from exc
     console.print(
         f"PostgreSQL {settings.host}:{settings.postgres_port} (database ledgerflow), "
@@ -48,7 +54,7 @@ def down() -> None:
     try:
         changes = stack.down(StackSettings())
     except StackError as exc:
-        errors.print(f"[red]stack down failed:[/red] {exc}", highlight=False)
+        _print_failure("stack down", exc)
         raise typer.Exit(1) from exc
     for change in changes.values():
         if change.changed:
@@ -62,8 +68,9 @@ def status() -> None:
     """Pid, port and health of each service; exits 1 unless both are healthy."""
     rows = stack.status(StackSettings())
     table = Table(title="ledgerflow stack")
-    for column in ("service", "pid", "address", "health", "log"):
+    for column in ("service", "pid", "address", "health"):
         table.add_column(column)
+    table.add_column("log", overflow="fold")  # a path is only useful whole
     for row in rows:
         if row.healthy:
             health = "[green]healthy[/green]"

@@ -194,13 +194,16 @@ def env_lines(settings: StackSettings | None = None, *, show_secrets: bool = Fal
 
 
 def run_sync(factory: Callable[[], Coroutine[object, object, _T]], timeout_s: float) -> _T:
-    """Run a coroutine to completion from synchronous code, even inside a running event loop."""
+    """Run a coroutine to completion from synchronous code, on a private loop in a helper thread.
+
+    The thread keeps this safe inside a running event loop, and leaves the caller's current
+    loop alone (asyncio.run in the main thread would unset it, e.g. under pytest-asyncio).
+    """
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lf-stack")
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(factory())
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, factory()).result(timeout=timeout_s)
+        return pool.submit(lambda: asyncio.run(factory())).result(timeout=timeout_s)
+    finally:
+        pool.shutdown(wait=False)  # on timeout, do not wait for the stuck work as well
 
 
 def up(

@@ -182,6 +182,17 @@ def _prepare_dir(path: Path, user: OsUser | None, mode: int) -> None:
         os.chown(path, user.uid, user.gid)
 
 
+def _check_not_planted(path: Path, user: OsUser | None) -> None:
+    """Refuse a cluster folder someone else made (the /var/tmp fallback is a shared place):
+    as root we would otherwise chown whatever a symlink there points at."""
+    if path.is_symlink():
+        raise StackError(f"{path} is a symlink; remove it or set LEDGERFLOW_STACK_DIR elsewhere")
+    if path.exists():
+        owners = {0, os.geteuid()} | ({user.uid} if user else set())
+        if path.stat().st_uid not in owners:
+            raise StackError(f"{path} belongs to another user; remove it or move the stack")
+
+
 def init_cluster(bin_dir: Path, p: PostgresPaths, user: OsUser | None) -> bool:
     """Create the cluster once (initdb); return False when it already exists."""
     version_file = p.data / "PG_VERSION"
@@ -194,6 +205,7 @@ def init_cluster(bin_dir: Path, p: PostgresPaths, user: OsUser | None) -> bool:
                 f"{want}; run `ledgerflow stack down` and delete {p.root} to start afresh"
             )
         return False
+    _check_not_planted(p.root, user)
     _prepare_dir(p.root, user, 0o755)
     if p.data.exists():  # a half-made cluster from an interrupted initdb: start over
         shutil.rmtree(p.data)
@@ -247,6 +259,7 @@ logging_collector = off
 # Written by `ledgerflow stack up`: password (SCRAM) auth only, loopback and the private socket.
 local   all   all                  scram-sha-256
 host    all   all   127.0.0.1/32   scram-sha-256
+host    all   all   ::1/128        scram-sha-256
 """
     (p.data / "pg_hba.conf").write_text(hba, encoding="utf-8")
     main_conf = p.data / "postgresql.conf"

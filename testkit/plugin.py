@@ -12,7 +12,9 @@ Registered through the `pytest11` entry point, so installing `ledgerflow` is eno
   `LEDGERFLOW_TEST_STACK_STOP=1` to stop, at session end, the services this session started.
 - `database` (function): a fresh database per test, cloned from a template that is built once
   (roles, `CREATE DATABASE`, then `ledger_db.migrate.migrate(owner_dsn)` when that exists). The
-  template's name carries a hash of the migrations, so changing one rebuilds it.
+  template's name carries a hash of the migrations, so changing one rebuilds it. The roles
+  `ledgerflow_owner`/`ledgerflow_app` are created on the server, or their passwords reset to the
+  documented local ones (stack/settings.py) — point the override only at a throwaway server.
 - `kafka_topic_prefix` (function): a unique topic prefix (`t<hex8>.`); topics under it are deleted
   after the test. Use `unique_group(name)` for consumer groups and `create_topics(...)` for topics.
 """

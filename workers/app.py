@@ -79,7 +79,6 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
         client_id="ledgerflow-worker",
         allow_auto_create_topics=False,
         graceful_timeout=GRACEFUL_TIMEOUT_S,
-        consumer_only=True,
     )
     state = WorkerState(settings)
     flows = [flow_by_name(name) for name in flow_names]
