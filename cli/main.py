@@ -2,8 +2,9 @@
 
 import typer
 
-from cli import ledger_cmd, ops
+from cli import demo, ledger_cmd, ops
 from cli.bench import bench_app
+from cli.contracts_cmd import contracts_app
 from cli.stack_cmd import stack_app
 
 app = typer.Typer(no_args_is_help=True, help="Ledgerflow: the money core of the wallet.")
@@ -11,6 +12,8 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(ops.topics_app, name="topics")
 app.add_typer(ledger_cmd.accounts_app, name="accounts")
 app.add_typer(bench_app, name="bench")
+app.add_typer(contracts_app, name="contracts")
+app.command()(demo.demo)
 app.command()(ops.migrate)
 app.command()(ops.worker)
 app.command()(ops.relay)

@@ -11,7 +11,13 @@ from uuid import uuid4
 import orjson
 from pydantic import BaseModel
 
-from contracts.envelope import CONTENT_TYPE, DATA_CONTENT_TYPE, SPECVERSION, Envelope, typed_envelope
+from contracts.envelope import (
+    CONTENT_TYPE,
+    DATA_CONTENT_TYPE,
+    SPECVERSION,
+    Envelope,
+    typed_envelope,
+)
 from contracts.topics import Flow
 
 CONTENT_TYPE_HEADER: Final = "content-type"
@@ -52,8 +58,7 @@ def encode_command(
     """
     if not isinstance(data, flow.command_model):
         raise TypeError(
-            f"{flow.command_topic} carries {flow.command_model.__name__}, "
-            f"not {type(data).__name__}"
+            f"{flow.command_topic} carries {flow.command_model.__name__}, not {type(data).__name__}"
         )
     value = _envelope_bytes(
         flow.command_topic,

@@ -50,12 +50,14 @@ class RequestOnboarding(BaseModel):
 
     customer_id: Uuid = Field(description="Idempotency key; also the message key.")
     full_name: Annotated[str, StringConstraints(min_length=1, max_length=FULL_NAME_MAX_CHARS)]
-    phone_number: PhoneNumber = Field(description="E.164, e.g. +447700900123.")
+    phone_number: PhoneNumber = Field(description="E.164, e.g. +447911123456.")
     currency: Currency = Field(description="Currency of the new wallet.")
     email: (
         Annotated[
             str,
-            StringConstraints(min_length=3, max_length=EMAIL_MAX_CHARS, pattern=r"^[^@\s]+@[^@\s]+$"),
+            StringConstraints(
+                min_length=3, max_length=EMAIL_MAX_CHARS, pattern=r"^[^@\s]+@[^@\s]+$"
+            ),
         ]
         | None
     ) = None

@@ -39,8 +39,7 @@ class Envelope(BaseModel, Generic[DataT]):
     )
     time: Timestamp | None = Field(default=None, description="When it happened (RFC 3339).")
     datacontenttype: (
-        Annotated[str, StringConstraints(min_length=1, max_length=DATACONTENTTYPE_MAX_CHARS)]
-        | None
+        Annotated[str, StringConstraints(min_length=1, max_length=DATACONTENTTYPE_MAX_CHARS)] | None
     ) = DATA_CONTENT_TYPE
     causationid: EventId | None = Field(
         default=None, description="On a result event: the `id` of the command that caused it."

@@ -34,7 +34,10 @@ def message_schema(message_type: str) -> dict[str, Any]:
     """JSON Schema (2020-12) of a whole message of `message_type`: the envelope with its data."""
     model = typed_envelope(message_type, message_model(message_type))
     schema = model.model_json_schema(mode="validation")
-    return {"$schema": SCHEMA_DIALECT, "$id": f"urn:ledgerflow:contracts:{message_type}:v1"} | schema
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "$id": f"urn:ledgerflow:contracts:{message_type}:v1",
+    } | schema
 
 
 def render_schemas() -> dict[str, str]:
@@ -70,11 +73,12 @@ def asyncapi_document() -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
+    parts = {"channels": channels, "operations": operations, "messages": messages}
     for flow in FLOWS:
-        _add_message_channel(flow, flow.command_topic, "receive", channels, operations, messages)
-        _add_message_channel(flow, flow.completed_topic, "send", channels, operations, messages)
-        _add_message_channel(flow, flow.rejected_topic, "send", channels, operations, messages)
-        _add_dead_letter_channel(flow, channels, operations, messages)
+        _add_message_channel(flow, flow.command_topic, "receive", **parts)
+        _add_message_channel(flow, flow.completed_topic, "send", **parts)
+        _add_message_channel(flow, flow.rejected_topic, "send", **parts)
+        _add_dead_letter_channel(flow, **parts)
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
@@ -125,6 +129,7 @@ def _add_message_channel(
     flow: Flow,
     topic: str,
     action: str,
+    *,
     channels: dict[str, Any],
     operations: dict[str, Any],
     messages: dict[str, Any],
@@ -154,8 +159,9 @@ def _add_message_channel(
     if command:
         description = (
             f"Commands of the {flow.name} flow. Idempotency key: data.{flow.id_field}; "
-            f"Kafka key: data.{flow.key_field}. Values over {MAX_BYTES_DEFAULT} bytes, and "
-            f"values that name no command, go to {flow.dlq_topic}."
+            f"Kafka key: data.{flow.key_field}. Values over the size limit "
+            f"({MAX_BYTES_DEFAULT // 1024} KiB by default) and values that name no command go "
+            f"to {flow.dlq_topic}."
         )
     else:
         description = f"Results of {flow.command_topic}, keyed like the command."
@@ -174,6 +180,7 @@ def _add_message_channel(
 
 def _add_dead_letter_channel(
     flow: Flow,
+    *,
     channels: dict[str, Any],
     operations: dict[str, Any],
     messages: dict[str, Any],

@@ -119,9 +119,7 @@ FLOWS: Final[tuple[Flow, ...]] = (ONBOARDING, CASHIN, TRANSFER, CASHOUT)
 
 _BY_NAME: Final = {flow.name: flow for flow in FLOWS}
 _BY_TOPIC: Final = {
-    topic: flow
-    for flow in FLOWS
-    for topic in (*flow.message_types, flow.dlq_topic)
+    topic: flow for flow in FLOWS for topic in (*flow.message_types, flow.dlq_topic)
 }
 
 MESSAGE_TYPES: Final[tuple[str, ...]] = tuple(t for flow in FLOWS for t in flow.message_types)

@@ -1,4 +1,22 @@
-"""Every SQL statement of the write path. Arrays in, `unnest` inside: one round trip per table."""
+"""Every SQL statement of the write path: one round trip per table and batch.
+
+Reads and updates take arrays (`unnest`, `= ANY`); plain inserts go by binary COPY.
+"""
+
+CUSTOMER_COLUMNS = ("id", "tier")
+CUSTOMER_PII_COLUMNS = (
+    "customer_id", "full_name", "phone_number", "email", "national_id", "bank_code",
+    "bank_account_number",
+)
+WALLET_ACCOUNT_COLUMNS = ("id", "kind", "currency", "customer_id")
+BALANCE_COLUMNS = ("account_id", "kind", "shard", "balance")
+ENTRY_COLUMNS = ("id", "flow", "idempotency_key")
+POSTING_COLUMNS = ("entry_id", "seq", "account_id", "currency", "amount")
+IDEMPOTENCY_RECORD_COLUMNS = (
+    "flow", "key", "content_hash", "outcome", "reason", "journal_entry_id", "result_topic",
+    "result_event_id", "result_payload",
+)
+OUTBOX_COLUMNS = ("event_id", "topic", "key", "payload", "traceparent")
 
 SELECT_IDEMPOTENCY_RECORDS = """
 SELECT r.flow, r.key, r.content_hash, r.result_topic, r.result_event_id, r.result_payload
@@ -34,37 +52,6 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::smallint[])
 ON CONFLICT DO NOTHING
 """
 
-INSERT_CUSTOMERS = """
-INSERT INTO customers (id, tier) SELECT * FROM unnest($1::uuid[], $2::text[])
-"""
-
-INSERT_CUSTOMER_PII = """
-INSERT INTO customer_pii (customer_id, full_name, phone_number, email, national_id, bank_code,
-                          bank_account_number)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[])
-"""
-
-INSERT_WALLETS = """
-WITH w AS (
-    INSERT INTO accounts (id, kind, currency, customer_id)
-    SELECT id, 'wallet', currency, customer_id
-    FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS n(id, currency, customer_id)
-    RETURNING id
-)
-INSERT INTO balances (account_id, kind, shard, balance) SELECT id, 'wallet', 0, 0 FROM w
-"""
-
-INSERT_ENTRIES = """
-INSERT INTO journal_entries (id, flow, idempotency_key)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[])
-"""
-
-INSERT_POSTINGS = """
-INSERT INTO postings (entry_id, seq, account_id, currency, amount)
-SELECT * FROM unnest($1::uuid[], $2::smallint[], $3::uuid[], $4::text[], $5::bigint[])
-"""
-
 LOCK_HOUSE_SHARDS = """
 SELECT 1 FROM balances
 WHERE account_id = ANY($1::uuid[]) AND shard = $2
@@ -76,18 +63,6 @@ APPLY_BALANCE_DELTAS = """
 UPDATE balances b SET balance = b.balance + d.delta
 FROM unnest($1::uuid[], $2::smallint[], $3::bigint[]) AS d(account_id, shard, delta)
 WHERE b.account_id = d.account_id AND b.shard = d.shard
-"""
-
-INSERT_IDEMPOTENCY_RECORDS = """
-INSERT INTO idempotency_records (flow, key, content_hash, outcome, reason, journal_entry_id,
-                                 result_topic, result_event_id, result_payload)
-SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[], $4::text[], $5::text[], $6::uuid[],
-                     $7::text[], $8::uuid[], $9::bytea[])
-"""
-
-INSERT_OUTBOX = """
-INSERT INTO outbox (event_id, topic, key, payload, traceparent)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[])
 """
 
 NOTIFY_OUTBOX = "SELECT pg_notify('ledgerflow_outbox', '')"

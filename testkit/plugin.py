@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -76,6 +76,8 @@ TEMPLATE_FORMAT = "1"
 TEMPLATE_LOCK_KEY = 0x4C46_5450  # "LFTP": one session builds a template, the others wait
 TEST_DATABASE_PREFIX = "lf_test_"
 STALE_TEMPLATE_LOCK_TIMEOUT_MS = 2000
+TEMPLATE_BUILD_TIMEOUT_S = 240.0  # waiting for another session's build; under pytest-timeout
+CREATE_DATABASE_TIMEOUT_S = 60.0  # a clone copies a few MB; a minute means something is stuck
 TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
 
 
@@ -126,6 +128,8 @@ def with_credentials(url: str, user: str, password: str, database: str) -> str:
 def docker_available() -> bool:
     """True when a Docker engine answers a ping within a short bound; never raises."""
     if os.environ.get(DOCKER_ENV, "").strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    if importlib.util.find_spec("testcontainers") is None:  # Docker alone is not enough
         return False
     try:
         import docker  # type: ignore[import-untyped]  # noqa: PLC0415 - optional, probed lazily
@@ -327,7 +331,10 @@ async def build_template(server: PostgresServer) -> str:
     name = template_name()
     admin = await _connect(server.admin_url)
     try:
-        await admin.execute("SELECT pg_advisory_lock($1)", TEMPLATE_LOCK_KEY)
+        # Another session may be migrating a template right now: wait for it, but not forever.
+        await admin.execute(
+            "SELECT pg_advisory_lock($1)", TEMPLATE_LOCK_KEY, timeout=TEMPLATE_BUILD_TIMEOUT_S
+        )
         try:
             await stack_postgres.ensure_roles(admin)
             done = await admin.fetchval(
@@ -363,8 +370,7 @@ async def _drop_stale_templates(admin: asyncpg.Connection, keep: str) -> None:
     Best effort: one still being cloned holds a lock, and we give up on it after a short wait.
     """
     stale = await admin.fetch(
-        "SELECT datname FROM pg_database WHERE datistemplate AND datname LIKE 'lf\\_tpl\\_%' "
-        "AND datname <> $1",
+        "SELECT datname FROM pg_database WHERE datname LIKE 'lf\\_tpl\\_%' AND datname <> $1",
         keep,
     )
     await admin.execute(f"SET lock_timeout = {STALE_TEMPLATE_LOCK_TIMEOUT_MS}")
@@ -383,19 +389,20 @@ async def create_test_database(server: PostgresServer, template: str) -> Isolate
     admin = await _connect(server.admin_url)
     try:
         try:
-            await admin.execute(statement)
+            await admin.execute(statement, timeout=CREATE_DATABASE_TIMEOUT_S)
         except asyncpg.InvalidCatalogNameError:
             # A session with newer migrations replaced our template meanwhile: rebuild it.
             await build_template(server)
-            await admin.execute(statement)
+            await admin.execute(statement, timeout=CREATE_DATABASE_TIMEOUT_S)
     finally:
         await admin.close(timeout=CONNECT_TIMEOUT_S)
+    admin_parts = urlsplit(server.admin_url)
     return IsolatedDatabase(
         name=name,
         admin_url=with_credentials(
             server.admin_url,
-            urlsplit(server.admin_url).username or "postgres",
-            urlsplit(server.admin_url).password or "",
+            unquote(admin_parts.username or SUPERUSER),
+            unquote(admin_parts.password or ""),
             name,
         ),
         owner_url=server.url(OWNER_ROLE, OWNER_PASSWORD.get_secret_value(), name),

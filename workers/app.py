@@ -135,7 +135,7 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
 
     @broker.subscriber(
         settings.topic_prefix + flow.command_topic,
-        group_id=group_id(flow),
+        group_id=settings.topic_prefix + group_id(flow),
         batch=True,
         max_records=settings.batch_records_max,
         batch_timeout_ms=max(1, settings.batch_wait_ms),

@@ -1,0 +1,270 @@
+"""`ledgerflow demo`: the whole system on real traffic, from an empty machine to the audit.
+
+Brings up the embedded stack, migrates, creates topics, starts the workers and the relay as
+child processes, then drives onboarding, cash-in, a burst of P2P transfers (with invalid,
+duplicate, overdrawing and conflicting ones on purpose) and cash-out through Kafka, and shows
+what came back. Child processes are stopped on exit and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections import Counter
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import typer
+from aiokafka import AIOKafkaProducer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import stack
+from cli.ledger_cmd import audit_report
+from cli.processes import ManagedProcess, ledgerflow_env, start_process
+from cli.results import ResultCollector
+from contracts.codec import encode_command
+from contracts.commands import (
+    ApproveCashOut,
+    BankAccount,
+    ConfirmCashIn,
+    InitiateTransfer,
+    RequestOnboarding,
+)
+from contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER, Flow
+from ledger_db.audit import run_audit
+from ledger_db.migrate import migrate
+from ledger_db.queries import get_account
+from ledger_db.rules import wallet_account_id
+from workers.topics import ensure_topics, topic_specs
+
+console = Console()
+RESULT_TIMEOUT_S = 120.0
+CASH_IN = 200_000  # 2,000.00 per wallet
+
+
+@dataclass
+class Traffic:
+    """What the demo sent, and when, so every answer can be matched and timed."""
+
+    producer: AIOKafkaProducer
+    results: ResultCollector
+    sent_at: dict[str, float] = field(default_factory=dict)  # idempotency key -> first send
+    expected: Counter[str] = field(default_factory=Counter)  # idempotency key -> answers due
+    drained: int = 0
+    transfer_keys: set[str] = field(default_factory=set)
+
+    async def send(self, flow: Flow, command: BaseModel, *, value: bytes | None = None) -> None:
+        record = encode_command(flow, command)
+        key = str(getattr(command, flow.id_field))
+        self.sent_at.setdefault(key, time.monotonic())
+        self.expected[key] += 1
+        if flow is TRANSFER:
+            self.transfer_keys.add(key)
+        await self.producer.send(
+            record.topic, value or record.value, key=record.key, headers=list(record.headers)
+        )
+
+    def answered(self) -> int:
+        return sum(
+            min(len(self.results.by_command_key.get(k, ())), n) for k, n in self.expected.items()
+        )
+
+    def total(self) -> int:
+        return sum(self.expected.values())
+
+    async def drain(self, progress: Progress, label: str) -> None:
+        """Wait (bounded) until every command sent so far has its answer."""
+        await self.producer.flush()
+        before = self.drained
+        task = progress.add_task(label, total=self.total() - before)
+        deadline = time.monotonic() + RESULT_TIMEOUT_S
+        while (done := self.answered()) < self.total():
+            progress.update(task, completed=done - before)
+            if time.monotonic() > deadline:
+                missing = self.total() - done
+                raise TimeoutError(f"{missing} commands unanswered after {RESULT_TIMEOUT_S}s")
+            await asyncio.sleep(0.05)
+        progress.update(task, completed=self.total() - before)
+        self.drained = self.total()
+
+
+def phone_number() -> str:
+    """Fresh on every run (not from the seed): a phone number has one wallet, ever."""
+    return f"+49151{random.SystemRandom().randrange(10**7, 10**8)}"
+
+
+async def run_demo(customers: int, transfers: int, seed: int) -> bool:
+    rng = random.Random(seed)
+    console.rule("[bold]Ledgerflow demo")
+    console.print("1/5 starting the embedded PostgreSQL and Apache Kafka …")
+    endpoints = await stack.up_async()
+    applied = await migrate(endpoints.owner_database_url)
+    console.print(f"    migrations applied: {', '.join(applied) or 'none (up to date)'}")
+    created = await ensure_topics(
+        endpoints.kafka_bootstrap_servers, topic_specs("", 6, 6, 1), replication_factor=1
+    )
+    console.print(f"    topics created: {len(created)} (the rest existed)")
+    env = ledgerflow_env(endpoints.app_database_url, endpoints.kafka_bootstrap_servers, "")
+    log_dir = Path(tempfile.mkdtemp(prefix="ledgerflow-demo-"))
+    processes: list[ManagedProcess] = []
+    async with AsyncExitStack() as cleanup:
+        cleanup.callback(lambda: [p.stop() for p in processes])
+        console.print("2/5 starting the workers and the outbox relay …")
+        for args in (["worker", "all"], ["relay"]):
+            process = await asyncio.to_thread(start_process, args, env, log_dir)
+            processes.append(process)
+            console.print(f"    ledgerflow {' '.join(args)}: pid {process.process.pid}, "
+                          f"http://127.0.0.1:{process.port}/metrics")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=endpoints.kafka_bootstrap_servers, enable_idempotence=True,
+            linger_ms=5,
+        )
+        await producer.start()
+        cleanup.push_async_callback(producer.stop)
+        results = ResultCollector(endpoints.kafka_bootstrap_servers)
+        await results.start(from_end=True)
+        cleanup.push_async_callback(results.stop)
+        traffic = Traffic(producer, results)
+
+        with Progress(
+            TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=console,
+        ) as progress:
+            console.print("3/5 onboarding customers and cashing in …")
+            people = [
+                RequestOnboarding(
+                    customer_id=uuid.uuid4(), full_name=f"Demo Customer {i}",
+                    phone_number=phone_number(), currency="EUR",
+                )
+                for i in range(customers)
+            ]
+            for person in people:
+                await traffic.send(ONBOARDING, person)
+            await traffic.drain(progress, "onboarding")
+            # Someone else with a phone number that has a wallet: phone_number_taken.
+            await traffic.send(ONBOARDING, people[0].model_copy(update={"customer_id": uuid.uuid4()}))
+            await traffic.drain(progress, "onboarding, phone number taken")
+            wallets = [wallet_account_id(p.customer_id, p.currency) for p in people]
+            for wallet in wallets:
+                await traffic.send(CASHIN, ConfirmCashIn(
+                    cashin_id=uuid.uuid4(), wallet_account_id=wallet, amount=CASH_IN,
+                    currency="EUR", bank_reference=f"SEPA-{rng.randrange(10**9)}",
+                ))
+            await traffic.drain(progress, "cash-in")
+
+            console.print(f"4/5 a burst of {transfers:,} P2P transfers, some wrong on purpose …")
+            started = time.monotonic()
+            sent: list[InitiateTransfer] = []
+            for i in range(transfers):
+                a, b = rng.sample(wallets, 2)
+                roll = rng.random()
+                if roll < 0.02 and sent:  # a client retry: same command again, replayed
+                    await traffic.send(TRANSFER, rng.choice(sent))
+                    continue
+                if roll < 0.03 and sent:  # same id, other content: id_conflict
+                    old = rng.choice(sent)
+                    await traffic.send(TRANSFER, old.model_copy(update={"amount": old.amount + 1}))
+                    continue
+                command = InitiateTransfer(
+                    transfer_id=uuid.uuid4(), from_account_id=a, to_account_id=b,
+                    amount=rng.randint(100, 5_000), currency="EUR", note=f"demo {i}",
+                )
+                if roll < 0.05:  # an amount string: invalid_command, answered, not recorded
+                    envelope = orjson.loads(encode_command(TRANSFER, command).value)
+                    envelope["data"]["amount"] = str(command.amount)
+                    await traffic.send(TRANSFER, command, value=orjson.dumps(envelope))
+                    continue
+                if roll < 0.07:  # more than the sender holds: insufficient_funds
+                    command = command.model_copy(update={"amount": 3 * CASH_IN})
+                elif roll < 0.08:  # to oneself: same_account
+                    command = command.model_copy(update={"to_account_id": a})
+                elif roll < 0.09:  # to nobody: account_not_found
+                    command = command.model_copy(update={"to_account_id": uuid.uuid4()})
+                sent.append(command)
+                await traffic.send(TRANSFER, command)
+            await traffic.drain(progress, "transfers")
+            burst_s = time.monotonic() - started
+
+            for wallet in wallets[: max(1, customers // 2)]:
+                await traffic.send(CASHOUT, ApproveCashOut(
+                    cashout_id=uuid.uuid4(), wallet_account_id=wallet, amount=10_000, fee=150,
+                    currency="EUR", destination=BankAccount(
+                        bank_code="BANKDEFF", account_number="DE89370400440532013000"),
+                ))
+            await traffic.drain(progress, "cash-out")
+
+        console.print("5/5 results")
+        show_outcomes(results.events)
+        show_latency(traffic, transfers, burst_s)
+        conn = await asyncpg.connect(endpoints.app_database_url)
+        try:
+            await show_balances(conn, wallets[:8])
+            audit = await run_audit(conn)
+        finally:
+            await conn.close()
+        console.print(audit_report(audit))
+        ok = all(r.ok for r in audit)
+        console.print("[bold green]audit passed: the ledger balances[/bold green]" if ok
+                      else "[bold red]audit FAILED[/bold red]")
+        return ok
+    return False
+
+
+def show_outcomes(events: list[dict[str, Any]]) -> None:
+    counts = Counter(
+        (e["type"], (e.get("data") or {}).get("reason", "")) for e in events
+    )
+    table = Table("result event", "reason", "count", title="Outcomes by type and reason")
+    for (kind, reason), n in sorted(counts.items()):
+        table.add_row(kind, reason or "-", f"{n:,}")
+    ids = Counter(e["id"] for e in events)
+    replays = sum(n - 1 for n in ids.values())
+    table.add_row("(of these) replays", "same CloudEvents id again", f"{replays:,}")
+    console.print(table)
+
+
+def show_latency(traffic: Traffic, transfers: int, burst_s: float) -> None:
+    latencies = sorted(
+        (events[0]["_received"] - traffic.sent_at[key]) * 1000
+        for key, events in traffic.results.by_command_key.items()
+        if key in traffic.transfer_keys and events
+    )
+    if not latencies:
+        return
+    q = statistics.quantiles(latencies, n=100)
+    console.print(
+        f"transfer burst: {transfers:,} commands answered in {burst_s:.2f}s "
+        f"({transfers / burst_s:,.0f}/s end to end); latency publish→result "
+        f"p50 {q[49]:.0f} ms, p95 {q[94]:.0f} ms, p99 {q[98]:.0f} ms"
+    )
+
+
+async def show_balances(conn: asyncpg.Connection, wallets: list[uuid.UUID]) -> None:
+    table = Table("wallet", "balance (EUR)", title="Demo wallets")
+    for wallet in wallets:
+        view = await get_account(conn, wallet)
+        if view is not None:
+            table.add_row(str(wallet), f"{view.balance // 100:,}.{view.balance % 100:02d}")
+    console.print(table)
+
+
+def demo(
+    customers: int = typer.Option(20, min=2, max=1_000, help="Customers to onboard."),
+    transfers: int = typer.Option(3_000, min=1, max=200_000, help="P2P transfers in the burst."),
+    seed: int = typer.Option(2026, help="Seed of the random traffic."),
+) -> None:
+    """Run the whole system on real traffic and show the outcome, balances and audit."""
+    ok = asyncio.run(run_demo(customers, transfers, seed))
+    if not ok:
+        raise typer.Exit(1)

@@ -1,0 +1,139 @@
+"""Result events off Kafka, indexed by command: for the demo, the benchmarks and the test kit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from contracts.codec import KafkaRecord, encode_command
+from contracts.topics import FLOWS
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from aiokafka import AIOKafkaProducer
+    from pydantic import BaseModel
+
+    from contracts.topics import Flow
+
+ASSIGNMENT_TIMEOUT_S = 30.0
+ID_FIELDS = tuple(flow.id_field for flow in FLOWS)
+
+
+@dataclass(slots=True)
+class ResultCollector:
+    """Reads every result topic from the start and indexes events by the command's id."""
+
+    bootstrap_servers: str
+    topic_prefix: str = ""
+    flows: Sequence[Flow] = FLOWS
+    events: list[dict[str, Any]] = field(default_factory=list)
+    by_causation: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    # By idempotency key (transfer_id, …): a replay carries the first command's causationid.
+    by_command_key: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    _consumer: AIOKafkaConsumer | None = None
+    _task: asyncio.Task[None] | None = None
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self, *, from_end: bool = False) -> None:
+        """Read from the beginning, or (from_end) only what is published after this returns."""
+        topics = [
+            self.topic_prefix + t for f in self.flows for t in (f.completed_topic, f.rejected_topic)
+        ]
+        # A group of its own, so Kafka assigns every partition of every result topic to us.
+        self._consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=f"ledgerflow.results.{uuid.uuid4().hex}",
+            auto_offset_reset="latest" if from_end else "earliest",
+            enable_auto_commit=False,
+        )
+        await self._consumer.start()
+        deadline = time.monotonic() + ASSIGNMENT_TIMEOUT_S
+        while len(self._consumer.assignment()) < len(topics):
+            if time.monotonic() > deadline:
+                await self._consumer.stop()
+                raise TimeoutError(f"result topics not assigned: {topics}")
+            await asyncio.sleep(0.05)
+        for tp in self._consumer.assignment():  # pin positions before any command is published
+            await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=100)
+            for records in batches.values():
+                for record in records:
+                    event = orjson.loads(record.value)
+                    event["_key"] = record.key
+                    event["_partition"] = record.partition
+                    event["_headers"] = dict(record.headers)
+                    event["_received"] = time.monotonic()
+                    self.events.append(event)
+                    self.by_causation[str(event.get("causationid"))].append(event)
+                    data = event.get("data") or {}
+                    for id_field in ID_FIELDS:
+                        if id_field in data:
+                            self.by_command_key[str(data[id_field])].append(event)
+            self._arrived.set()
+
+    async def wait_for(self, causation_id: str, timeout_s: float = 30.0, count: int = 1) -> list[dict[str, Any]]:
+        """The result events of one command (by its CloudEvents id), once `count` arrived."""
+        async def until() -> None:
+            while len(self.by_causation.get(causation_id, ())) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+        await asyncio.wait_for(until(), timeout_s)
+        return self.by_causation[causation_id]
+
+    async def wait_for_key(
+        self, key: str, timeout_s: float = 30.0, count: int = 1
+    ) -> list[dict[str, Any]]:
+        """The result events that answer an idempotency key, replays included."""
+
+        async def until() -> None:
+            while len(self.by_command_key.get(key, ())) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+
+        await asyncio.wait_for(until(), timeout_s)
+        return self.by_command_key[key]
+
+    async def wait_total(self, count: int, timeout_s: float = 60.0) -> None:
+        async def until() -> None:
+            while len(self.events) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+        await asyncio.wait_for(until(), timeout_s)
+
+
+async def publish(
+    producer: AIOKafkaProducer, command: BaseModel, flow: Flow, topic_prefix: str = "", **kwargs: Any
+) -> KafkaRecord:
+    """Publish one command as an upstream API layer would; returns what was sent."""
+    rec = encode_command(flow, command, topic_prefix=topic_prefix, **kwargs)
+    await producer.send_and_wait(rec.topic, rec.value, key=rec.key, headers=list(rec.headers))
+    return rec
+
+
+def event_id_of(rec: KafkaRecord) -> str:
+    return str(orjson.loads(rec.value)["id"])

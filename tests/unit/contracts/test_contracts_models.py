@@ -1,0 +1,192 @@
+"""Money, field types and models: strict where the wire contract says so."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from contracts.commands import BankAccount, InitiateTransfer, RequestOnboarding
+from contracts.envelope import CONTENT_TYPE, SPECVERSION, Envelope
+from contracts.events import DETAIL_MAX_CHARS, RejectReason, Tier, bound_detail
+from contracts.fields import Timestamp, Uuid
+from contracts.money import CURRENCIES, MAX_AMOUNT, Amount, Currency, Fee, is_currency
+
+AMOUNT: TypeAdapter[int] = TypeAdapter(Amount)
+FEE: TypeAdapter[int] = TypeAdapter(Fee)
+CURRENCY: TypeAdapter[str] = TypeAdapter(Currency)
+UUIDS: TypeAdapter[uuid.UUID] = TypeAdapter(Uuid)
+TIMES: TypeAdapter[datetime] = TypeAdapter(Timestamp)
+
+
+def test_constants() -> None:
+    assert MAX_AMOUNT == 10**15
+    assert SPECVERSION == "1.0"
+    assert CONTENT_TYPE == "application/cloudevents+json"
+
+
+@pytest.mark.parametrize("good", [1, 100, MAX_AMOUNT])
+def test_amount_accepts_integers_in_range(good: int) -> None:
+    assert AMOUNT.validate_python(good) == good
+    assert AMOUNT.validate_json(str(good)) == good
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["100", 100.0, 1.5, True, False, None, 0, -1, MAX_AMOUNT + 1, float("nan"),
+     pytest.param(10**5000, id="10**5000")],
+)
+def test_amount_rejects(bad: Any) -> None:
+    with pytest.raises(ValidationError):
+        AMOUNT.validate_python(bad)
+
+
+@pytest.mark.parametrize("bad", ['"100"', "100.0", "true", "NaN", "1e3", "9" * 5000])
+def test_amount_rejects_json(bad: str) -> None:
+    with pytest.raises(ValidationError):
+        AMOUNT.validate_json(bad)
+
+
+def test_fee_allows_zero() -> None:
+    assert FEE.validate_python(0) == 0
+    with pytest.raises(ValidationError):
+        FEE.validate_python(-1)
+    with pytest.raises(ValidationError):
+        FEE.validate_python("0")
+
+
+def test_currency_list_is_real_iso_4217() -> None:
+    assert {"EUR", "USD", "GBP", "KES", "NGN", "JPY", "CHF", "XOF", "ZWG", "XCG", "SLE"} <= CURRENCIES
+    # withdrawn codes are not active any more
+    assert not {"HRK", "DEM", "FRF", "ANG", "SLL", "ZWL", "CUC", "VEF"} & CURRENCIES
+    assert all(len(c) == 3 and c.isupper() for c in CURRENCIES)
+    assert 150 < len(CURRENCIES) < 200
+
+
+@pytest.mark.parametrize("good", ["EUR", "USD", "KES"])
+def test_currency_accepts(good: str) -> None:
+    assert is_currency(good)
+    assert CURRENCY.validate_python(good) == good
+
+
+@pytest.mark.parametrize("bad", ["eur", "Eur", "EURO", "EU", "ABC", "", " EUR", 978, None])
+def test_currency_rejects(bad: Any) -> None:
+    assert not is_currency(bad)
+    with pytest.raises(ValidationError) as caught:
+        CURRENCY.validate_python(bad)
+    (error,) = caught.value.errors()
+    assert error["msg"] == "Input should be an active ISO 4217 currency code in upper case"
+
+
+def test_uuid_accepts_only_the_hyphenated_form() -> None:
+    value = uuid.uuid4()
+    assert UUIDS.validate_python(str(value)) == value
+    assert UUIDS.validate_python(str(value).upper()) == value
+    assert UUIDS.validate_python(value) == value
+    for bad in (value.hex, f"{{{value}}}", value.urn, "x" * 36, 5, value.bytes):
+        with pytest.raises(ValidationError):
+            UUIDS.validate_python(bad)
+
+
+def test_timestamp_needs_rfc3339_with_offset() -> None:
+    assert TIMES.validate_python("2026-11-29T10:00:00Z") == datetime(2026, 11, 29, 10, tzinfo=UTC)
+    plus_two = timezone(timedelta(hours=2))
+    assert TIMES.validate_python("2026-11-29T12:00:00.5+02:00") == datetime(
+        2026, 11, 29, 12, 0, 0, 500000, tzinfo=plus_two
+    )
+    aware = datetime(2026, 1, 1, tzinfo=UTC)
+    assert TIMES.validate_python(aware) == aware
+    for bad in (
+        "2026-11-29",
+        "2026-11-29T10:00:00",
+        "2026-11-29 10:00:00Z",
+        "1700000000",
+        1700000000,
+        "2026-13-01T00:00:00Z",
+        datetime(2026, 1, 1),  # noqa: DTZ001 - the naive datetime under test
+    ):
+        with pytest.raises(ValidationError):
+            TIMES.validate_python(bad)
+
+
+@pytest.mark.parametrize("phone", ["+447911123456", "+14155552671", "+254712345678"])
+def test_phone_numbers_valid(phone: str) -> None:
+    command = RequestOnboarding(
+        customer_id=uuid.uuid4(), full_name="A", phone_number=phone, currency="EUR"
+    )
+    assert command.phone_number == phone
+
+
+@pytest.mark.parametrize(
+    "phone", ["07911123456", "+44 7911 123456", "447911123456", "+10000000000", "+0123", ""]
+)
+def test_phone_numbers_invalid(phone: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        RequestOnboarding(
+            customer_id=uuid.uuid4(), full_name="A", phone_number=phone, currency="EUR"
+        )
+    messages = " ".join(e["msg"] for e in caught.value.errors())
+    assert not phone or phone not in messages  # personal data is never echoed
+
+
+def test_models_are_frozen_and_ignore_unknown_fields() -> None:
+    data = {
+        "transfer_id": str(uuid.uuid4()),
+        "from_account_id": str(uuid.uuid4()),
+        "to_account_id": str(uuid.uuid4()),
+        "amount": 1,
+        "currency": "EUR",
+        "surprise": True,
+    }
+    command = InitiateTransfer.model_validate(data)
+    assert not hasattr(command, "surprise")
+    with pytest.raises(ValidationError):
+        command.amount = 2  # type: ignore[misc]
+
+
+def test_bank_account_bounds() -> None:
+    BankAccount(bank_code="NWBKGB2L", account_number="GB29NWBK60161331926819")
+    for code, number in (("", "1"), ("1", ""), ("A" * 33, "1"), ("1", "1" * 35), ("1 2", "1")):
+        with pytest.raises(ValidationError):
+            BankAccount(bank_code=code, account_number=number)
+
+
+def test_envelope_defaults_and_unknown_attributes() -> None:
+    envelope = Envelope[dict[str, Any]].model_validate(
+        {"specversion": "1.0", "id": "a", "source": "/s", "type": "t", "data": {}, "other": 1}
+    )
+    assert envelope.datacontenttype == "application/json"
+    assert envelope.time is None
+    assert envelope.causationid is None
+    assert not hasattr(envelope, "other")
+    for bad in ({"id": ""}, {"id": "x" * 257}, {"source": ""}, {"specversion": "1.1"}):
+        with pytest.raises(ValidationError):
+            Envelope[dict[str, Any]].model_validate(
+                {"specversion": "1.0", "id": "a", "source": "/s", "type": "t", "data": {}} | bad
+            )
+
+
+def test_reason_codes_are_the_design_codes() -> None:
+    assert [r.value for r in RejectReason] == [
+        "invalid_command",
+        "account_not_found",
+        "account_closed",
+        "same_account",
+        "currency_mismatch",
+        "insufficient_funds",
+        "limit_exceeded",
+        "phone_number_taken",
+        "id_conflict",
+        "unauthorized",
+    ]
+    assert [t.value for t in Tier] == ["basic", "standard", "full"]
+
+
+def test_bound_detail() -> None:
+    assert bound_detail("short") == "short"
+    cut = bound_detail("x" * 5000)
+    assert len(cut) == DETAIL_MAX_CHARS
+    assert cut.endswith("…")
