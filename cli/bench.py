@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Annotated
@@ -10,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli import bench_ledger
+from cli import bench_e2e, bench_ledger
 from workers.settings import Settings
 
 console = Console()
@@ -58,4 +59,47 @@ def ledger(
     if spread_500:
         hot_500 = next((r.per_s for r in results if r.case == "hot" and r.batch == 500), 0.0)
         console.print(f"hot/spread at batch 500: {hot_500 / spread_500:.2f}")
+    console.print(f"machine: {machine()}")
+
+
+@bench_app.command("e2e")
+def e2e(
+    transfers: int = typer.Option(20_000, min=100, max=1_000_000, help="Transfers to publish."),
+    wallets: int = typer.Option(10_000, min=2, max=1_000_000, help="Wallets they spread over."),
+    rate: float | None = typer.Option(None, help="Offered rate per second (default: full speed)."),
+    naive: bool = typer.Option(False, "--naive", help="One transaction and commit per message."),
+    compare: bool = typer.Option(
+        False, "--compare", help="Run batched, then naive (at most 2,000 transfers), and report the ratio."
+    ),
+    as_json: JsonFlag = False,
+) -> None:
+    """Publish transfers and measure publish → result-consumed throughput and latency."""
+    settings = Settings()
+    owner, app = (settings.migration_database_url.get_secret_value(),
+                  settings.database_url.get_secret_value())
+    modes = [False, True] if compare else [naive]
+    results = []
+    for mode in modes:
+        n = min(transfers, 2_000) if (mode and compare) else transfers
+        results.append(asyncio.run(bench_e2e.run_e2e(
+            owner, app, settings.kafka_bootstrap_servers, transfers=n, wallets=wallets,
+            rate=rate, naive=mode, batch_records_max=settings.batch_records_max,
+        )))
+    out: dict[str, object] = results[0].as_json() | {"machine": machine()}
+    if compare:
+        out["naive"] = results[1].as_json()
+        out["batched_over_naive"] = round(
+            results[0].throughput_per_s / results[1].throughput_per_s, 1
+        )
+    if as_json:
+        print(json.dumps(out))
+        return
+    table = Table("mode", "offered/s", "transfers", "throughput/s", "p50 ms", "p95 ms", "p99 ms")
+    for r in results:
+        table.add_row(r.mode, f"{r.offered_rate:,.0f}" if r.offered_rate else "max",
+                      f"{r.transfers:,}", f"{r.throughput_per_s:,.0f}", f"{r.p50_ms:.0f}",
+                      f"{r.p95_ms:.0f}", f"{r.p99_ms:.0f}")
+    console.print(table)
+    if compare:
+        console.print(f"batched / naive throughput: {out['batched_over_naive']}x")
     console.print(f"machine: {machine()}")

@@ -42,7 +42,8 @@ def with_database(url: str, name: str) -> str:
     return f"{base}/{name}" + (f"?{query}" if query else "")
 
 
-async def _recreate(owner_url: str, name: str) -> str:
+async def create_bench_database(owner_url: str, name: str) -> str:
+    """Drop and create `name`, migrated; returns its owner URL."""
     conn = await asyncpg.connect(owner_url)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -62,7 +63,7 @@ async def run_ledger_bench(
     transfers_per_case: int,
     database: str = "ledgerflow_bench",
 ) -> list[LedgerBenchResult]:
-    owner_bench_url = await _recreate(owner_url, database)
+    owner_bench_url = await create_bench_database(owner_url, database)
     pool = await create_pool(with_database(app_url, database), size_max=2)
     try:
         writer = LedgerWriter(pool, {"basic": TierLimits()})

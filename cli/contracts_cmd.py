@@ -17,6 +17,11 @@ contracts_app = typer.Typer(
 PACKAGE_DIR = Path(contracts.__file__).resolve().parent
 
 
+@contracts_app.callback()
+def contracts_group() -> None:
+    """The wire contract v1: JSON Schemas and the AsyncAPI document."""
+
+
 def stale_files(out_dir: Path) -> list[str]:
     """Generated files under `out_dir` that are missing or differ from a fresh rendering."""
     stale = []

@@ -29,7 +29,7 @@ from contracts.events import (
     TransferRejected,
 )
 from contracts.money import CURRENCIES, MAX_AMOUNT, MAX_BALANCE
-from contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER, Flow
+from contracts.topics import CASHIN, CASHOUT, FLOWS, ONBOARDING, TRANSFER, Flow
 
 REGIONS = ("GB", "US", "DE", "KE", "NG", "IT", "IN", "BR", "FR", "JP")
 PHONE_NUMBERS = tuple(
@@ -166,8 +166,6 @@ aware_times = st.datetimes(
 
 def flows_with_commands() -> st.SearchStrategy[tuple[Flow, BaseModel]]:
     """A flow and a valid command of it."""
-    from contracts.topics import FLOWS
-
     return st.sampled_from(FLOWS).flatmap(
         lambda flow: COMMANDS[flow.name].map(lambda command: (flow, command))
     )

@@ -1,0 +1,150 @@
+"""`ledgerflow bench e2e`: transfers through Kafka, the worker, PostgreSQL and the relay.
+
+Measures from the moment a command is handed to the producer to the moment its result event is
+consumed, on a database and topics of its own. `naive` runs the worker with one message per
+batch: one transaction and one commit per message, the baseline that batching is judged by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from cli.bench_ledger import create_bench_database, with_database
+from cli.processes import ManagedProcess, ledgerflow_env, start_process
+from cli.results import ResultCollector
+from contracts.codec import encode_command
+from contracts.topics import TRANSFER
+from ledger_db.apply import Incoming, LedgerWriter
+from ledger_db.rules import TierLimits
+from ledger_db.unit_of_work import create_pool
+from testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
+from workers.topics import ensure_topics, topic_specs
+
+SETUP_BATCH = 2_000
+RESULT_TIMEOUT_S = 300.0
+FUNDS = 10**9
+
+
+@dataclass(frozen=True, slots=True)
+class E2EResult:
+    mode: str
+    offered_rate: float | None
+    transfers: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+    @property
+    def throughput_per_s(self) -> float:
+        return self.transfers / self.seconds
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "mode": self.mode,
+            "offered_rate_per_s": self.offered_rate,
+            "transfers": self.transfers,
+            "seconds": round(self.seconds, 3),
+            "throughput_per_s": round(self.throughput_per_s, 1),
+            "latency_ms": {
+                "p50": round(self.p50_ms, 1),
+                "p95": round(self.p95_ms, 1),
+                "p99": round(self.p99_ms, 1),
+            },
+        }
+
+
+async def _fund_wallets(app_url: str, wallets: int) -> list[uuid.UUID]:
+    pool = await create_pool(app_url, size_max=1)
+    try:
+        writer = LedgerWriter(pool, {"basic": TierLimits()})
+        people = [onboarding() for _ in range(wallets)]
+        for start in range(0, wallets, SETUP_BATCH):
+            chunk = people[start : start + SETUP_BATCH]
+            await writer.apply([Incoming(parsed(p)) for p in chunk])
+            await writer.apply([Incoming(parsed(cashin(wallet_of(p), FUNDS))) for p in chunk])
+        return [wallet_of(p) for p in people]
+    finally:
+        await pool.close()
+
+
+async def run_e2e(
+    owner_url: str,
+    app_url: str,
+    bootstrap_servers: str,
+    *,
+    transfers: int,
+    wallets: int,
+    rate: float | None,
+    naive: bool,
+    batch_records_max: int = 500,
+) -> E2EResult:
+    database = f"ledgerflow_bench_e2e_{'naive' if naive else 'batched'}"
+    await create_bench_database(owner_url, database)
+    bench_app_url = with_database(app_url, database)
+    ids = await _fund_wallets(bench_app_url, wallets)
+    prefix = f"bench{uuid.uuid4().hex[:8]}."
+    await ensure_topics(bootstrap_servers, topic_specs(prefix, 6, 6, 1), 1)
+    env = ledgerflow_env(
+        bench_app_url, bootstrap_servers, prefix,
+        batch_records_max="1" if naive else str(batch_records_max),
+        basic_single_amount_max=str(10**15), basic_balance_max=str(10**15),
+    )
+    log_dir = Path(tempfile.mkdtemp(prefix="ledgerflow-bench-"))
+    processes: list[ManagedProcess] = []
+    try:
+        for args in (["worker", "transfer"], ["relay"]):
+            processes.append(await asyncio.to_thread(start_process, args, env, log_dir))
+        results = ResultCollector(bootstrap_servers, prefix, flows=(TRANSFER,))
+        await results.start(from_end=True)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers, enable_idempotence=True, linger_ms=2
+        )
+        await producer.start()
+        try:
+            rng = random.Random(11)
+            records = []
+            for _ in range(transfers):
+                a, b = rng.sample(ids, 2)
+                command = transfer(a, b, rng.randint(1, 100))
+                records.append(
+                    (str(command.transfer_id), encode_command(TRANSFER, command, topic_prefix=prefix))
+                )
+            sent_at: dict[str, float] = {}
+            started = time.monotonic()
+            interval = 1.0 / rate if rate else 0.0
+            for i, (key, rec) in enumerate(records):
+                if interval:
+                    due = started + i * interval
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                sent_at[key] = time.monotonic()
+                await producer.send(rec.topic, rec.value, key=rec.key, headers=list(rec.headers))
+            await producer.flush()
+            await results.wait_total(transfers, RESULT_TIMEOUT_S)
+        finally:
+            await producer.stop()
+            await results.stop()
+        received = {
+            key: events[0]["_received"] for key, events in results.by_command_key.items()
+        }
+        latencies = sorted((received[k] - t) * 1000 for k, t in sent_at.items())
+        last = max(received.values())
+        q = statistics.quantiles(latencies, n=100)
+        return E2EResult(
+            "naive" if naive else "batched", rate, transfers, last - started, q[49], q[94], q[98]
+        )
+    finally:
+        for process in processes:
+            process.stop()
+
