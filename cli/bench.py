@@ -71,6 +71,7 @@ def e2e(
     compare: bool = typer.Option(
         False, "--compare", help="Run batched, then naive (at most 2,000 transfers), and report the ratio."
     ),
+    workers: int = typer.Option(2, min=1, max=6, help="Transfer worker processes (≤ partitions)."),
     as_json: JsonFlag = False,
 ) -> None:
     """Publish transfers and measure publish → result-consumed throughput and latency."""
@@ -83,7 +84,7 @@ def e2e(
         n = min(transfers, 2_000) if (mode and compare) else transfers
         results.append(asyncio.run(bench_e2e.run_e2e(
             owner, app, settings.kafka_bootstrap_servers, transfers=n, wallets=wallets,
-            rate=rate, naive=mode, batch_records_max=settings.batch_records_max,
+            rate=rate, naive=mode, batch_records_max=settings.batch_records_max, workers=workers,
         )))
     out: dict[str, object] = results[0].as_json() | {"machine": machine()}
     if compare:

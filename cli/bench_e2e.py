@@ -87,6 +87,8 @@ async def run_e2e(
     rate: float | None,
     naive: bool,
     batch_records_max: int = 500,
+    warm_up: int = 1_000,
+    workers: int = 2,
 ) -> E2EResult:
     database = f"ledgerflow_bench_e2e_{'naive' if naive else 'batched'}"
     await create_bench_database(owner_url, database)
@@ -102,7 +104,7 @@ async def run_e2e(
     log_dir = Path(tempfile.mkdtemp(prefix="ledgerflow-bench-"))
     processes: list[ManagedProcess] = []
     try:
-        for args in (["worker", "transfer"], ["relay"]):
+        for args in [["worker", "transfer"]] * workers + [["relay"]]:
             processes.append(await asyncio.to_thread(start_process, args, env, log_dir))
         results = ResultCollector(bootstrap_servers, prefix, flows=(TRANSFER,))
         await results.start(from_end=True)
@@ -113,16 +115,23 @@ async def run_e2e(
         try:
             rng = random.Random(11)
             records = []
-            for _ in range(transfers):
+            for _ in range(transfers + warm_up):
                 a, b = rng.sample(ids, 2)
                 command = transfer(a, b, rng.randint(1, 100))
                 records.append(
                     (str(command.transfer_id), encode_command(TRANSFER, command, topic_prefix=prefix))
                 )
+            # Warm-up: connections, prepared statements, producer metadata and caches settle
+            # before anything is measured.
+            for _, rec in records[:warm_up]:
+                await producer.send(rec.topic, rec.value, key=rec.key, headers=list(rec.headers))
+            await producer.flush()
+            await results.wait_total(warm_up, RESULT_TIMEOUT_S)
+            measured = records[warm_up:]
             sent_at: dict[str, float] = {}
             started = time.monotonic()
             interval = 1.0 / rate if rate else 0.0
-            for i, (key, rec) in enumerate(records):
+            for i, (key, rec) in enumerate(measured):
                 if interval:
                     due = started + i * interval
                     delay = due - time.monotonic()
@@ -131,12 +140,12 @@ async def run_e2e(
                 sent_at[key] = time.monotonic()
                 await producer.send(rec.topic, rec.value, key=rec.key, headers=list(rec.headers))
             await producer.flush()
-            await results.wait_total(transfers, RESULT_TIMEOUT_S)
+            await results.wait_total(warm_up + transfers, RESULT_TIMEOUT_S)
         finally:
             await producer.stop()
             await results.stop()
         received = {
-            key: events[0]["_received"] for key, events in results.by_command_key.items()
+            key: results.by_command_key[key][0]["_received"] for key in sent_at
         }
         latencies = sorted((received[k] - t) * 1000 for k, t in sent_at.items())
         last = max(received.values())

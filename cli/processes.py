@@ -6,6 +6,8 @@ Used by `ledgerflow demo`, the benchmarks and the test kit.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
@@ -23,6 +25,16 @@ if TYPE_CHECKING:
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the child when its parent dies, so a killed test run leaves no workers."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -98,7 +110,7 @@ def start_process(
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "cli", *args], env=full_env, stdout=log,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
     managed = ManagedProcess(list(args), port, process, log_path)
     if wait:

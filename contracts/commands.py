@@ -23,13 +23,11 @@ BANK_CODE_MAX_CHARS: Final = 32
 # An IBAN is at most 34 characters, the longest account number format in use.
 ACCOUNT_NUMBER_MAX_CHARS: Final = 34
 
-_CONFIG = ConfigDict(extra="ignore", frozen=True)
-
 
 class BankAccount(BaseModel):
     """A basic bank account, for cash-in and cash-out."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     bank_code: Annotated[
         str,
@@ -46,7 +44,7 @@ class BankAccount(BaseModel):
 class RequestOnboarding(BaseModel):
     """`onboarding.requested`: open a customer and the customer's wallet."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     customer_id: Uuid = Field(description="Idempotency key; also the message key.")
     full_name: Annotated[str, StringConstraints(min_length=1, max_length=FULL_NAME_MAX_CHARS)]
@@ -72,7 +70,7 @@ class RequestOnboarding(BaseModel):
 class ConfirmCashIn(BaseModel):
     """`cashin.confirmed`: the bank confirmed money arrived for a wallet; credit it."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     cashin_id: Uuid = Field(description="Idempotency key.")
     wallet_account_id: Uuid = Field(description="The wallet credited; the message key.")
@@ -86,7 +84,7 @@ class ConfirmCashIn(BaseModel):
 class InitiateTransfer(BaseModel):
     """`transfer.initiated`: move money from one wallet to another."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     transfer_id: Uuid = Field(description="Idempotency key.")
     from_account_id: Uuid = Field(description="The sender's wallet; the message key.")
@@ -99,7 +97,7 @@ class InitiateTransfer(BaseModel):
 class ApproveCashOut(BaseModel):
     """`cashout.approved`: pay money out of a wallet to a bank account."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     cashout_id: Uuid = Field(description="Idempotency key.")
     wallet_account_id: Uuid = Field(description="The wallet debited; the message key.")

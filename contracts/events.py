@@ -40,8 +40,6 @@ class Tier(StrEnum):
     FULL = "full"
 
 
-_CONFIG = ConfigDict(extra="ignore", frozen=True)
-
 Detail = Annotated[str, StringConstraints(max_length=DETAIL_MAX_CHARS)]
 
 _JOURNAL_ENTRY = "The ledger's journal entry that recorded it."
@@ -51,7 +49,7 @@ _BALANCE_AFTER = "Balance of the wallet the command names first, after it, in mi
 class OnboardingCompleted(BaseModel):
     """`onboarding.completed`: the customer and the wallet exist."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     customer_id: Uuid
     wallet_account_id: Uuid = Field(description="The new wallet.")
@@ -62,7 +60,7 @@ class OnboardingCompleted(BaseModel):
 class CashInCompleted(BaseModel):
     """`cashin.completed`: the wallet was credited."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     cashin_id: Uuid
     wallet_account_id: Uuid
@@ -75,7 +73,7 @@ class CashInCompleted(BaseModel):
 class TransferCompleted(BaseModel):
     """`transfer.completed`: the money moved; `balance_after` is the sender's."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     transfer_id: Uuid
     from_account_id: Uuid
@@ -89,7 +87,7 @@ class TransferCompleted(BaseModel):
 class CashOutCompleted(BaseModel):
     """`cashout.completed`: amount and fee were debited from the wallet."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     cashout_id: Uuid
     wallet_account_id: Uuid
@@ -103,7 +101,7 @@ class CashOutCompleted(BaseModel):
 class OnboardingRejected(BaseModel):
     """`onboarding.rejected`: nothing was created."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     customer_id: Uuid
     reason: RejectReason
@@ -113,7 +111,7 @@ class OnboardingRejected(BaseModel):
 class CashInRejected(BaseModel):
     """`cashin.rejected`: the wallet was not credited."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     cashin_id: Uuid
     reason: RejectReason
@@ -123,7 +121,7 @@ class CashInRejected(BaseModel):
 class TransferRejected(BaseModel):
     """`transfer.rejected`: no money moved."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     transfer_id: Uuid
     reason: RejectReason
@@ -133,7 +131,7 @@ class TransferRejected(BaseModel):
 class CashOutRejected(BaseModel):
     """`cashout.rejected`: no money left the wallet."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     cashout_id: Uuid
     reason: RejectReason

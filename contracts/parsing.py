@@ -121,11 +121,13 @@ def content_hash(data: BaseModel) -> bytes:
     # Equal to orjson.dumps(data.model_dump(mode="json", exclude_none=True), OPT_SORT_KEYS) for
     # the field types of commands (UUID, int, str, nested models), at half the cost; a test
     # holds the two equal.
-    canonical = orjson.dumps(_present_fields(data), default=_present_fields, option=_CANONICAL)
-    return hashlib.sha256(canonical).digest()
+    present = {name: value for name, value in data.__dict__.items() if value is not None}
+    return _sha256(_dumps(present, default=_present_fields, option=_CANONICAL)).digest()
 
 
 _CANONICAL: Final = orjson.OPT_SORT_KEYS
+_sha256 = hashlib.sha256
+_dumps = orjson.dumps
 
 
 def _present_fields(model: Any) -> dict[str, Any]:

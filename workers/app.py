@@ -118,6 +118,12 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
             return f"postgresql unavailable: {type(error).__name__}"
         if not await broker.ping(timeout=1.0):
             return "kafka unavailable"
+        for subscriber in broker.subscribers:
+            consumer = getattr(subscriber, "consumer", None)
+            if consumer is None or not consumer.assignment():
+                # Consuming means holding partitions: until the group has assigned them,
+                # published commands wait (keep replicas ≤ partitions, see docs/operations).
+                return "no partitions assigned yet"
         if any(state.failures.values()):
             return "batches are failing: " + ", ".join(k for k, v in state.failures.items() if v)
         return None
@@ -139,6 +145,10 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
         batch=True,
         max_records=settings.batch_records_max,
         batch_timeout_ms=max(1, settings.batch_wait_ms),
+        # Let the broker gather a batch for up to batch_wait_ms: fewer, larger transactions,
+        # since every commit costs a disk flush.
+        fetch_min_bytes=settings.fetch_min_bytes,
+        fetch_max_wait_ms=max(1, settings.batch_wait_ms),
         # At-least-once in: FastStream's default (ACK_FIRST) is at-most-once, wrong for money.
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",

@@ -73,7 +73,11 @@ class Relay:
             await producer.stop()
 
     async def _session(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
-        conn = await asyncpg.connect(self.database_url)
+        # Marking rows published needs no flush to disk: a mark lost in a crash only re-sends
+        # events (same ids), which consumers drop. It keeps the relay off the commit queue.
+        conn = await asyncpg.connect(
+            self.database_url, server_settings={"synchronous_commit": "off"}
+        )
         try:
             while not await try_lock_relay(conn):
                 if await _wait(stop, LOCK_RETRY_INTERVAL_S):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import phonenumbers
 from hypothesis import strategies as st
-from pydantic import BaseModel
 
 from contracts.commands import (
     ApproveCashOut,
@@ -31,14 +31,23 @@ from contracts.events import (
 from contracts.money import CURRENCIES, MAX_AMOUNT, MAX_BALANCE
 from contracts.topics import CASHIN, CASHOUT, FLOWS, ONBOARDING, TRANSFER, Flow
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
 REGIONS = ("GB", "US", "DE", "KE", "NG", "IT", "IN", "BR", "FR", "JP")
-PHONE_NUMBERS = tuple(
-    phonenumbers.format_number(
-        phonenumbers.example_number_for_type(region, kind), phonenumbers.PhoneNumberFormat.E164
-    )
-    for region in REGIONS
-    for kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE)
-)
+
+
+def _example_numbers() -> tuple[str, ...]:
+    numbers = []
+    for region in REGIONS:
+        for kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE):
+            number = phonenumbers.example_number_for_type(region, kind)
+            assert number is not None
+            numbers.append(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+    return tuple(numbers)
+
+
+PHONE_NUMBERS = _example_numbers()
 
 amounts = st.integers(min_value=1, max_value=MAX_AMOUNT)
 fees = st.integers(min_value=0, max_value=MAX_AMOUNT)
@@ -180,6 +189,8 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5)
+    ),
     max_leaves=20,
 )

@@ -80,13 +80,16 @@ def test_encode_command_record() -> None:
 
 def test_encode_command_defaults() -> None:
     before = datetime.now(UTC)
-    record = encode_command(CASHIN, ConfirmCashIn(
-        cashin_id=uuid.uuid4(),
-        wallet_account_id=uuid.uuid4(),
-        amount=1,
-        currency="KES",
-        bank_reference="r",
-    ))
+    record = encode_command(
+        CASHIN,
+        ConfirmCashIn(
+            cashin_id=uuid.uuid4(),
+            wallet_account_id=uuid.uuid4(),
+            amount=1,
+            currency="KES",
+            bank_reference="r",
+        ),
+    )
     assert record.headers == (("content-type", b"application/cloudevents+json"),)
     envelope = decode_event(record.value)
     assert uuid.UUID(envelope.id).version == 4
@@ -154,14 +157,17 @@ def test_decode_result_refuses_other_types() -> None:
     with pytest.raises(ValueError, match="not a result of transfer"):
         decode_result(TRANSFER, value)
     with pytest.raises(ValueError, match="not a result of cashin"):
-        decode_result(CASHIN, encode_event(
-            TRANSFER.rejected_topic,
-            TRANSFER.rejected(uuid.uuid4(), RejectReason.SAME_ACCOUNT, "x"),
-            event_id="e",
-            source="/s",
-            causation_id=None,
-            correlation_id=None,
-            time=WHEN,
-        ))
+        decode_result(
+            CASHIN,
+            encode_event(
+                TRANSFER.rejected_topic,
+                TRANSFER.rejected(uuid.uuid4(), RejectReason.SAME_ACCOUNT, "x"),
+                event_id="e",
+                source="/s",
+                causation_id=None,
+                correlation_id=None,
+                time=WHEN,
+            ),
+        )
     with pytest.raises(ValidationError):
         decode_event(b'{"specversion": "1.0"}')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,18 @@ def test_phone_number_validity_is_checked_by_pydantic_alone() -> None:
     document["data"]["phone_number"] = "+10000000000"
     assert schema_validator("onboarding.requested").is_valid(document)
     assert not pydantic_accepts("onboarding.requested", document)
+
+
+def test_examples_in_docs_are_valid() -> None:
+    doc = (PACKAGE.parent / "docs" / "contracts.md").read_text()
+    checked = 0
+    for match in re.finditer(
+        r"(<!-- data: (?P<type>[a-z.]+) -->\n)?```json\n(?P<body>.*?)```", doc, re.S
+    ):
+        document = json.loads(match["body"])
+        if match["type"]:
+            message_model(match["type"]).model_validate(document)
+        else:
+            assert pydantic_accepts(document["type"], document)
+        checked += 1
+    assert checked >= 14

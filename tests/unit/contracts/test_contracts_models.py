@@ -36,8 +36,19 @@ def test_amount_accepts_integers_in_range(good: int) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["100", 100.0, 1.5, True, False, None, 0, -1, MAX_AMOUNT + 1, float("nan"),
-     pytest.param(10**5000, id="10**5000")],
+    [
+        "100",
+        100.0,
+        1.5,
+        True,
+        False,
+        None,
+        0,
+        -1,
+        MAX_AMOUNT + 1,
+        float("nan"),
+        pytest.param(10**5000, id="10**5000"),
+    ],
 )
 def test_amount_rejects(bad: Any) -> None:
     with pytest.raises(ValidationError):
@@ -59,7 +70,19 @@ def test_fee_allows_zero() -> None:
 
 
 def test_currency_list_is_real_iso_4217() -> None:
-    assert {"EUR", "USD", "GBP", "KES", "NGN", "JPY", "CHF", "XOF", "ZWG", "XCG", "SLE"} <= CURRENCIES
+    assert {
+        "EUR",
+        "USD",
+        "GBP",
+        "KES",
+        "NGN",
+        "JPY",
+        "CHF",
+        "XOF",
+        "ZWG",
+        "XCG",
+        "SLE",
+    } <= CURRENCIES
     # withdrawn codes are not active any more
     assert not {"HRK", "DEM", "FRF", "ANG", "SLL", "ZWL", "CUC", "VEF"} & CURRENCIES
     assert all(len(c) == 3 and c.isupper() for c in CURRENCIES)

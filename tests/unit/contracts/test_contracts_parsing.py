@@ -215,9 +215,14 @@ def test_many_errors_are_bounded() -> None:
     data = {f"f{i}": i for i in range(100)} | {"transfer_id": TRANSFER_ID}
     message = {"data": data, **{f"k{i}": 1 for i in range(50)}}
     # 100 duplicate keys in the raw text as well
-    raw = b'{"data":' + dumps(data)[:-1] + b"," + b",".join(
-        f'"f{i}":0'.encode() for i in range(100)
-    ) + b"}" + b"}"
+    raw = (
+        b'{"data":'
+        + dumps(data)[:-1]
+        + b","
+        + b",".join(f'"f{i}":0'.encode() for i in range(100))
+        + b"}"
+        + b"}"
+    )
     for value in (dumps(message), raw):
         result = parse_command(TRANSFER, value)
         assert isinstance(result, InvalidCommand)
@@ -297,9 +302,7 @@ def test_nan_anywhere_makes_the_command_invalid() -> None:
 
 @pytest.mark.parametrize("digits", [20, 25, 400, 4300, 5000, 20_000])
 def test_integers_with_many_digits_are_invalid(digits: int) -> None:
-    value = dumps(transfer_message(amount=1)).replace(
-        b'"amount": 1', b'"amount": ' + b"9" * digits
-    )
+    value = dumps(transfer_message(amount=1)).replace(b'"amount": 1', b'"amount": ' + b"9" * digits)
     result = parse_command(TRANSFER, value)
     assert isinstance(result, InvalidCommand)
     assert any(e.startswith("data.amount: Input should be") for e in result.errors)
@@ -362,9 +365,7 @@ def test_duplicate_keys_hidden_by_escapes_are_found() -> None:
 
 
 def test_colons_inside_strings_do_not_hide_duplicates() -> None:
-    raw = dumps(transfer_message(note="a:b")).replace(
-        b'"note": "a:b"', b'"note": "a", "note": "b"'
-    )
+    raw = dumps(transfer_message(note="a:b")).replace(b'"note": "a:b"', b'"note": "a", "note": "b"')
     assert isinstance(parse_command(TRANSFER, raw), InvalidCommand)
 
 

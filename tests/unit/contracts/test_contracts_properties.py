@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+from contracts_strategies import (
+    COMPLETED,
+    REJECTED,
+    aware_times,
+    event_ids,
+    flows_with_commands,
+    json_values,
+)
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
 
 from contracts.codec import decode_result, encode_command, encode_event
 from contracts.parsing import (
@@ -24,14 +31,9 @@ from contracts.parsing import (
     parse_command,
 )
 from contracts.topics import FLOWS, TRANSFER, Flow, flow_by_name
-from contracts_strategies import (
-    COMPLETED,
-    REJECTED,
-    aware_times,
-    event_ids,
-    flows_with_commands,
-    json_values,
-)
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 ENVELOPE_ATTRIBUTES = {
     "specversion",
@@ -61,9 +63,7 @@ def test_command_round_trips(
     flow_and_command: tuple[Flow, BaseModel], event_id: str, time: Any, correlation: str | None
 ) -> None:
     flow, command = flow_and_command
-    record = encode_command(
-        flow, command, event_id=event_id, time=time, correlation_id=correlation
-    )
+    record = encode_command(flow, command, event_id=event_id, time=time, correlation_id=correlation)
     result = parse_command(flow, record.value)
     assert isinstance(result, ValidCommand), result
     assert result.data == command
@@ -162,7 +162,9 @@ def test_unknown_attributes_are_ignored(
     assert result.content_hash == content_hash(command)
 
 
-@given(st.sampled_from(FLOWS), st.lists(st.sampled_from([b"{", b"[", b'"a":', b"1", b",", b"]", b"}"])))
+@given(
+    st.sampled_from(FLOWS), st.lists(st.sampled_from([b"{", b"[", b'"a":', b"1", b",", b"]", b"}"]))
+)
 def test_json_fragments_never_raise(flow: Flow, parts: list[bytes]) -> None:
     assert_one_of_three(parse_command(flow, b"".join(parts)))
 

@@ -46,7 +46,7 @@ def test_flows_match_the_design() -> None:
 
 def test_key_and_id_fields_exist_in_every_model() -> None:
     for flow in FLOWS:
-        assert list(flow.command_model.model_fields)[0] == flow.id_field
+        assert next(iter(flow.command_model.model_fields)) == flow.id_field
         assert flow.key_field in flow.command_model.model_fields
         assert flow.id_field in flow.completed_model.model_fields
         assert flow.id_field in flow.rejected_model.model_fields
