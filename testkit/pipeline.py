@@ -1,15 +1,34 @@
-"""Run Ledgerflow's processes against a test stack and await result events by command id."""
+"""Run Ledgerflow's processes against a test stack and await result events by command id.
+
+    async with running_pipeline(postgres, kafka, ledgerflow_db_template, tmp_path) as p:
+        rec = await publish(p.producer, command, TRANSFER, p.prefix)
+        [event] = await p.results.wait_for(event_id_of(rec))
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import contextlib
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 
 from cli.processes import ManagedProcess, free_port, ledgerflow_env, start_process
 from cli.results import ResultCollector, event_id_of, publish
+from testkit.plugin import (
+    create_test_database,
+    delete_topics_with_prefix,
+    drop_test_database,
+    unique_prefix,
+)
+from workers.topics import ensure_topics, topic_specs
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+COMMAND_PARTITIONS = 6
 
 
 @dataclass(slots=True)
@@ -20,11 +39,74 @@ class Pipeline:
     prefix: str
     bootstrap: str
     env: dict[str, str]
-    worker: ManagedProcess
+    workers: list[ManagedProcess]
     relay: ManagedProcess
     producer: AIOKafkaProducer
     results: ResultCollector
     log_dir: Path
+    extra: list[ManagedProcess] = field(default_factory=list)
+
+    @property
+    def worker(self) -> ManagedProcess:
+        return self.workers[0]
+
+    def start(self, *args: str) -> ManagedProcess:
+        """Another `ledgerflow ARGS` process on this pipeline (stopped with it)."""
+        process = start_process(list(args), self.env, self.log_dir)
+        self.extra.append(process)
+        return process
+
+
+@asynccontextmanager
+async def running_pipeline(
+    postgres: Any,
+    kafka: Any,
+    template: str,
+    log_dir: Path,
+    *,
+    workers: int = 1,
+    worker_args: tuple[str, ...] = ("worker", "all"),
+    **settings: str,
+) -> AsyncIterator[Pipeline]:
+    """A database and topics of its own, `workers` worker processes and one relay."""
+    db = await create_test_database(postgres, template)
+    prefix = unique_prefix()
+    processes: list[ManagedProcess] = []
+    try:
+        await ensure_topics(
+            kafka.bootstrap_servers,
+            topic_specs(prefix, COMMAND_PARTITIONS, COMMAND_PARTITIONS, 1),
+            replication_factor=1,
+        )
+        env = ledgerflow_env(db.app_url, kafka.bootstrap_servers, prefix, **settings)
+        for _ in range(workers):
+            processes.append(start_process(list(worker_args), env, log_dir))
+        relay = start_process(["relay"], env, log_dir)
+        processes.append(relay)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka.bootstrap_servers, enable_idempotence=True
+        )
+        await producer.start()
+        results = ResultCollector(kafka.bootstrap_servers, prefix)
+        try:
+            await results.start()
+            pipeline = Pipeline(
+                db, prefix, kafka.bootstrap_servers, env, processes[:-1], relay, producer,
+                results, log_dir,
+            )
+            try:
+                yield pipeline
+            finally:
+                processes.extend(pipeline.extra)
+        finally:
+            await results.stop()
+            await producer.stop()
+    finally:
+        for process in processes:
+            process.stop()
+        await drop_test_database(postgres, db.name)
+        with contextlib.suppress(Exception):
+            await delete_topics_with_prefix(kafka.bootstrap_servers, prefix)
 
 
 __all__ = [
@@ -35,5 +117,6 @@ __all__ = [
     "free_port",
     "ledgerflow_env",
     "publish",
+    "running_pipeline",
     "start_process",
 ]

@@ -118,9 +118,11 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
             return f"postgresql unavailable: {type(error).__name__}"
         if not await broker.ping(timeout=1.0):
             return "kafka unavailable"
-        for subscriber in broker.subscribers:
+        for flow, subscriber in zip(flows, broker.subscribers, strict=True):
             consumer = getattr(subscriber, "consumer", None)
-            if consumer is None or not consumer.assignment():
+            assigned = len(consumer.assignment()) if consumer is not None else 0
+            metrics.ASSIGNED_PARTITIONS.labels(flow.name).set(assigned)
+            if not assigned:
                 # Consuming means holding partitions: until the group has assigned them,
                 # published commands wait (keep replicas ≤ partitions, see docs/operations).
                 return "no partitions assigned yet"
@@ -177,6 +179,7 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
             await asyncio.sleep(min(FAILURE_BACKOFF_MAX_S, 0.05 * 2**failures))
             return
         state.failures[flow.name] = 0
+        metrics.ASSIGNED_PARTITIONS.labels(flow.name).set(len(msg.consumer.assignment()))  # type: ignore[attr-defined]
         if not await commit_offsets(msg.consumer, records):  # type: ignore[arg-type]
             metrics.OFFSET_COMMIT_FAILURES.labels(flow.name).inc()
         metrics.BATCH_DURATION.labels(flow.name).observe(time.perf_counter() - started)

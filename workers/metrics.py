@@ -49,6 +49,11 @@ LAST_PROCESSED = Gauge(
     "Unix time of the last batch committed, by flow.",
     ["flow"],
 )
+ASSIGNED_PARTITIONS = Gauge(
+    "ledgerflow_assigned_partitions",
+    "Partitions of its command topic this process consumes, by flow.",
+    ["flow"],
+)
 OUTBOX_PENDING = Gauge("ledgerflow_outbox_pending_rows", "Outbox rows not yet published.")
 OUTBOX_OLDEST_AGE = Gauge(
     "ledgerflow_outbox_oldest_pending_age_seconds", "Age of the oldest unpublished outbox row."
