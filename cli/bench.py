@@ -42,8 +42,13 @@ def ledger(
     )
     spread_500 = next((r.per_s for r in results if r.case == "spread" and r.batch == 500), None)
     rows = [
-        {"case": r.case, "batch": r.batch, "transfers": r.transfers,
-         "seconds": round(r.seconds, 3), "transfers_per_s": round(r.per_s)}
+        {
+            "case": r.case,
+            "batch": r.batch,
+            "transfers": r.transfers,
+            "seconds": round(r.seconds, 3),
+            "transfers_per_s": round(r.per_s),
+        }
         for r in results
     ]
     if as_json:
@@ -53,8 +58,9 @@ def ledger(
     base = {r.case: r.per_s for r in results if r.batch == 1}
     for r in results:
         ratio = f"{r.per_s / base[r.case]:.1f}x" if r.case in base else ""
-        table.add_row(r.case, str(r.batch), str(r.transfers), f"{r.seconds:.2f}",
-                      f"{r.per_s:,.0f}", ratio)
+        table.add_row(
+            r.case, str(r.batch), str(r.transfers), f"{r.seconds:.2f}", f"{r.per_s:,.0f}", ratio
+        )
     console.print(table)
     if spread_500:
         hot_500 = next((r.per_s for r in results if r.case == "hot" and r.batch == 500), 0.0)
@@ -69,23 +75,38 @@ def e2e(
     rate: float | None = typer.Option(None, help="Offered rate per second (default: full speed)."),
     naive: bool = typer.Option(False, "--naive", help="One transaction and commit per message."),
     compare: bool = typer.Option(
-        False, "--compare", help="Run batched, then naive (at most 2,000 transfers), and report the ratio."
+        False,
+        "--compare",
+        help="Run batched, then naive (at most 2,000 transfers), and report the ratio.",
     ),
     workers: int = typer.Option(2, min=1, max=6, help="Transfer worker processes (≤ partitions)."),
     as_json: JsonFlag = False,
 ) -> None:
     """Publish transfers and measure publish → result-consumed throughput and latency."""
     settings = Settings()
-    owner, app = (settings.migration_database_url.get_secret_value(),
-                  settings.database_url.get_secret_value())
+    owner, app = (
+        settings.migration_database_url.get_secret_value(),
+        settings.database_url.get_secret_value(),
+    )
     modes = [False, True] if compare else [naive]
     results = []
     for mode in modes:
         n = min(transfers, 2_000) if (mode and compare) else transfers
-        results.append(asyncio.run(bench_e2e.run_e2e(
-            owner, app, settings.kafka_bootstrap_servers, transfers=n, wallets=wallets,
-            rate=rate, naive=mode, batch_records_max=settings.batch_records_max, workers=workers,
-        )))
+        results.append(
+            asyncio.run(
+                bench_e2e.run_e2e(
+                    owner,
+                    app,
+                    settings.kafka_bootstrap_servers,
+                    transfers=n,
+                    wallets=wallets,
+                    rate=rate,
+                    naive=mode,
+                    batch_records_max=settings.batch_records_max,
+                    workers=workers,
+                )
+            )
+        )
     out: dict[str, object] = results[0].as_json() | {"machine": machine()}
     if compare:
         out["naive"] = results[1].as_json()
@@ -97,9 +118,15 @@ def e2e(
         return
     table = Table("mode", "offered/s", "transfers", "throughput/s", "p50 ms", "p95 ms", "p99 ms")
     for r in results:
-        table.add_row(r.mode, f"{r.offered_rate:,.0f}" if r.offered_rate else "max",
-                      f"{r.transfers:,}", f"{r.throughput_per_s:,.0f}", f"{r.p50_ms:.0f}",
-                      f"{r.p95_ms:.0f}", f"{r.p99_ms:.0f}")
+        table.add_row(
+            r.mode,
+            f"{r.offered_rate:,.0f}" if r.offered_rate else "max",
+            f"{r.transfers:,}",
+            f"{r.throughput_per_s:,.0f}",
+            f"{r.p50_ms:.0f}",
+            f"{r.p95_ms:.0f}",
+            f"{r.p99_ms:.0f}",
+        )
     console.print(table)
     if compare:
         console.print(f"batched / naive throughput: {out['batched_over_naive']}x")

@@ -97,15 +97,22 @@ async def run_e2e(
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     await ensure_topics(bootstrap_servers, topic_specs(prefix, 6, 6, 1), 1)
     env = ledgerflow_env(
-        bench_app_url, bootstrap_servers, prefix,
+        bench_app_url,
+        bootstrap_servers,
+        prefix,
         batch_records_max="1" if naive else str(batch_records_max),
-        basic_single_amount_max=str(10**15), basic_balance_max=str(10**15),
+        basic_single_amount_max=str(10**15),
+        basic_balance_max=str(10**15),
     )
     log_dir = Path(tempfile.mkdtemp(prefix="ledgerflow-bench-"))
     processes: list[ManagedProcess] = []
     try:
-        for args in [["worker", "transfer"]] * workers + [["relay"]]:
-            processes.append(await asyncio.to_thread(start_process, args, env, log_dir))
+        processes.extend(
+            [
+                await asyncio.to_thread(start_process, args, env, log_dir)
+                for args in [["worker", "transfer"]] * workers + [["relay"]]
+            ]
+        )
         results = ResultCollector(bootstrap_servers, prefix, flows=(TRANSFER,))
         await results.start(from_end=True)
         producer = AIOKafkaProducer(
@@ -119,7 +126,10 @@ async def run_e2e(
                 a, b = rng.sample(ids, 2)
                 command = transfer(a, b, rng.randint(1, 100))
                 records.append(
-                    (str(command.transfer_id), encode_command(TRANSFER, command, topic_prefix=prefix))
+                    (
+                        str(command.transfer_id),
+                        encode_command(TRANSFER, command, topic_prefix=prefix),
+                    )
                 )
             # Warm-up: connections, prepared statements, producer metadata and caches settle
             # before anything is measured.
@@ -144,9 +154,7 @@ async def run_e2e(
         finally:
             await producer.stop()
             await results.stop()
-        received = {
-            key: results.by_command_key[key][0]["_received"] for key in sent_at
-        }
+        received = {key: results.by_command_key[key][0]["_received"] for key in sent_at}
         latencies = sorted((received[k] - t) * 1000 for k, t in sent_at.items())
         last = max(received.values())
         q = statistics.quantiles(latencies, n=100)
@@ -156,4 +164,3 @@ async def run_e2e(
     finally:
         for process in processes:
             process.stop()
-

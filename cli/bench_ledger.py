@@ -82,7 +82,8 @@ async def run_ledger_bench(
         finally:
             await owner.close()
         rng = random.Random(7)
-        warm_up = [Incoming(parsed(transfer(*rng.sample(ids, 2), 1))) for _ in range(WARM_UP)]
+        pairs = [rng.sample(ids, 2) for _ in range(WARM_UP)]
+        warm_up = [Incoming(parsed(transfer(a, b, 1))) for a, b in pairs]
         for start in range(0, WARM_UP, 500):
             await writer.apply(warm_up[start : start + 500])
         results = []
@@ -93,7 +94,9 @@ async def run_ledger_bench(
                 commands = []
                 for _ in range(n):
                     a, b = rng.sample(ids, 2)
-                    commands.append(transfer(a, merchant if case == "hot" else b, rng.randint(1, 100)))
+                    commands.append(
+                        transfer(a, merchant if case == "hot" else b, rng.randint(1, 100))
+                    )
                 incoming = [Incoming(parsed(c)) for c in commands]
                 started = time.perf_counter()
                 for start in range(0, n, batch):
@@ -104,6 +107,7 @@ async def run_ledger_bench(
         await pool.close()
 
 
-def run(owner_url: str, app_url: str, wallets: int, batches: list[int], transfers: int) -> list[LedgerBenchResult]:
+def run(
+    owner_url: str, app_url: str, wallets: int, batches: list[int], transfers: int
+) -> list[LedgerBenchResult]:
     return asyncio.run(run_ledger_bench(owner_url, app_url, wallets, batches, transfers))
-

@@ -124,10 +124,13 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
         for args in (["worker", "all"], ["relay"]):
             process = await asyncio.to_thread(start_process, args, env, log_dir)
             processes.append(process)
-            console.print(f"    ledgerflow {' '.join(args)}: pid {process.process.pid}, "
-                          f"http://127.0.0.1:{process.port}/metrics")
+            console.print(
+                f"    ledgerflow {' '.join(args)}: pid {process.process.pid}, "
+                f"http://127.0.0.1:{process.port}/metrics"
+            )
         producer = AIOKafkaProducer(
-            bootstrap_servers=endpoints.kafka_bootstrap_servers, enable_idempotence=True,
+            bootstrap_servers=endpoints.kafka_bootstrap_servers,
+            enable_idempotence=True,
             linger_ms=5,
         )
         await producer.start()
@@ -138,14 +141,19 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
         traffic = Traffic(producer, results)
 
         with Progress(
-            TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console,
+            TextColumn("{task.description:<34}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
         ) as progress:
             console.print("3/5 onboarding customers and cashing in …")
             people = [
                 RequestOnboarding(
-                    customer_id=uuid.uuid4(), full_name=f"Demo Customer {i}",
-                    phone_number=phone_number(), currency="EUR",
+                    customer_id=uuid.uuid4(),
+                    full_name=f"Demo Customer {i}",
+                    phone_number=phone_number(),
+                    currency="EUR",
                 )
                 for i in range(customers)
             ]
@@ -153,14 +161,22 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
                 await traffic.send(ONBOARDING, person)
             await traffic.drain(progress, "onboarding")
             # Someone else with a phone number that has a wallet: phone_number_taken.
-            await traffic.send(ONBOARDING, people[0].model_copy(update={"customer_id": uuid.uuid4()}))
+            await traffic.send(
+                ONBOARDING, people[0].model_copy(update={"customer_id": uuid.uuid4()})
+            )
             await traffic.drain(progress, "onboarding, phone number taken")
             wallets = [wallet_account_id(p.customer_id, p.currency) for p in people]
             for wallet in wallets:
-                await traffic.send(CASHIN, ConfirmCashIn(
-                    cashin_id=uuid.uuid4(), wallet_account_id=wallet, amount=CASH_IN,
-                    currency="EUR", bank_reference=f"SEPA-{rng.randrange(10**9)}",
-                ))
+                await traffic.send(
+                    CASHIN,
+                    ConfirmCashIn(
+                        cashin_id=uuid.uuid4(),
+                        wallet_account_id=wallet,
+                        amount=CASH_IN,
+                        currency="EUR",
+                        bank_reference=f"SEPA-{rng.randrange(10**9)}",
+                    ),
+                )
             await traffic.drain(progress, "cash-in")
 
             console.print(f"4/5 a burst of {transfers:,} P2P transfers, some wrong on purpose …")
@@ -177,8 +193,12 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
                     await traffic.send(TRANSFER, old.model_copy(update={"amount": old.amount + 1}))
                     continue
                 command = InitiateTransfer(
-                    transfer_id=uuid.uuid4(), from_account_id=a, to_account_id=b,
-                    amount=rng.randint(100, 5_000), currency="EUR", note=f"demo {i}",
+                    transfer_id=uuid.uuid4(),
+                    from_account_id=a,
+                    to_account_id=b,
+                    amount=rng.randint(100, 5_000),
+                    currency="EUR",
+                    note=f"demo {i}",
                 )
                 if roll < 0.05:  # an amount string: invalid_command, answered, not recorded
                     envelope = orjson.loads(encode_command(TRANSFER, command).value)
@@ -197,11 +217,19 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
             burst_s = time.monotonic() - started
 
             for wallet in wallets[: max(1, customers // 2)]:
-                await traffic.send(CASHOUT, ApproveCashOut(
-                    cashout_id=uuid.uuid4(), wallet_account_id=wallet, amount=10_000, fee=150,
-                    currency="EUR", destination=BankAccount(
-                        bank_code="BANKDEFF", account_number="DE89370400440532013000"),
-                ))
+                await traffic.send(
+                    CASHOUT,
+                    ApproveCashOut(
+                        cashout_id=uuid.uuid4(),
+                        wallet_account_id=wallet,
+                        amount=10_000,
+                        fee=150,
+                        currency="EUR",
+                        destination=BankAccount(
+                            bank_code="BANKDEFF", account_number="DE89370400440532013000"
+                        ),
+                    ),
+                )
             await traffic.drain(progress, "cash-out")
 
         console.print("5/5 results")
@@ -215,16 +243,17 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
             await conn.close()
         console.print(audit_report(audit))
         ok = all(r.ok for r in audit)
-        console.print("[bold green]audit passed: the ledger balances[/bold green]" if ok
-                      else "[bold red]audit FAILED[/bold red]")
+        console.print(
+            "[bold green]audit passed: the ledger balances[/bold green]"
+            if ok
+            else "[bold red]audit FAILED[/bold red]"
+        )
         return ok
     return False
 
 
 def show_outcomes(events: list[dict[str, Any]]) -> None:
-    counts = Counter(
-        (e["type"], (e.get("data") or {}).get("reason", "")) for e in events
-    )
+    counts = Counter((e["type"], (e.get("data") or {}).get("reason", "")) for e in events)
     table = Table("result event", "reason", "count", title="Outcomes by type and reason")
     for (kind, reason), n in sorted(counts.items()):
         table.add_row(kind, reason or "-", f"{n:,}")

@@ -73,8 +73,12 @@ def accounts_list(as_json: JsonFlag = False) -> None:
 def audit_report(results: list[CheckResult]) -> Table:
     table = Table("check", "holds", "violations", "what it means")
     for r in results:
-        table.add_row(r.name, "[green]yes[/green]" if r.ok else "[red]NO[/red]",
-                      str(r.violations), r.description)
+        table.add_row(
+            r.name,
+            "[green]yes[/green]" if r.ok else "[red]NO[/red]",
+            str(r.violations),
+            r.description,
+        )
     return table
 
 
@@ -91,13 +95,22 @@ def audit(as_json: JsonFlag = False) -> None:
     results = asyncio.run(run())
     ok = all(r.ok for r in results)
     if as_json:
-        print(json.dumps({
-            "ok": ok,
-            "checks": [
-                {"name": r.name, "ok": r.ok, "violations": r.violations, "examples": r.examples}
-                for r in results
-            ],
-        }))
+        print(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "checks": [
+                        {
+                            "name": r.name,
+                            "ok": r.ok,
+                            "violations": r.violations,
+                            "examples": r.examples,
+                        }
+                        for r in results
+                    ],
+                }
+            )
+        )
     else:
         console.print(audit_report(results))
         console.print("[green]audit passed[/green]" if ok else "[red]audit FAILED[/red]")

@@ -68,7 +68,7 @@ class ManagedProcess:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
                 return int(r.status), r.read().decode()
         except urllib.error.HTTPError as error:
             return int(error.code), error.read().decode()
@@ -77,7 +77,9 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.args} exited {self.process.returncode}: {self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.args} exited {self.process.returncode}: {self.log_tail()}"
+                )
             with contextlib.suppress(OSError):
                 if self.get("/readyz")[0] == 200:
                     return
@@ -109,8 +111,11 @@ def start_process(
     full_env = dict(env) | {"LEDGERFLOW_HTTP_PORT": str(port)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cli", *args], env=full_env, stdout=log,
-            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,  # noqa: PLW1509
+            [sys.executable, "-m", "cli", *args],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
     managed = ManagedProcess(list(args), port, process, log_path)
     if wait:

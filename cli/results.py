@@ -96,12 +96,16 @@ class ResultCollector:
                             self.by_command_key[str(data[id_field])].append(event)
             self._arrived.set()
 
-    async def wait_for(self, causation_id: str, timeout_s: float = 30.0, count: int = 1) -> list[dict[str, Any]]:
+    async def wait_for(
+        self, causation_id: str, timeout_s: float = 30.0, count: int = 1
+    ) -> list[dict[str, Any]]:
         """The result events of one command (by its CloudEvents id), once `count` arrived."""
+
         async def until() -> None:
             while len(self.by_causation.get(causation_id, ())) < count:
                 self._arrived.clear()
                 await self._arrived.wait()
+
         await asyncio.wait_for(until(), timeout_s)
         return self.by_causation[causation_id]
 
@@ -123,11 +127,16 @@ class ResultCollector:
             while len(self.events) < count:
                 self._arrived.clear()
                 await self._arrived.wait()
+
         await asyncio.wait_for(until(), timeout_s)
 
 
 async def publish(
-    producer: AIOKafkaProducer, command: BaseModel, flow: Flow, topic_prefix: str = "", **kwargs: Any
+    producer: AIOKafkaProducer,
+    command: BaseModel,
+    flow: Flow,
+    topic_prefix: str = "",
+    **kwargs: Any,
 ) -> KafkaRecord:
     """Publish one command as an upstream API layer would; returns what was sent."""
     rec = encode_command(flow, command, topic_prefix=topic_prefix, **kwargs)

@@ -213,9 +213,7 @@ async def _apply_in_transaction(
     # 3. Decide every command in consumption order.
     now = datetime.now(UTC)
     writes = _Writes()
-    outcomes: list[Outcome] = []
-    for item in batch:
-        outcomes.append(_decide(item, book, stored, writes, now, topic_prefix))
+    outcomes = [_decide(item, book, stored, writes, now, topic_prefix) for item in batch]
 
     # 4. Write set-based, parents before children.
     await _write(conn, writes, book)
@@ -257,8 +255,12 @@ def _decide(
                 (previous.event_id, previous.topic, message_key, previous.payload, item.traceparent)
             )
             return Outcome(
-                flow.name, cmd.idempotency_key, OutcomeKind.REPLAYED, None,
-                previous.event_id, previous.topic,
+                flow.name,
+                cmd.idempotency_key,
+                OutcomeKind.REPLAYED,
+                None,
+                previous.event_id,
+                previous.topic,
             )
         event_id = str(uuid.uuid4())
         topic = topic_prefix + flow.rejected_topic
@@ -270,8 +272,12 @@ def _decide(
         payload = _encode(flow.rejected_topic, rejection, event_id, cmd, now)
         writes.outbox.append((event_id, topic, message_key, payload, item.traceparent))
         return Outcome(
-            flow.name, cmd.idempotency_key, OutcomeKind.CONFLICT,
-            RejectReason.ID_CONFLICT.value, event_id, topic,
+            flow.name,
+            cmd.idempotency_key,
+            OutcomeKind.CONFLICT,
+            RejectReason.ID_CONFLICT.value,
+            event_id,
+            topic,
         )
 
     command = cast("LedgerCommand", cmd.data)
@@ -300,8 +306,15 @@ def _decide(
     outcome_kind = OutcomeKind.REJECTED if reason else OutcomeKind.COMPLETED
     writes.records.append(
         (
-            flow.name, cmd.idempotency_key, cmd.content_hash, outcome_kind.value, reason, entry_id,
-            topic, uuid.UUID(event_id), payload,
+            flow.name,
+            cmd.idempotency_key,
+            cmd.content_hash,
+            outcome_kind.value,
+            reason,
+            entry_id,
+            topic,
+            uuid.UUID(event_id),
+            payload,
         )
     )
     writes.outbox.append((event_id, topic, message_key, payload, item.traceparent))
@@ -314,8 +327,13 @@ def _add_customer(writes: _Writes, cmd: RequestOnboarding, opened: CustomerOpene
     writes.customers.append((cmd.customer_id, opened.wallet.tier))
     writes.pii.append(
         (
-            cmd.customer_id, cmd.full_name, cmd.phone_number, cmd.email, cmd.national_id,
-            bank.bank_code if bank else None, bank.account_number if bank else None,
+            cmd.customer_id,
+            cmd.full_name,
+            cmd.phone_number,
+            cmd.email,
+            cmd.national_id,
+            bank.bank_code if bank else None,
+            bank.account_number if bank else None,
         )
     )
     writes.wallets.append((opened.wallet.id, opened.wallet.currency, cmd.customer_id))
@@ -340,23 +358,34 @@ def _result(flow: Flow, cmd: LedgerCommand, decision: Decision) -> tuple[str, Ba
     if kind is InitiateTransfer:
         t = cast("InitiateTransfer", cmd)
         data = TransferCompleted(
-            transfer_id=t.transfer_id, from_account_id=t.from_account_id,
-            to_account_id=t.to_account_id, amount=t.amount, currency=t.currency,
-            journal_entry_id=decision.entry_id, balance_after=decision.balance_after,
+            transfer_id=t.transfer_id,
+            from_account_id=t.from_account_id,
+            to_account_id=t.to_account_id,
+            amount=t.amount,
+            currency=t.currency,
+            journal_entry_id=decision.entry_id,
+            balance_after=decision.balance_after,
         )
     elif kind is ConfirmCashIn:
         c = cast("ConfirmCashIn", cmd)
         data = CashInCompleted(
-            cashin_id=c.cashin_id, wallet_account_id=c.wallet_account_id, amount=c.amount,
-            currency=c.currency, journal_entry_id=decision.entry_id,
+            cashin_id=c.cashin_id,
+            wallet_account_id=c.wallet_account_id,
+            amount=c.amount,
+            currency=c.currency,
+            journal_entry_id=decision.entry_id,
             balance_after=decision.balance_after,
         )
     else:
         assert kind is ApproveCashOut, kind
         o = cast("ApproveCashOut", cmd)
         data = CashOutCompleted(
-            cashout_id=o.cashout_id, wallet_account_id=o.wallet_account_id, amount=o.amount,
-            currency=o.currency, fee=o.fee, journal_entry_id=decision.entry_id,
+            cashout_id=o.cashout_id,
+            wallet_account_id=o.wallet_account_id,
+            amount=o.amount,
+            currency=o.currency,
+            fee=o.fee,
+            journal_entry_id=decision.entry_id,
             balance_after=decision.balance_after,
         )
     return flow.completed_topic, data
@@ -380,7 +409,9 @@ def _encode(
     )
 
 
-async def _copy(conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: list[Any]) -> None:
+async def _copy(
+    conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: list[Any]
+) -> None:
     """Binary COPY: the fastest bulk insert (no per-element array checks), triggers still fire."""
     await conn.copy_records_to_table(table, records=rows, columns=list(columns))
 
@@ -389,10 +420,15 @@ async def _write(conn: asyncpg.Connection, w: _Writes, book: Book) -> None:
     if w.customers:
         await _copy(conn, "customers", sql.CUSTOMER_COLUMNS, w.customers)
         await _copy(conn, "customer_pii", sql.CUSTOMER_PII_COLUMNS, w.pii)
-        await _copy(conn, "accounts", sql.WALLET_ACCOUNT_COLUMNS,
-                    [(i, "wallet", cur, cust) for i, cur, cust in w.wallets])
-        await _copy(conn, "balances", sql.BALANCE_COLUMNS,
-                    [(i, "wallet", 0, 0) for i, _, _ in w.wallets])
+        await _copy(
+            conn,
+            "accounts",
+            sql.WALLET_ACCOUNT_COLUMNS,
+            [(i, "wallet", cur, cust) for i, cur, cust in w.wallets],
+        )
+        await _copy(
+            conn, "balances", sql.BALANCE_COLUMNS, [(i, "wallet", 0, 0) for i, _, _ in w.wallets]
+        )
     if w.entries:
         await _copy(conn, "journal_entries", sql.ENTRY_COLUMNS, w.entries)
         await _copy(conn, "postings", sql.POSTING_COLUMNS, w.postings)

@@ -30,8 +30,10 @@ CHECKS: dict[str, tuple[str, str]] = {
     ),
     "currency_totals_zero": (
         "postings of each currency sum to zero",
-        "SELECT currency, sum(amount) AS total FROM postings GROUP BY currency "
-        "HAVING sum(amount) <> 0",
+        (
+            "SELECT currency, sum(amount) AS total FROM postings GROUP BY currency "
+            "HAVING sum(amount) <> 0"
+        ),
     ),
     "entries_balanced": (
         "every journal entry has two or more postings summing to zero per currency",
@@ -46,29 +48,39 @@ CHECKS: dict[str, tuple[str, str]] = {
     ),
     "no_negative_wallet": (
         "no wallet balance is below zero",
-        "SELECT account_id::text AS account_id, balance FROM balances "
-        "WHERE kind = 'wallet' AND balance < 0",
+        (
+            "SELECT account_id::text AS account_id, balance FROM balances "
+            "WHERE kind = 'wallet' AND balance < 0"
+        ),
     ),
     "postings_currency_matches_account": (
         "every posting is in its account's currency",
-        "SELECT p.entry_id::text AS entry_id, p.seq FROM postings p "
-        "JOIN accounts a ON a.id = p.account_id WHERE a.currency <> p.currency",
+        (
+            "SELECT p.entry_id::text AS entry_id, p.seq FROM postings p "
+            "JOIN accounts a ON a.id = p.account_id WHERE a.currency <> p.currency"
+        ),
     ),
     "entries_have_records": (
         "every journal entry was recorded against its command's key",
-        "SELECT e.id::text AS entry_id FROM journal_entries e LEFT JOIN idempotency_records r "
-        "ON r.flow = e.flow AND r.key = e.idempotency_key "
-        "WHERE r.key IS NULL OR r.journal_entry_id IS DISTINCT FROM e.id",
+        (
+            "SELECT e.id::text AS entry_id FROM journal_entries e LEFT JOIN idempotency_records r "
+            "ON r.flow = e.flow AND r.key = e.idempotency_key "
+            "WHERE r.key IS NULL OR r.journal_entry_id IS DISTINCT FROM e.id"
+        ),
     ),
     "records_have_outcomes": (
         "every completed money command has its journal entry",
-        "SELECT flow, key::text AS key FROM idempotency_records "
-        "WHERE outcome = 'completed' AND flow <> 'onboarding' AND journal_entry_id IS NULL",
+        (
+            "SELECT flow, key::text AS key FROM idempotency_records "
+            "WHERE outcome = 'completed' AND flow <> 'onboarding' AND journal_entry_id IS NULL"
+        ),
     ),
     "records_have_outbox_rows": (
         "every recorded outcome has its result event in the outbox",
-        "SELECT r.flow, r.key::text AS key FROM idempotency_records r "
-        "WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = r.result_event_id)",
+        (
+            "SELECT r.flow, r.key::text AS key FROM idempotency_records r "
+            "WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = r.result_event_id)"
+        ),
     ),
 }
 

@@ -41,7 +41,11 @@ async def fetch_pending(conn: asyncpg.Connection, limit: int) -> list[OutboxRow]
     )
     return [
         OutboxRow(
-            r["id"], str(r["event_id"]), r["topic"], bytes(r["key"]), bytes(r["payload"]),
+            r["id"],
+            str(r["event_id"]),
+            r["topic"],
+            bytes(r["key"]),
+            bytes(r["payload"]),
             r["traceparent"],
         )
         for r in rows

@@ -45,8 +45,13 @@ class AccountView:
 
 def _view(row: asyncpg.Record) -> AccountView:
     return AccountView(
-        row["id"], row["kind"], row["currency"].strip(), row["status"], row["customer_id"],
-        row["tier"], row["balance"],
+        row["id"],
+        row["kind"],
+        row["currency"].strip(),
+        row["status"],
+        row["customer_id"],
+        row["tier"],
+        row["balance"],
     )
 
 

@@ -167,7 +167,7 @@ class Book:
             Posting(clearing, cmd.currency, -cmd.amount),
             Posting(wallet.id, cmd.currency, cmd.amount),
         )
-        return self._post("cashin", cmd.cashin_id, postings, wallet)
+        return self._post(postings, wallet)
 
     def _transfer(self, cmd: InitiateTransfer) -> Decision:
         if cmd.from_account_id == cmd.to_account_id:
@@ -190,7 +190,7 @@ class Book:
             Posting(sender.id, cmd.currency, -cmd.amount),
             Posting(receiver.id, cmd.currency, cmd.amount),
         )
-        return self._post("transfer", cmd.transfer_id, postings, sender)
+        return self._post(postings, sender)
 
     def _cash_out(self, cmd: ApproveCashOut) -> Decision:
         wallet = self._wallet(cmd.wallet_account_id, cmd.currency)
@@ -205,15 +205,19 @@ class Book:
             )
         postings = [
             Posting(wallet.id, cmd.currency, -(cmd.amount + cmd.fee)),
-            Posting(house_account_id(AccountKind.CASHOUT_CLEARING, cmd.currency), cmd.currency,
-                    cmd.amount),
+            Posting(
+                house_account_id(AccountKind.CASHOUT_CLEARING, cmd.currency),
+                cmd.currency,
+                cmd.amount,
+            ),
         ]
         if cmd.fee:
             postings.append(
-                Posting(house_account_id(AccountKind.FEE_REVENUE, cmd.currency), cmd.currency,
-                        cmd.fee)
+                Posting(
+                    house_account_id(AccountKind.FEE_REVENUE, cmd.currency), cmd.currency, cmd.fee
+                )
             )
-        return self._post("cashout", cmd.cashout_id, tuple(postings), wallet)
+        return self._post(tuple(postings), wallet)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -253,9 +257,7 @@ class Book:
     def _limits(self, wallet: Wallet) -> TierLimits:
         return self.limits.get(wallet.tier, TierLimits())
 
-    def _post(
-        self, flow: str, key: UUID, postings: tuple[Posting, ...], first: Wallet
-    ) -> MoneyMoved:
+    def _post(self, postings: tuple[Posting, ...], first: Wallet) -> MoneyMoved:
         assert_balanced(postings)
         for posting in postings:
             wallet = self.wallets.get(posting.account_id)

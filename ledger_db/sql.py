@@ -5,7 +5,12 @@ Reads and updates take arrays (`unnest`, `= ANY`); plain inserts go by binary CO
 
 CUSTOMER_COLUMNS = ("id", "tier")
 CUSTOMER_PII_COLUMNS = (
-    "customer_id", "full_name", "phone_number", "email", "national_id", "bank_code",
+    "customer_id",
+    "full_name",
+    "phone_number",
+    "email",
+    "national_id",
+    "bank_code",
     "bank_account_number",
 )
 WALLET_ACCOUNT_COLUMNS = ("id", "kind", "currency", "customer_id")
@@ -13,8 +18,15 @@ BALANCE_COLUMNS = ("account_id", "kind", "shard", "balance")
 ENTRY_COLUMNS = ("id", "flow", "idempotency_key")
 POSTING_COLUMNS = ("entry_id", "seq", "account_id", "currency", "amount")
 IDEMPOTENCY_RECORD_COLUMNS = (
-    "flow", "key", "content_hash", "outcome", "reason", "journal_entry_id", "result_topic",
-    "result_event_id", "result_payload",
+    "flow",
+    "key",
+    "content_hash",
+    "outcome",
+    "reason",
+    "journal_entry_id",
+    "result_topic",
+    "result_event_id",
+    "result_payload",
 )
 OUTBOX_COLUMNS = ("event_id", "topic", "key", "payload", "traceparent")
 

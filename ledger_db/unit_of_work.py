@@ -10,7 +10,7 @@ import asyncio
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import asyncpg
 
@@ -84,7 +84,8 @@ async def run_in_transaction(
     while True:
         try:
             async with pool.acquire() as conn, conn.transaction():
-                return await work(conn)
+                # The pool hands out a proxy that behaves as the connection.
+                return await work(cast("asyncpg.Connection", conn))
         except tuple(RETRYABLE) as error:
             cause = retry_cause(error)
             assert cause is not None
@@ -94,4 +95,4 @@ async def run_in_transaction(
             if stats is not None:
                 stats.by_cause[cause] += 1
             ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt)
-            await asyncio.sleep(random.uniform(0, ceiling))  # noqa: S311 - jitter, not crypto
+            await asyncio.sleep(random.uniform(0, ceiling))  # jitter, not crypto

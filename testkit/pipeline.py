@@ -1,8 +1,8 @@
 """Run Ledgerflow's processes against a test stack and await result events by command id.
 
-    async with running_pipeline(postgres, kafka, ledgerflow_db_template, tmp_path) as p:
-        rec = await publish(p.producer, command, TRANSFER, p.prefix)
-        [event] = await p.results.wait_for(event_id_of(rec))
+async with running_pipeline(postgres, kafka, ledgerflow_db_template, tmp_path) as p:
+    rec = await publish(p.producer, command, TRANSFER, p.prefix)
+    [event] = await p.results.wait_for(event_id_of(rec))
 """
 
 from __future__ import annotations
@@ -79,8 +79,7 @@ async def running_pipeline(
             replication_factor=1,
         )
         env = ledgerflow_env(db.app_url, kafka.bootstrap_servers, prefix, **settings)
-        for _ in range(workers):
-            processes.append(start_process(list(worker_args), env, log_dir))
+        processes.extend(start_process(list(worker_args), env, log_dir) for _ in range(workers))
         relay = start_process(["relay"], env, log_dir)
         processes.append(relay)
         producer = AIOKafkaProducer(
@@ -91,8 +90,15 @@ async def running_pipeline(
         try:
             await results.start()
             pipeline = Pipeline(
-                db, prefix, kafka.bootstrap_servers, env, processes[:-1], relay, producer,
-                results, log_dir,
+                db,
+                prefix,
+                kafka.bootstrap_servers,
+                env,
+                processes[:-1],
+                relay,
+                producer,
+                results,
+                log_dir,
             )
             try:
                 yield pipeline

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import asyncpg
-    from aiokafka import AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from contracts.topics import Flow
     from workers.settings import Settings
@@ -99,7 +99,10 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
         )
         for flow in flows:
             state.processors[flow.name] = BatchProcessor(
-                flow, writer, state.send_dead_letters, settings.topic_prefix,
+                flow,
+                writer,
+                state.send_dead_letters,
+                settings.topic_prefix,
                 settings.message_bytes_max,
             )
 
@@ -179,8 +182,9 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
             await asyncio.sleep(min(FAILURE_BACKOFF_MAX_S, 0.05 * 2**failures))
             return
         state.failures[flow.name] = 0
-        metrics.ASSIGNED_PARTITIONS.labels(flow.name).set(len(msg.consumer.assignment()))  # type: ignore[attr-defined]
-        if not await commit_offsets(msg.consumer, records):  # type: ignore[arg-type]
+        consumer = cast("AIOKafkaConsumer", msg.consumer)  # FastStream types it as a protocol
+        metrics.ASSIGNED_PARTITIONS.labels(flow.name).set(len(consumer.assignment()))
+        if not await commit_offsets(consumer, records):
             metrics.OFFSET_COMMIT_FAILURES.labels(flow.name).inc()
         metrics.BATCH_DURATION.labels(flow.name).observe(time.perf_counter() - started)
         metrics.LAST_PROCESSED.labels(flow.name).set(time.time())

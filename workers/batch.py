@@ -57,7 +57,9 @@ def header(record: Record, name: str) -> str | None:
     return None
 
 
-def dead_letter(record: Record, reason: Unattributable, topic_prefix: str, flow: Flow) -> DeadLetter:
+def dead_letter(
+    record: Record, reason: Unattributable, topic_prefix: str, flow: Flow
+) -> DeadLetter:
     """The original bytes, unchanged, with the error and where they came from."""
     headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("x-error")]
     headers += [
@@ -100,4 +102,3 @@ class BatchProcessor:
             metrics.COMMANDS.labels(self.flow.name, outcome.kind.value, outcome.reason or "").inc()
         metrics.BATCH_SIZE.labels(self.flow.name).observe(len(records))
         return outcomes
-

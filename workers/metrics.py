@@ -59,6 +59,8 @@ OUTBOX_OLDEST_AGE = Gauge(
     "ledgerflow_outbox_oldest_pending_age_seconds", "Age of the oldest unpublished outbox row."
 )
 RELAY_PUBLISHED = Counter("ledgerflow_relay_published", "Events published by the relay.")
-RELAY_ERRORS = Counter("ledgerflow_relay_errors", "Relay publish rounds that failed.", ["error_class"])
+RELAY_ERRORS = Counter(
+    "ledgerflow_relay_errors", "Relay publish rounds that failed.", ["error_class"]
+)
 RELAY_ACTIVE = Gauge("ledgerflow_relay_active", "1 when this relay holds the relay lock.")
 BUILD_INFO = Info("ledgerflow_build", "Version of the running Ledgerflow.")

@@ -62,7 +62,12 @@ class Relay:
                 try:
                     await self._session(producer, stop)
                     failures = 0
-                except (OSError, KafkaError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                except (
+                    OSError,
+                    KafkaError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                ) as error:
                     failures += 1
                     metrics.RELAY_ERRORS.labels(type(error).__name__).inc()
                     log.warning("relay session failed", extra={"error_class": type(error).__name__})
@@ -110,7 +115,9 @@ class Relay:
             headers = [("content-type", b"application/cloudevents+json")]
             if row.traceparent:
                 headers.append(("traceparent", row.traceparent.encode()))
-            futures.append(await producer.send(row.topic, row.payload, key=row.key, headers=headers))
+            futures.append(
+                await producer.send(row.topic, row.payload, key=row.key, headers=headers)
+            )
         for future in futures:
             await future
 

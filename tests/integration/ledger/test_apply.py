@@ -180,8 +180,8 @@ async def test_house_accounts_balance_the_wallets(writer: LedgerWriter, pool: as
     a, b = await two_wallets(writer, funds=5_000)
     await apply_all(writer, transfer(a, b, 1_000), cashout(b, 500, fee=25))
     totals = await pool.fetch(
-        "SELECT a.kind, sum(b.balance) AS total FROM balances b JOIN accounts a ON a.id = b.account_id"
-        " GROUP BY a.kind ORDER BY a.kind"
+        "SELECT a.kind, sum(b.balance) AS total FROM balances b"
+        " JOIN accounts a ON a.id = b.account_id GROUP BY a.kind ORDER BY a.kind"
     )
     by_kind = {r["kind"]: r["total"] for r in totals}
     assert by_kind == {

@@ -60,7 +60,7 @@ async def test_concurrent_batches_conserve_money(pool: asyncpg.Pool, writer: Led
         assert all(r.ok for r in await run_audit(conn))
     retries = sum(w.retry_stats.total for w in writers)
     assert retries > 0, "racing duplicate keys must have been retried, and counted"
-    assert set(sum((list(w.retry_stats.by_cause) for w in writers), [])) <= {
+    assert {c for w in writers for c in w.retry_stats.by_cause} <= {
         "unique_violation",
         "deadlock",
         "serialization",

@@ -14,6 +14,8 @@ from testkit.commands import apply_all, cashin, onboarding, transfer, wallet_of
 
 pytestmark = pytest.mark.integration
 
+NEW_ENTRY = "INSERT INTO journal_entries (id, flow, idempotency_key) VALUES ($1, 'transfer', $2)"
+
 
 async def funded(writer: LedgerWriter) -> tuple[uuid.UUID, uuid.UUID]:
     a, b = onboarding(), onboarding()
@@ -31,7 +33,7 @@ async def test_unbalanced_entry_is_refused_at_commit(writer: LedgerWriter, datab
         with pytest.raises(asyncpg.CheckViolationError, match="not balanced"):
             async with conn.transaction():
                 await conn.execute(
-                    "INSERT INTO journal_entries (id, flow, idempotency_key) VALUES ($1, 'transfer', $2)",
+                    NEW_ENTRY,
                     entry,
                     uuid.uuid4(),
                 )
@@ -44,7 +46,7 @@ async def test_unbalanced_entry_is_refused_at_commit(writer: LedgerWriter, datab
         with pytest.raises(asyncpg.CheckViolationError, match="not balanced"):
             async with conn.transaction():
                 await conn.execute(
-                    "INSERT INTO journal_entries (id, flow, idempotency_key) VALUES ($1, 'transfer', $2)",
+                    NEW_ENTRY,
                     entry,
                     uuid.uuid4(),
                 )
@@ -119,7 +121,7 @@ async def test_posting_currency_must_be_the_accounts(writer: LedgerWriter, datab
         with pytest.raises(asyncpg.CheckViolationError, match="currency"):
             async with conn.transaction():
                 await conn.execute(
-                    "INSERT INTO journal_entries (id, flow, idempotency_key) VALUES ($1, 'transfer', $2)",
+                    NEW_ENTRY,
                     entry,
                     uuid.uuid4(),
                 )
@@ -137,7 +139,8 @@ async def test_app_role_owns_no_table(database: Any) -> None:
     conn = await asyncpg.connect(database.admin_url)
     try:
         owned = await conn.fetchval(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = 'ledgerflow_app'"
+            "SELECT count(*) FROM pg_tables"
+            " WHERE schemaname = 'public' AND tableowner = 'ledgerflow_app'"
         )
     finally:
         await conn.close()

@@ -17,7 +17,7 @@ from ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
 from ledger_db.audit import run_audit
 from ledger_db.rules import TierLimits
 from ledger_db.unit_of_work import create_pool
-from testkit.commands import apply_all, cashin, cashout, onboarding, parsed, transfer, wallet_of
+from testkit.commands import cashin, cashout, onboarding, parsed, transfer, wallet_of
 
 pytestmark = pytest.mark.integration
 

@@ -42,9 +42,12 @@ async def test_the_four_flows_end_to_end(pipeline: Pipeline) -> None:
     assert refused["data"]["reason"] == "insufficient_funds"  # type: ignore[index]
     conn = await asyncpg.connect(pipeline.database.app_url)
     try:
-        balances = dict(await conn.fetch(
-            "SELECT account_id, balance FROM balances WHERE account_id = ANY($1::uuid[])", [a, b]
-        ))
+        balances = dict(
+            await conn.fetch(
+                "SELECT account_id, balance FROM balances WHERE account_id = ANY($1::uuid[])",
+                [a, b],
+            )
+        )
     finally:
         await conn.close()
     assert balances == {a: 7_500, b: 400}
@@ -96,8 +99,10 @@ async def test_garbage_goes_to_the_dead_letter_topic_and_the_worker_goes_on(
     topic = pipeline.prefix + TRANSFER.command_topic
     await pipeline.producer.send_and_wait(topic, b"\xff not json", key=b"garbage")
     consumer = AIOKafkaConsumer(
-        pipeline.prefix + TRANSFER.dlq_topic, bootstrap_servers=pipeline.bootstrap,
-        group_id=None, auto_offset_reset="earliest",
+        pipeline.prefix + TRANSFER.dlq_topic,
+        bootstrap_servers=pipeline.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     try:

@@ -10,14 +10,14 @@ import asyncpg
 import pytest
 
 from contracts.topics import ONBOARDING, TRANSFER
+from ledger_db.apply import LedgerWriter
 from ledger_db.audit import run_audit
 from ledger_db.outbox import pending_stats
+from ledger_db.rules import TierLimits
+from ledger_db.unit_of_work import create_pool
 from testkit.commands import apply_all, cashin, onboarding, transfer, wallet_of
 from testkit.pipeline import Pipeline, publish, running_pipeline
 from testkit.plugin import wait_until
-from ledger_db.apply import LedgerWriter
-from ledger_db.rules import TierLimits
-from ledger_db.unit_of_work import create_pool
 
 pytestmark = pytest.mark.integration
 
@@ -48,13 +48,18 @@ async def test_two_workers_split_the_partitions_and_totals_hold(
     postgres: Any, kafka: Any, ledgerflow_db_template: str, tmp_path: Any
 ) -> None:
     async with running_pipeline(
-        postgres, kafka, ledgerflow_db_template, tmp_path, workers=2,
+        postgres,
+        kafka,
+        ledgerflow_db_template,
+        tmp_path,
+        workers=2,
         worker_args=("worker", "transfer"),
     ) as p:
         wallets = await fund(p, 20, 10_000)
         # The group settles to three partitions each (the second join rebalanced the first).
         await wait_until(
-            lambda: sorted(assigned(w) for w in p.workers) == [3, 3], timeout_s=30,
+            lambda: sorted(assigned(w) for w in p.workers) == [3, 3],
+            timeout_s=30,
             message="two workers holding three partitions each",
         )
         rng = random.Random(5)
@@ -95,10 +100,15 @@ async def test_relay_restart_publishes_everything_in_per_key_order(
             await publish(p.producer, command, TRANSFER, p.prefix)
         pool = await create_pool(p.database.app_url, size_max=1)
         try:
+
             async def all_decided() -> bool:
-                return await pool.fetchval(
-                    "SELECT count(*) FROM idempotency_records WHERE flow = 'transfer'"
-                ) == 200
+                return (
+                    await pool.fetchval(
+                        "SELECT count(*) FROM idempotency_records WHERE flow = 'transfer'"
+                    )
+                    == 200
+                )
+
             await wait_until(all_decided, timeout_s=60, message="worker decided every command")
             async with pool.acquire() as conn:
                 pending, _ = await pending_stats(conn)
@@ -112,7 +122,8 @@ async def test_relay_restart_publishes_everything_in_per_key_order(
             await pool.close()
         for wallet, keys in sent.items():
             received = [
-                e["data"]["transfer_id"] for e in p.results.events
+                e["data"]["transfer_id"]
+                for e in p.results.events
                 if e["type"] == "transfer.completed" and e["data"]["from_account_id"] == str(wallet)
             ]
             assert received == keys, f"per-key order broken for {wallet}"

@@ -446,3 +446,16 @@ def test_cashout_fee_defaults_to_zero() -> None:
     assert isinstance(result, ValidCommand)
     assert isinstance(result.data, ApproveCashOut)
     assert result.data.fee == 0
+
+
+def test_deep_unknown_field_within_limits_parses() -> None:
+    deep = b"[" * 500 + b"]" * 500  # deeper than orjson encodes (254), within what it decodes
+    raw = dumps(transfer_message()).replace(b'"note": "dinner"', b'"note": "dinner", "x": ' + deep)
+    assert isinstance(parse_command(TRANSFER, raw), ValidCommand)
+    deeper = b"[" * 5000 + b"]" * 5000
+    raw = dumps(transfer_message()).replace(
+        b'"note": "dinner"', b'"note": "dinner", "x": ' + deeper
+    )
+    result = parse_command(TRANSFER, raw)
+    assert isinstance(result, Unattributable)
+    assert result.error_class == ErrorClass.NOT_JSON
