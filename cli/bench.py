@@ -116,7 +116,10 @@ def e2e(
     if as_json:
         print(json.dumps(out))
         return
-    table = Table("mode", "offered/s", "transfers", "throughput/s", "p50 ms", "p95 ms", "p99 ms")
+    table = Table(
+        "mode", "offered/s", "transfers", "throughput/s", "p50 ms", "p95 ms", "p99 ms",
+        "batch (mean)", "batch ms (mean)",
+    )
     for r in results:
         table.add_row(
             r.mode,

@@ -43,6 +43,8 @@ class E2EResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    batch_mean: float = 0.0
+    batch_ms_mean: float = 0.0
 
     @property
     def throughput_per_s(self) -> float:
@@ -60,6 +62,8 @@ class E2EResult:
                 "p95": round(self.p95_ms, 1),
                 "p99": round(self.p99_ms, 1),
             },
+            "worker_batch_mean_commands": round(self.batch_mean, 1),
+            "worker_batch_mean_ms": round(self.batch_ms_mean, 1),
         }
 
 
@@ -158,9 +162,34 @@ async def run_e2e(
         latencies = sorted((received[k] - t) * 1000 for k, t in sent_at.items())
         last = max(received.values())
         q = statistics.quantiles(latencies, n=100)
+        batch_mean, batch_ms = _batch_stats(processes[:workers])
         return E2EResult(
-            "naive" if naive else "batched", rate, transfers, last - started, q[49], q[94], q[98]
+            "naive" if naive else "batched", rate, transfers, last - started, q[49], q[94], q[98],
+            batch_mean, batch_ms,
         )
     finally:
         for process in processes:
             process.stop()
+
+
+def _metric_sum(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and 'flow="transfer"' in line
+    )
+
+
+def _batch_stats(workers: list[ManagedProcess]) -> tuple[float, float]:
+    """Mean commands per batch and mean batch time (ms), from the workers' own metrics."""
+    size_sum = size_count = seconds_sum = seconds_count = 0.0
+    for worker in workers:
+        _, text = worker.get("/metrics")
+        size_sum += _metric_sum(text, "ledgerflow_batch_size_commands_sum")
+        size_count += _metric_sum(text, "ledgerflow_batch_size_commands_count")
+        seconds_sum += _metric_sum(text, "ledgerflow_batch_duration_seconds_sum")
+        seconds_count += _metric_sum(text, "ledgerflow_batch_duration_seconds_count")
+    return (
+        size_sum / size_count if size_count else 0.0,
+        1000 * seconds_sum / seconds_count if seconds_count else 0.0,
+    )

@@ -12,4 +12,4 @@ pytestmark = pytest.mark.integration
 DOC = Path(__file__).parents[3] / "docs" / "testing.md"
 EXAMPLE = re.search(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL)
 assert EXAMPLE is not None
-exec(compile(EXAMPLE.group(1), str(DOC), "exec"))  # defines test_p2p_transfer  # noqa: S102
+exec(compile(EXAMPLE.group(1), str(DOC), "exec"))  # defines test_p2p_transfer

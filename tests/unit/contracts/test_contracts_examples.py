@@ -106,7 +106,7 @@ def test_examples_in_docs_are_valid() -> None:
     doc = (PACKAGE.parent / "docs" / "contracts.md").read_text()
     checked = 0
     for match in re.finditer(
-        r"(<!-- data: (?P<type>[a-z.]+) -->\n)?```json\n(?P<body>.*?)```", doc, re.S
+        r"(<!-- data: (?P<type>[a-z.]+) -->\n)?```json\n(?P<body>.*?)```", doc, re.DOTALL
     ):
         document = json.loads(match["body"])
         if match["type"]:
