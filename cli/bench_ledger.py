@@ -90,7 +90,7 @@ async def run_ledger_bench(
         for case in ("spread", "hot"):
             for batch in batches:
                 # Fewer transfers at batch 1: each is a commit (~5 ms on this disk).
-                n = min(transfers_per_case, max(batch * 3, 300 if batch == 1 else batch * 10))
+                n = min(transfers_per_case, 300 if batch == 1 else batch * 40)
                 commands = []
                 for _ in range(n):
                     a, b = rng.sample(ids, 2)

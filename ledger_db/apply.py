@@ -8,6 +8,7 @@ outbox rows set-based with `unnest`. Business rejections are outcomes, not error
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -181,12 +182,12 @@ async def _apply_in_transaction(
     commands = [cast("LedgerCommand", cmd.data) for cmd in valid]
 
     # 1. What was decided before, by key.
-    stored: dict[tuple[str, str], _Stored] = {}
+    stored: dict[tuple[str, str], _Stored | _Pending] = {}
     if valid:
         rows = await conn.fetch(
             sql.SELECT_IDEMPOTENCY_RECORDS,
-            [cmd.flow.name for cmd in valid],
-            [cmd.idempotency_key for cmd in valid],
+            ",".join([cmd.flow.name for cmd in valid]),
+            ",".join([cmd.idempotency_key for cmd in valid]),
         )
         for row in rows:
             stored[(row["flow"], str(row["key"]))] = _Stored(
@@ -200,7 +201,7 @@ async def _apply_in_transaction(
     wallets: dict[uuid.UUID, Wallet] = {}
     wallet_ids = _touched_wallets(commands)
     if wallet_ids:
-        for row in await conn.fetch(sql.LOCK_WALLETS, wallet_ids):
+        for row in await conn.fetch(sql.LOCK_WALLETS, ",".join(map(str, wallet_ids))):
             wallets[row["id"]] = Wallet(
                 row["id"], row["currency"], row["status"], row["tier"], row["balance"]
             )
@@ -210,116 +211,165 @@ async def _apply_in_transaction(
         taken = {row["phone_number"] for row in await conn.fetch(sql.SELECT_TAKEN_PHONES, phones)}
     book = Book(wallets=wallets, taken_phone_numbers=taken, limits=limits)
 
-    # 3. Decide every command in consumption order.
-    now = datetime.now(UTC)
+    # 3. Decide every command in consumption order (pure rules, no encoding yet).
     writes = _Writes()
-    outcomes = [_decide(item, book, stored, writes, now, topic_prefix) for item in batch]
+    pending = [_decide(item, book, stored, writes, topic_prefix) for item in batch]
 
-    # 4. Write set-based, parents before children.
-    await _write(conn, writes, book)
+    # 4. Write the ledger while the result events are encoded: PostgreSQL works on the postings
+    #    on one core while Python encodes on the other. Then the answers, set-based.
+    ledger_written = asyncio.ensure_future(_write_ledger(conn, writes, book))
+    try:
+        outcomes = await _answer_all(pending, writes, datetime.now(UTC))
+    finally:
+        await ledger_written
+    await _write_answers(conn, writes)
     return outcomes
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A decided command whose result event is not encoded yet."""
+
+    item: Incoming
+    kind: OutcomeKind
+    reason: str | None
+    topic: str
+    message_key: bytes
+    data: BaseModel | None = None  # the result to encode; None when replaying
+    replay_of: _Stored | _Pending | None = None
+    entry_id: uuid.UUID | None = None
+    recorded: bool = False  # decided here: written to idempotency_records
+    event_id: str = ""
+    event_uuid: uuid.UUID | None = None
+    payload: bytes = b""
 
 
 def _decide(
     item: Incoming,
     book: Book,
-    stored: dict[tuple[str, str], _Stored],
+    stored: dict[tuple[str, str], _Stored | _Pending],
     writes: _Writes,
-    now: datetime,
     topic_prefix: str,
-) -> Outcome:
+) -> _Pending:
     cmd = item.command
     flow = cmd.flow
     if isinstance(cmd, InvalidCommand):
-        event_id = str(uuid.uuid4())
-        topic = topic_prefix + flow.rejected_topic
-        payload = _encode(flow.rejected_topic, cmd.rejection(), event_id, cmd, now)
-        writes.outbox.append(
-            (event_id, topic, item.key or cmd.idempotency_key.encode(), payload, item.traceparent)
-        )
-        return Outcome(
-            flow.name,
-            cmd.idempotency_key,
+        return _Pending(
+            item,
             OutcomeKind.INVALID,
             RejectReason.INVALID_COMMAND.value,
-            event_id,
-            topic,
+            topic_prefix + flow.rejected_topic,
+            item.key or cmd.idempotency_key.encode(),
+            data=cmd.rejection(),
         )
 
     key = (flow.name, cmd.idempotency_key)
     message_key = item.key or cmd.message_key.encode()
     previous = stored.get(key)
     if previous is not None:
-        if previous.content_hash == cmd.content_hash:
-            writes.outbox.append(
-                (previous.event_id, previous.topic, message_key, previous.payload, item.traceparent)
+        previous_hash = (
+            previous.content_hash
+            if isinstance(previous, _Stored)
+            else cast("ValidCommand", previous.item.command).content_hash
+        )
+        if previous_hash == cmd.content_hash:
+            return _Pending(
+                item, OutcomeKind.REPLAYED, None, previous.topic, message_key, replay_of=previous
             )
-            return Outcome(
-                flow.name,
-                cmd.idempotency_key,
-                OutcomeKind.REPLAYED,
-                None,
-                previous.event_id,
-                previous.topic,
-            )
-        event_id = str(uuid.uuid4())
-        topic = topic_prefix + flow.rejected_topic
         rejection = flow.rejected(
             cmd.idempotency_key,
             RejectReason.ID_CONFLICT,
             "this id was used before for a command with other content; the first outcome stands",
         )
-        payload = _encode(flow.rejected_topic, rejection, event_id, cmd, now)
-        writes.outbox.append((event_id, topic, message_key, payload, item.traceparent))
-        return Outcome(
-            flow.name,
-            cmd.idempotency_key,
+        return _Pending(
+            item,
             OutcomeKind.CONFLICT,
             RejectReason.ID_CONFLICT.value,
-            event_id,
-            topic,
+            topic_prefix + flow.rejected_topic,
+            message_key,
+            data=rejection,
         )
 
     command = cast("LedgerCommand", cmd.data)
     decision = book.decide(command)
-    event_id = str(uuid.uuid4())
     event_type, data = _result(flow, command, decision)
-    topic = topic_prefix + event_type
-    payload = _encode(event_type, data, event_id, cmd, now)
     entry_id: uuid.UUID | None = None
-    match decision:
-        case MoneyMoved():
-            entry_id = decision.entry_id
-            writes.entries.append((entry_id, flow.name, cmd.idempotency_key))
-            for seq, posting in enumerate(decision.postings):
-                writes.postings.append(
-                    (entry_id, seq, posting.account_id, posting.currency, posting.amount)
-                )
-                writes.deltas[posting.account_id] = (
-                    writes.deltas.get(posting.account_id, 0) + posting.amount
-                )
-        case CustomerOpened():
-            _add_customer(writes, cast("RequestOnboarding", command), decision)
-        case Rejected():
-            pass
+    if isinstance(decision, MoneyMoved):
+        entry_id = decision.entry_id
+        writes.entries.append((entry_id, flow.name, cmd.idempotency_key))
+        for seq, posting in enumerate(decision.postings):
+            writes.postings.append(
+                (entry_id, seq, posting.account_id, posting.currency, posting.amount)
+            )
+            writes.deltas[posting.account_id] = (
+                writes.deltas.get(posting.account_id, 0) + posting.amount
+            )
+    elif isinstance(decision, CustomerOpened):
+        _add_customer(writes, cast("RequestOnboarding", command), decision)
     reason = decision.reason.value if isinstance(decision, Rejected) else None
-    outcome_kind = OutcomeKind.REJECTED if reason else OutcomeKind.COMPLETED
-    writes.records.append(
-        (
-            flow.name,
-            cmd.idempotency_key,
-            cmd.content_hash,
-            outcome_kind.value,
-            reason,
-            entry_id,
-            topic,
-            uuid.UUID(event_id),
-            payload,
-        )
+    decided = _Pending(
+        item,
+        OutcomeKind.REJECTED if reason else OutcomeKind.COMPLETED,
+        reason,
+        topic_prefix + event_type,
+        message_key,
+        data=data,
+        entry_id=entry_id,
+        recorded=True,
     )
-    writes.outbox.append((event_id, topic, message_key, payload, item.traceparent))
-    stored[key] = _Stored(cmd.content_hash, topic, event_id, payload)
-    return Outcome(flow.name, cmd.idempotency_key, outcome_kind, reason, event_id, topic)
+    stored[key] = decided
+    return decided
+
+
+# Encoding yields to the event loop every so many events, so the concurrent ledger writes
+# keep feeding PostgreSQL.
+_ENCODE_CHUNK = 64
+
+
+async def _answer_all(pending: list[_Pending], writes: _Writes, now: datetime) -> list[Outcome]:
+    """Encode each result event once (replays reuse the original bytes and id), in order."""
+    outcomes: list[Outcome] = []
+    for index, p in enumerate(pending):
+        if index % _ENCODE_CHUNK == _ENCODE_CHUNK - 1:
+            await asyncio.sleep(0)
+        cmd = p.item.command
+        flow = cmd.flow
+        if p.replay_of is not None:
+            p.event_id, p.payload = p.replay_of.event_id, p.replay_of.payload
+        else:
+            assert p.data is not None
+            p.event_uuid = uuid.uuid4()
+            p.event_id = str(p.event_uuid)
+            p.payload = _encode(_type_of(p), p.data, p.event_id, cmd, now)
+        if p.recorded:
+            assert isinstance(cmd, ValidCommand)
+            writes.records.append(
+                (
+                    flow.name,
+                    cmd.idempotency_key,
+                    cmd.content_hash,
+                    p.kind.value,
+                    p.reason,
+                    p.entry_id,
+                    p.topic,
+                    uuid.UUID(p.event_id),
+                    p.payload,
+                )
+            )
+        writes.outbox.append((p.event_id, p.topic, p.message_key, p.payload, p.item.traceparent))
+        outcomes.append(
+            Outcome(flow.name, cmd.idempotency_key, p.kind, p.reason, p.event_id, p.topic)
+        )
+    return outcomes
+
+
+def _type_of(p: _Pending) -> str:
+    """The CloudEvents type of a pending result: its topic without the deployment prefix."""
+    flow = p.item.command.flow
+    for event_type in (flow.completed_topic, flow.rejected_topic):
+        if p.topic.endswith(event_type):
+            return event_type
+    raise AssertionError(p.topic)
 
 
 def _add_customer(writes: _Writes, cmd: RequestOnboarding, opened: CustomerOpened) -> None:
@@ -340,14 +390,18 @@ def _add_customer(writes: _Writes, cmd: RequestOnboarding, opened: CustomerOpene
 
 
 def _result(flow: Flow, cmd: LedgerCommand, decision: Decision) -> tuple[str, BaseModel]:
-    """The result event's type and data for a decided command."""
+    """The result event's type and data for a decided command.
+
+    Built with `model_construct`: every value comes from a validated command or from the ledger,
+    so validating again would only cost time on the hot path.
+    """
     if isinstance(decision, Rejected):
         key = getattr(cmd, flow.id_field)
         return flow.rejected_topic, flow.rejected(key, decision.reason, decision.detail)
     kind = type(cmd)  # exact-type checks: see Book.decide
     if isinstance(decision, CustomerOpened):
         onboard = cast("RequestOnboarding", cmd)
-        return flow.completed_topic, OnboardingCompleted(
+        return flow.completed_topic, OnboardingCompleted.model_construct(
             customer_id=onboard.customer_id,
             wallet_account_id=decision.wallet.id,
             currency=onboard.currency,
@@ -357,7 +411,7 @@ def _result(flow: Flow, cmd: LedgerCommand, decision: Decision) -> tuple[str, Ba
     data: BaseModel
     if kind is InitiateTransfer:
         t = cast("InitiateTransfer", cmd)
-        data = TransferCompleted(
+        data = TransferCompleted.model_construct(
             transfer_id=t.transfer_id,
             from_account_id=t.from_account_id,
             to_account_id=t.to_account_id,
@@ -368,7 +422,7 @@ def _result(flow: Flow, cmd: LedgerCommand, decision: Decision) -> tuple[str, Ba
         )
     elif kind is ConfirmCashIn:
         c = cast("ConfirmCashIn", cmd)
-        data = CashInCompleted(
+        data = CashInCompleted.model_construct(
             cashin_id=c.cashin_id,
             wallet_account_id=c.wallet_account_id,
             amount=c.amount,
@@ -379,7 +433,7 @@ def _result(flow: Flow, cmd: LedgerCommand, decision: Decision) -> tuple[str, Ba
     else:
         assert kind is ApproveCashOut, kind
         o = cast("ApproveCashOut", cmd)
-        data = CashOutCompleted(
+        data = CashOutCompleted.model_construct(
             cashout_id=o.cashout_id,
             wallet_account_id=o.wallet_account_id,
             amount=o.amount,
@@ -416,7 +470,8 @@ async def _copy(
     await conn.copy_records_to_table(table, records=rows, columns=list(columns))
 
 
-async def _write(conn: asyncpg.Connection, w: _Writes, book: Book) -> None:
+async def _write_ledger(conn: asyncpg.Connection, w: _Writes, book: Book) -> None:
+    """Customers, journal, postings and balances: everything the answers do not depend on."""
     if w.customers:
         await _copy(conn, "customers", sql.CUSTOMER_COLUMNS, w.customers)
         await _copy(conn, "customer_pii", sql.CUSTOMER_PII_COLUMNS, w.pii)
@@ -441,10 +496,14 @@ async def _write(conn: asyncpg.Connection, w: _Writes, book: Book) -> None:
         ids = wallet_ids + house_ids
         await conn.execute(
             sql.APPLY_BALANCE_DELTAS,
-            ids,
-            [0] * len(wallet_ids) + [shard] * len(house_ids),
-            [w.deltas[a] for a in ids],
+            ",".join(map(str, ids)),
+            ",".join(["0"] * len(wallet_ids) + [str(shard)] * len(house_ids)),
+            ",".join([str(w.deltas[a]) for a in ids]),
         )
+
+
+async def _write_answers(conn: asyncpg.Connection, w: _Writes) -> None:
+    """Idempotency records and outbox rows, after the ledger rows they refer to."""
     if w.records:
         await _copy(conn, "idempotency_records", sql.IDEMPOTENCY_RECORD_COLUMNS, w.records)
     if w.outbox:

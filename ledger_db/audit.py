@@ -71,8 +71,9 @@ CHECKS: dict[str, tuple[str, str]] = {
     "records_have_outcomes": (
         "every completed money command has its journal entry",
         (
-            "SELECT flow, key::text AS key FROM idempotency_records "
-            "WHERE outcome = 'completed' AND flow <> 'onboarding' AND journal_entry_id IS NULL"
+            "SELECT r.flow, r.key::text AS key FROM idempotency_records r "
+            "WHERE r.outcome = 'completed' AND r.flow <> 'onboarding' AND NOT EXISTS "
+            "(SELECT 1 FROM journal_entries e WHERE e.id = r.journal_entry_id)"
         ),
     ),
     "records_have_outbox_rows": (
