@@ -23,7 +23,7 @@ from ledger_db.apply import LedgerWriter
 from ledger_db.rules import TierLimits
 from ledger_db.unit_of_work import create_pool
 from workers import http, metrics
-from workers.batch import BatchProcessor, DeadLetter
+from workers.batch import BatchProcessor, DeadLetter, is_transient
 from workers.kafka_io import commit_offsets, idempotent_producer, send_dead_letters
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ log = logging.getLogger("ledgerflow.worker")
 
 FLOW_NAMES = ("onboarding", "cashin", "transfer", "cashout")
 FAILURE_BACKOFF_MAX_S = 5.0
+# Consecutive non-transient failures of a batch before it is split to find the poison message.
+POISON_ATTEMPTS_MAX = 3
 # Kafka's group protocol bounds: a batch must finish well within max_poll_interval_ms.
 SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_INTERVAL_MS = 3_000
@@ -104,6 +106,7 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
                 state.send_dead_letters,
                 settings.topic_prefix,
                 settings.message_bytes_max,
+                settings.fault_poison_marker.encode(),
             )
 
     async def shutdown() -> None:
@@ -168,18 +171,29 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
         if not isinstance(records, tuple):
             records = (records,)
         started = time.perf_counter()
+        processor = state.processors[flow.name]
         try:
-            await state.processors[flow.name].process(records)
+            failures = state.failures.get(flow.name, 0)
+            if failures >= POISON_ATTEMPTS_MAX:
+                # The batch failed again and again, not for the infrastructure: find the poison
+                # message(s) one by one and dead-letter them, so the partition moves on.
+                await processor.process_isolating(records)
+            else:
+                await processor.process(records)
         except Exception as error:
-            failures = state.failures.get(flow.name, 0) + 1
-            state.failures[flow.name] = failures
+            failures = state.failures.get(flow.name, 0)
+            # Infrastructure outages retry forever (not-ready meanwhile); anything else counts
+            # towards isolating the batch.
+            state.failures[flow.name] = (
+                min(failures + 1, POISON_ATTEMPTS_MAX - 1) if is_transient(error) else failures + 1
+            )
             metrics.BATCH_FAILURES.labels(flow.name, type(error).__name__).inc()
             log.warning(
                 "batch failed, will retry",
                 extra={"flow": flow.name, "error_class": type(error).__name__, "attempt": failures},
             )
             await msg.nack()  # rewind every partition of the batch to its first record
-            await asyncio.sleep(min(FAILURE_BACKOFF_MAX_S, 0.05 * 2**failures))
+            await asyncio.sleep(min(FAILURE_BACKOFF_MAX_S, 0.05 * 2 ** min(failures + 1, 10)))
             return
         state.failures[flow.name] = 0
         consumer = cast("AIOKafkaConsumer", msg.consumer)  # FastStream types it as a protocol

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+import asyncpg
+from aiokafka.errors import KafkaError
+
 from contracts.parsing import Unattributable, parse_command
 from ledger_db.apply import Incoming, LedgerWriter, Outcome
 from workers import metrics
@@ -19,6 +22,31 @@ if TYPE_CHECKING:
     from contracts.topics import Flow
 
 ERROR_HEADER_CHARS_MAX = 1_000
+
+# Failures of the infrastructure, not of a message: retried with backoff for as long as they
+# last, never dead-lettered (a PostgreSQL outage must not empty the topic into the DLQ).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    KafkaError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.QueryCanceledError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.LockNotAvailableError,
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    return isinstance(error, TRANSIENT_ERRORS)
+
+
+class InjectedFault(RuntimeError):  # noqa: N818 - named for what it is: a test hook's fault
+    """Raised by the fault-injection test hook; never raised in a normal deployment."""
 
 
 class Record(Protocol):
@@ -79,12 +107,17 @@ class BatchProcessor:
     dead_letters: DeadLetterSink
     topic_prefix: str = ""
     message_bytes_max: int = 64 * 1024
+    # Test hook (LEDGERFLOW_FAULT_POISON_MARKER): a message whose bytes contain it fails like a
+    # handler bug would, every time. Empty in every real deployment.
+    poison_marker: bytes = b""
 
     async def process(self, records: Sequence[Record]) -> list[Outcome]:
         """Dead letters are published before the transaction; offsets are committed after it."""
         incoming: list[Incoming] = []
         letters: list[DeadLetter] = []
         for record in records:
+            if self.poison_marker and self.poison_marker in (record.value or b""):
+                raise InjectedFault(f"injected fault at offset {record.offset}")
             parsed = parse_command(self.flow, record.value, max_bytes=self.message_bytes_max)
             if isinstance(parsed, Unattributable):
                 letters.append(dead_letter(record, parsed, self.topic_prefix, self.flow))
@@ -102,3 +135,23 @@ class BatchProcessor:
             metrics.COMMANDS.labels(self.flow.name, outcome.kind.value, outcome.reason or "").inc()
         metrics.BATCH_SIZE.labels(self.flow.name).observe(len(records))
         return outcomes
+
+    async def process_isolating(self, records: Sequence[Record]) -> int:
+        """After a batch failed for reasons other than the infrastructure: apply its records one
+        at a time, in order, and dead-letter each that still fails, with the error. Transient
+        errors propagate (the caller rewinds and retries). Returns the records dead-lettered."""
+        dead = 0
+        for record in records:
+            try:
+                await self.process([record])
+            except Exception as error:
+                if is_transient(error):
+                    raise
+                reason = Unattributable(
+                    error=f"processing failed: {type(error).__name__}: {error}",
+                    error_class=f"processing_{type(error).__name__}",
+                )
+                await self.dead_letters([dead_letter(record, reason, self.topic_prefix, self.flow)])
+                metrics.DEAD_LETTERS.labels(self.flow.command_topic).inc()
+                dead += 1
+        return dead

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     basic_single_amount_max: int = Field(default=1_000_000, ge=1, le=10**15)
     basic_balance_max: int = Field(default=5_000_000, ge=1, le=10**15)
 
+    # Test hook for fault-injection tests: commands containing this text fail like a bug would.
+    # Empty (off) in every real deployment.
+    fault_poison_marker: str = Field(default="", max_length=64)
+
     # HTTP (/metrics, /healthz, /readyz).
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
