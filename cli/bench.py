@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli import bench_e2e, bench_ledger
+from cli import bench_contracts, bench_e2e, bench_ledger, bench_plot
 from workers.settings import Settings
 
 console = Console()
@@ -117,8 +118,15 @@ def e2e(
         print(json.dumps(out))
         return
     table = Table(
-        "mode", "offered/s", "transfers", "throughput/s", "p50 ms", "p95 ms", "p99 ms",
-        "batch (mean)", "batch ms (mean)",
+        "mode",
+        "offered/s",
+        "transfers",
+        "throughput/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "batch (mean)",
+        "batch ms (mean)",
     )
     for r in results:
         table.add_row(
@@ -134,3 +142,61 @@ def e2e(
     if compare:
         console.print(f"batched / naive throughput: {out['batched_over_naive']}x")
     console.print(f"machine: {machine()}")
+
+
+@bench_app.command("sweep")
+def sweep(
+    rates: str = typer.Option("250,500,1000,2000,3000", help="Offered rates per second."),
+    seconds: float = typer.Option(8.0, min=1, max=120, help="Measured seconds per rate."),
+    wallets: int = typer.Option(10_000, min=2, max=1_000_000),
+    out: str = typer.Option("docs/bench", help="Folder for e2e-sweep.json and e2e-latency.png."),
+) -> None:
+    """Latency percentiles against offered rate (one e2e run per rate), as JSON and a PNG plot."""
+    settings = Settings()
+    owner, app = (
+        settings.migration_database_url.get_secret_value(),
+        settings.database_url.get_secret_value(),
+    )
+    results = []
+    for rate in [float(r) for r in rates.split(",")]:
+        result = asyncio.run(
+            bench_e2e.run_e2e(
+                owner,
+                app,
+                settings.kafka_bootstrap_servers,
+                transfers=int(rate * seconds),
+                wallets=wallets,
+                rate=rate,
+                naive=False,
+                batch_records_max=settings.batch_records_max,
+            )
+        )
+        results.append(result)
+        console.print(
+            f"offered {rate:,.0f}/s: achieved {result.throughput_per_s:,.0f}/s, "
+            f"p50 {result.p50_ms:.0f} ms, p95 {result.p95_ms:.0f} ms, p99 {result.p99_ms:.0f} ms"
+        )
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "e2e-sweep.json").write_text(
+        json.dumps({"machine": machine(), "results": [r.as_json() for r in results]}, indent=2)
+        + "\n"
+    )
+    bench_plot.latency_plot(results, folder / "e2e-latency.png")
+    console.print(f"wrote {folder / 'e2e-sweep.json'} and {folder / 'e2e-latency.png'}")
+
+
+@bench_app.command("contracts")
+def contracts(
+    messages: int = typer.Option(100_000, min=1_000, max=10_000_000),
+    as_json: JsonFlag = False,
+) -> None:
+    """Decode + validate of transfer.initiated, single core, in process."""
+    result = bench_contracts.bench_parse(messages)
+    if as_json:
+        print(json.dumps(result | {"machine": machine()}))
+        return
+    console.print(
+        f"parse_command: {result['messages_per_s']:,.0f} messages/s "
+        f"(baseline orjson + pydantic only: {result['baseline_messages_per_s']:,.0f}/s)"
+    )
