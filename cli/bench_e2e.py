@@ -27,6 +27,7 @@ from ledger_db.apply import Incoming, LedgerWriter
 from ledger_db.rules import TierLimits
 from ledger_db.unit_of_work import create_pool
 from testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
+from testkit.plugin import delete_topics_with_prefix
 from workers.topics import ensure_topics, topic_specs
 
 SETUP_BATCH = 2_000
@@ -164,12 +165,20 @@ async def run_e2e(
         q = statistics.quantiles(latencies, n=100)
         batch_mean, batch_ms = _batch_stats(processes[:workers])
         return E2EResult(
-            "naive" if naive else "batched", rate, transfers, last - started, q[49], q[94], q[98],
-            batch_mean, batch_ms,
+            "naive" if naive else "batched",
+            rate,
+            transfers,
+            last - started,
+            q[49],
+            q[94],
+            q[98],
+            batch_mean,
+            batch_ms,
         )
     finally:
         for process in processes:
             process.stop()
+        await delete_topics_with_prefix(bootstrap_servers, prefix)
 
 
 def _metric_sum(text: str, name: str) -> float:

@@ -5,6 +5,7 @@ import typer
 from cli import demo, ledger_cmd, ops
 from cli.bench import bench_app
 from cli.contracts_cmd import contracts_app
+from cli.dlq_cmd import dlq_app
 from cli.stack_cmd import stack_app
 
 app = typer.Typer(no_args_is_help=True, help="Ledgerflow: the money core of the wallet.")
@@ -13,6 +14,7 @@ app.add_typer(ops.topics_app, name="topics")
 app.add_typer(ledger_cmd.accounts_app, name="accounts")
 app.add_typer(bench_app, name="bench")
 app.add_typer(contracts_app, name="contracts")
+app.add_typer(dlq_app, name="dlq")
 app.command()(demo.demo)
 app.command()(ops.migrate)
 app.command()(ops.worker)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import asyncpg
 import orjson
 import pytest
@@ -129,3 +132,32 @@ async def test_health_endpoints(pipeline: Pipeline) -> None:
     assert pipeline.worker.get("/healthz")[0] == 200
     assert pipeline.worker.get("/readyz")[0] == 200
     assert pipeline.relay.get("/readyz")[0] == 200
+
+
+async def test_dlq_command_shows_and_replays(pipeline: Pipeline) -> None:
+    topic = pipeline.prefix + CASHOUT.command_topic
+    await pipeline.producer.send_and_wait(topic, b"{not json", key=b"k1")
+
+    def show() -> list[dict[str, object]]:
+        out = subprocess.run(
+            [sys.executable, "-m", "cli", "dlq", "show", "--flow", "cashout", "--json"],
+            env=pipeline.env,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        return list(orjson.loads(out.stdout))
+
+    await wait_until(lambda: len(show()) == 1, timeout_s=30, message="dead letter listed")
+    [letter] = show()
+    assert letter["error_class"] == "not_json"
+    assert letter["original_topic"] == topic
+    subprocess.run(
+        [sys.executable, "-m", "cli", "dlq", "replay", "--flow", "cashout"],
+        env=pipeline.env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    # Replayed unchanged, it is dead-lettered again: the topic now holds two letters.
+    await wait_until(lambda: len(show()) == 2, timeout_s=30, message="replayed letter back")
