@@ -1,0 +1,109 @@
+"""`ledgerflow migrate`, `topics ensure`, `balance`, `accounts list`, `audit`, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from contracts.topics import all_topics
+from ledger_db.apply import LedgerWriter
+from ledger_db.rules import TierLimits
+from ledger_db.unit_of_work import create_pool
+from testkit.commands import apply_all, cashin, onboarding, transfer, wallet_of
+
+pytestmark = pytest.mark.integration
+
+
+def ledgerflow(
+    env: dict[str, str], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        env=env,
+        capture_output=True,
+        check=check,
+        timeout=120,
+    )
+
+
+def env_for(database: Any, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
+    return (
+        env
+        | {
+            "LEDGERFLOW_DATABASE_URL": database.app_url,
+            "LEDGERFLOW_MIGRATION_DATABASE_URL": database.owner_url,
+        }
+        | extra
+    )
+
+
+async def test_read_commands_and_audit(database: Any) -> None:
+    env = env_for(database)
+    assert b"up to date" in ledgerflow(env, "migrate").stdout
+    pool = await create_pool(database.app_url, size_max=1)
+    try:
+        a, b = onboarding(), onboarding()
+        writer = LedgerWriter(pool, {"basic": TierLimits()})
+        await apply_all(
+            writer, a, b, cashin(wallet_of(a), 900), transfer(wallet_of(a), wallet_of(b), 400)
+        )
+    finally:
+        await pool.close()
+    shown = orjson.loads(ledgerflow(env, "balance", str(wallet_of(a)), "--json").stdout)
+    assert (shown["balance"], shown["kind"], shown["currency"]) == (500, "wallet", "EUR")
+    listed = orjson.loads(ledgerflow(env, "accounts", "list", "--json").stdout)
+    balances = {x["id"]: x["balance"] for x in listed}
+    assert balances[str(wallet_of(b))] == 400
+    assert sum(balances.values()) == 0, "wallets and house accounts balance out"
+    report = orjson.loads(ledgerflow(env, "audit", "--json").stdout)
+    assert report["ok"] is True
+    assert (
+        ledgerflow(env, "balance", "00000000-0000-0000-0000-000000000000", check=False).returncode
+        == 1
+    )
+
+    admin = await asyncpg.connect(database.admin_url)
+    try:
+        await admin.execute(
+            "UPDATE balances SET balance = balance + 1 WHERE account_id = $1", wallet_of(b)
+        )
+    finally:
+        await admin.close()
+    tampered = ledgerflow(env, "audit", "--json", check=False)
+    assert tampered.returncode == 1
+    failed = {c["name"] for c in orjson.loads(tampered.stdout)["checks"] if not c["ok"]}
+    assert "balances_equal_postings" in failed
+
+
+async def test_topics_ensure_is_idempotent(
+    kafka: Any, kafka_topic_prefix: str, database: Any
+) -> None:
+    env = env_for(
+        database,
+        LEDGERFLOW_KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+        LEDGERFLOW_TOPIC_PREFIX=kafka_topic_prefix,
+    )
+    first = ledgerflow(env, "topics", "ensure").stdout.decode()
+    assert "16 in the contract, 16 created" in first
+    assert "0 created" in ledgerflow(env, "topics", "ensure").stdout.decode()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([kafka_topic_prefix + t for t in all_topics()])
+    finally:
+        await admin.close()
+    partitions = {
+        t["topic"].removeprefix(kafka_topic_prefix): len(t["partitions"]) for t in described
+    }
+    assert partitions["transfer.initiated"] == 6
+    assert partitions["transfer.completed"] == 6
+    assert partitions["transfer.initiated.dlq"] == 1
+    assert set(partitions) == set(all_topics())
