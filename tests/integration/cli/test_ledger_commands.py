@@ -1,4 +1,4 @@
-"""`ledgerflow migrate`, `topics ensure`, `balance`, `accounts list`, `audit`, as a user runs them."""
+"""The read and setup commands (migrate, topics ensure, balance, accounts list, audit)."""
 
 from __future__ import annotations
 
