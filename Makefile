@@ -33,6 +33,7 @@ stack-down: setup
 
 # Lint, types, then every test against the real PostgreSQL and Kafka the stack starts.
 test: setup lint typecheck stack-up
+	bash scripts/ensure-prometheus.sh || true  # promtool + prometheus; without them those tests skip loudly
 	$(BIN)/pytest
 
 unit: setup

@@ -10,8 +10,12 @@ import typer
 import uvicorn
 from rich.console import Console
 
+from contracts.topics import flow_by_name
 from ledger_db.migrate import migrate as apply_migrations
-from workers.app import FLOW_NAMES, build_worker_app
+from workers import logging as json_logs
+from workers import tracing
+from workers.app import FLOW_NAMES, build_worker_app, watched_group
+from workers.lag import LagMonitor
 from workers.relay import build_relay_app
 from workers.settings import Settings
 from workers.topics import ensure_topics, topic_specs
@@ -20,8 +24,15 @@ console = Console()
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics of the contract.")
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def configure_logging(settings: Settings, service: str) -> None:
+    """JSON lines on stdout (workers/logging.py), and traces when an OTLP endpoint is set."""
+    json_logs.configure(
+        service,
+        level=settings.log_level,
+        fmt=settings.log_format,
+        command_lines=settings.log_commands,
+    )
+    tracing.configure(settings, service)
 
 
 @topics_app.command("ensure")
@@ -57,24 +68,48 @@ def worker(
     unknown = set(names) - set(FLOW_NAMES)
     if unknown:
         raise typer.BadParameter(f"unknown worker {', '.join(sorted(unknown))}")
-    configure_logging()
     settings = Settings()
+    configure_logging(settings, "ledgerflow-worker")
     app = build_worker_app(settings, names)
-    asyncio.run(
-        app.run(
-            log_level=logging.WARNING,
-            run_extra_options={"host": settings.http_host, "port": settings.http_port},
+    try:
+        asyncio.run(
+            app.run(
+                log_level=logging.WARNING,
+                # log_config=None: uvicorn logs through our handler instead of its own.
+                run_extra_options={
+                    "host": settings.http_host,
+                    "port": settings.http_port,
+                    "log_config": None,
+                },
+            )
         )
-    )
+    finally:
+        tracing.shutdown()
 
 
 def relay() -> None:
     """Run the outbox relay until SIGTERM (one is active; others wait as standbys)."""
-    configure_logging()
     settings = Settings()
+    configure_logging(settings, "ledgerflow-relay")
+    # Every flow's lag, measured here too: it must be reported when no worker runs.
+    lag = LagMonitor(
+        settings.kafka_bootstrap_servers,
+        [watched_group(settings, flow_by_name(name)) for name in FLOW_NAMES],
+        settings.lag_interval_ms / 1000,
+    )
     app = build_relay_app(
         settings.database_url.get_secret_value(),
         settings.kafka_bootstrap_servers,
         settings.relay_batch_rows_max,
+        lag,
     )
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
+    try:
+        uvicorn.run(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="warning",
+            log_config=None,
+        )
+    finally:
+        tracing.shutdown()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
 
@@ -63,6 +63,7 @@ class OutcomeKind(StrEnum):
     REPLAYED = "replayed"  # same key, same content: the stored result published again
     CONFLICT = "conflict"  # same key, other content: id_conflict, the first outcome stands
     INVALID = "invalid"  # attributable but invalid: invalid_command, not recorded
+    UNAUTHORIZED = "unauthorized"  # token refused or not the wallet's owner: not recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,10 @@ class Incoming:
     traceparent: str | None = None
     # The command's Kafka key: its result event is keyed the same, to stay in its partition.
     key: bytes | None = None
+    # Who asked (the verified token's subject); None when authentication is off.
+    subject: str | None = None
+    # Why the token was refused: answered `unauthorized`, nothing applied, nothing recorded.
+    refused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +177,16 @@ def _touched_wallets(commands: Iterable[LedgerCommand]) -> list[uuid.UUID]:
     return sorted(ids)
 
 
+async def load_tier_limits(pool: asyncpg.Pool) -> dict[str, TierLimits]:
+    """`tier:currency` (currency may be '*') to limits, from the tier_limits table."""
+    return {
+        f"{r['tier']}:{r['currency']}": TierLimits(
+            r["single_amount_max"], r["balance_max"], r["daily_out_max"], r["monthly_out_max"]
+        )
+        for r in await pool.fetch(sql.SELECT_TIER_LIMITS)
+    }
+
+
 async def _apply_in_transaction(
     conn: asyncpg.Connection,
     batch: Sequence[Incoming],
@@ -203,8 +218,15 @@ async def _apply_in_transaction(
     if wallet_ids:
         for row in await conn.fetch(sql.LOCK_WALLETS, ",".join(map(str, wallet_ids))):
             wallets[row["id"]] = Wallet(
-                row["id"], row["currency"], row["status"], row["tier"], row["balance"]
+                row["id"], row["currency"], row["status"], row["tier"], row["balance"],
+                row["subject"],
             )
+    today = datetime.now(UTC).date()
+    if wallets:
+        # Read under the wallet locks just taken: no concurrent debit can slip past a limit.
+        for row in await conn.fetch(sql.SELECT_OUTGOING, ",".join(map(str, wallets)), today):
+            wallet = wallets[row["account_id"]]
+            wallet.out_today, wallet.out_month = row["today"], row["month"]
     phones = [cmd.phone_number for cmd in commands if isinstance(cmd, RequestOnboarding)]
     taken: set[str] = set()
     if phones:
@@ -217,7 +239,7 @@ async def _apply_in_transaction(
 
     # 4. Write the ledger while the result events are encoded: PostgreSQL works on the postings
     #    on one core while Python encodes on the other. Then the answers, set-based.
-    ledger_written = asyncio.ensure_future(_write_ledger(conn, writes, book))
+    ledger_written = asyncio.ensure_future(_write_ledger(conn, writes, book, today))
     try:
         outcomes = await _answer_all(pending, writes, datetime.now(UTC))
     finally:
@@ -265,6 +287,14 @@ def _decide(
 
     key = (flow.name, cmd.idempotency_key)
     message_key = item.key or cmd.message_key.encode()
+    # Who asked comes before the key is graded, so nobody can burn or probe another's id.
+    refusal = item.refused or book.refuse_owner(cast("LedgerCommand", cmd.data), item.subject)
+    if refusal is not None:
+        return _Pending(
+            item, OutcomeKind.UNAUTHORIZED, RejectReason.UNAUTHORIZED.value,
+            topic_prefix + flow.rejected_topic, message_key,
+            data=flow.rejected(cmd.idempotency_key, RejectReason.UNAUTHORIZED, refusal),
+        )
     previous = stored.get(key)
     if previous is not None:
         previous_hash = (
@@ -291,7 +321,7 @@ def _decide(
         )
 
     command = cast("LedgerCommand", cmd.data)
-    decision = book.decide(command)
+    decision = book.decide(command, item.subject)
     event_type, data = _result(flow, command, decision)
     entry_id: uuid.UUID | None = None
     if isinstance(decision, MoneyMoved):
@@ -305,7 +335,7 @@ def _decide(
                 writes.deltas.get(posting.account_id, 0) + posting.amount
             )
     elif isinstance(decision, CustomerOpened):
-        _add_customer(writes, cast("RequestOnboarding", command), decision)
+        _add_customer(writes, cast("RequestOnboarding", command), decision, item.subject)
     reason = decision.reason.value if isinstance(decision, Rejected) else None
     decided = _Pending(
         item,
@@ -372,9 +402,11 @@ def _type_of(p: _Pending) -> str:
     raise AssertionError(p.topic)
 
 
-def _add_customer(writes: _Writes, cmd: RequestOnboarding, opened: CustomerOpened) -> None:
+def _add_customer(
+    writes: _Writes, cmd: RequestOnboarding, opened: CustomerOpened, subject: str | None
+) -> None:
     bank = cmd.bank_account
-    writes.customers.append((cmd.customer_id, opened.wallet.tier))
+    writes.customers.append((cmd.customer_id, opened.wallet.tier, subject))
     writes.pii.append(
         (
             cmd.customer_id,
@@ -470,8 +502,8 @@ async def _copy(
     await conn.copy_records_to_table(table, records=rows, columns=list(columns))
 
 
-async def _write_ledger(conn: asyncpg.Connection, w: _Writes, book: Book) -> None:
-    """Customers, journal, postings and balances: everything the answers do not depend on."""
+async def _write_ledger(conn: asyncpg.Connection, w: _Writes, book: Book, today: date) -> None:
+    """Customers, journal, postings, balances and outgoing totals: all the answers don't need."""
     if w.customers:
         await _copy(conn, "customers", sql.CUSTOMER_COLUMNS, w.customers)
         await _copy(conn, "customer_pii", sql.CUSTOMER_PII_COLUMNS, w.pii)
@@ -499,6 +531,14 @@ async def _write_ledger(conn: asyncpg.Connection, w: _Writes, book: Book) -> Non
             ",".join(map(str, ids)),
             ",".join(["0"] * len(wallet_ids) + [str(shard)] * len(house_ids)),
             ",".join([str(w.deltas[a]) for a in ids]),
+        )
+    if book.outgoing:
+        debited = sorted(book.outgoing)
+        await conn.execute(
+            sql.ADD_OUTGOING,
+            ",".join(map(str, debited)),
+            today,
+            ",".join([str(book.outgoing[a]) for a in debited]),
         )
 
 

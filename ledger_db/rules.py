@@ -56,6 +56,8 @@ class TierLimits:
 
     single_amount_max: int | None = None
     balance_max: int | None = None
+    daily_out_max: int | None = None
+    monthly_out_max: int | None = None
 
 
 @dataclass(slots=True)
@@ -65,6 +67,11 @@ class Wallet:
     status: str
     tier: str
     balance: int
+    # The identity-provider subject bound at onboarding; None for wallets opened unauthenticated.
+    owner: str | None = None
+    # Debited so far today and this month (UTC), for the daily and monthly limits.
+    out_today: int = 0
+    out_month: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +125,30 @@ class Book:
     taken_phone_numbers: set[str]
     limits: Mapping[str, TierLimits]
     new_customers: list[CustomerOpened] = field(default_factory=list)
+    # Debits per wallet decided in this batch, to add to today's outgoing totals.
+    outgoing: dict[UUID, int] = field(default_factory=dict)
 
-    def decide(self, command: LedgerCommand) -> Decision:
+    def refuse_owner(self, command: LedgerCommand, subject: str | None) -> str | None:
+        """Why `subject` may not debit the wallet the command names (None: it may).
+
+        Only checked when authentication is on (a subject is given). A debit needs the owner;
+        a wallet that does not exist is left to the rules (account_not_found).
+        """
+        if subject is None:
+            return None
+        kind = type(command)
+        if kind is InitiateTransfer:
+            debited = cast("InitiateTransfer", command).from_account_id
+        elif kind is ApproveCashOut:
+            debited = cast("ApproveCashOut", command).wallet_account_id
+        else:
+            return None
+        wallet = self.wallets.get(debited)
+        if wallet is not None and wallet.owner != subject:
+            return "the token's subject does not own the debited wallet"
+        return None
+
+    def decide(self, command: LedgerCommand, subject: str | None = None) -> Decision:
         # Dispatch on the exact type: isinstance on pydantic models goes through ABCMeta, which
         # costs more than the whole rule on the hot path.
         kind = type(command)
@@ -130,11 +159,11 @@ class Book:
         if kind is ApproveCashOut:
             return self._cash_out(cast("ApproveCashOut", command))
         assert kind is RequestOnboarding, kind
-        return self._onboard(cast("RequestOnboarding", command))
+        return self._onboard(cast("RequestOnboarding", command), subject)
 
     # -- flows -------------------------------------------------------------------------------
 
-    def _onboard(self, cmd: RequestOnboarding) -> Decision:
+    def _onboard(self, cmd: RequestOnboarding, subject: str | None) -> Decision:
         if cmd.phone_number in self.taken_phone_numbers:
             return Rejected(RejectReason.PHONE_NUMBER_TAKEN, "the phone number has a wallet")
         wallet = Wallet(
@@ -143,6 +172,7 @@ class Book:
             status="open",
             tier=Tier.BASIC.value,
             balance=0,
+            owner=subject,
         )
         if wallet.id in self.wallets:
             # Only reachable if a customer row exists without its idempotency record.
@@ -183,6 +213,9 @@ class Book:
             return refused
         if sender.balance < cmd.amount:
             return Rejected(RejectReason.INSUFFICIENT_FUNDS, "the sender's balance is too low")
+        refused = self._over_period_limits(sender, cmd.amount)
+        if refused:
+            return refused
         refused = self._over_balance_limit(receiver, cmd.amount, role="receiver")
         if refused:
             return refused
@@ -203,6 +236,9 @@ class Book:
             return Rejected(
                 RejectReason.INSUFFICIENT_FUNDS, "the balance does not cover amount and fee"
             )
+        refused = self._over_period_limits(wallet, cmd.amount + cmd.fee)
+        if refused:
+            return refused
         postings = [
             Posting(wallet.id, cmd.currency, -(cmd.amount + cmd.fee)),
             Posting(
@@ -254,8 +290,32 @@ class Book:
             )
         return None
 
+    def _over_period_limits(self, wallet: Wallet, debit: int) -> Rejected | None:
+        limits = self._limits(wallet)
+        if limits.daily_out_max is not None and wallet.out_today + debit > limits.daily_out_max:
+            return Rejected(
+                RejectReason.LIMIT_EXCEEDED,
+                f"today's outgoing total would pass the {wallet.tier} tier's daily limit of "
+                f"{limits.daily_out_max}",
+            )
+        if limits.monthly_out_max is not None and (
+            wallet.out_month + debit > limits.monthly_out_max
+        ):
+            return Rejected(
+                RejectReason.LIMIT_EXCEEDED,
+                f"this month's outgoing total would pass the {wallet.tier} tier's monthly limit "
+                f"of {limits.monthly_out_max}",
+            )
+        return None
+
     def _limits(self, wallet: Wallet) -> TierLimits:
-        return self.limits.get(wallet.tier, TierLimits())
+        """Per (tier, currency), then the tier's '*' row, then the tier; unbounded otherwise."""
+        return (
+            self.limits.get(f"{wallet.tier}:{wallet.currency}")
+            or self.limits.get(f"{wallet.tier}:*")
+            or self.limits.get(wallet.tier)
+            or TierLimits()
+        )
 
     def _post(self, postings: tuple[Posting, ...], first: Wallet) -> MoneyMoved:
         assert_balanced(postings)
@@ -264,4 +324,8 @@ class Book:
             if wallet is not None:
                 wallet.balance += posting.amount
                 assert wallet.balance >= 0, "a wallet never goes below zero"
+                if posting.amount < 0:
+                    wallet.out_today -= posting.amount
+                    wallet.out_month -= posting.amount
+                    self.outgoing[wallet.id] = self.outgoing.get(wallet.id, 0) - posting.amount
         return MoneyMoved(new_journal_entry_id(), postings, first.balance)

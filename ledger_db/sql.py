@@ -3,7 +3,7 @@
 Reads and updates take arrays (`unnest`, `= ANY`); plain inserts go by binary COPY.
 """
 
-CUSTOMER_COLUMNS = ("id", "tier")
+CUSTOMER_COLUMNS = ("id", "tier", "subject")
 CUSTOMER_PII_COLUMNS = (
     "customer_id",
     "full_name",
@@ -42,13 +42,34 @@ JOIN unnest(string_to_array($1, ','), string_to_array($2, ',')::uuid[]) AS k(flo
 # ORDER BY before FOR UPDATE: rows are locked in ascending id order, so two batches touching
 # the same wallets wait for each other instead of deadlocking.
 LOCK_WALLETS = """
-SELECT a.id, a.currency, a.status, c.tier, b.balance
+SELECT a.id, a.currency, a.status, c.tier, c.subject, b.balance
 FROM balances b
 JOIN accounts a ON a.id = b.account_id
 JOIN customers c ON c.id = a.customer_id
 WHERE b.account_id = ANY(string_to_array($1, ',')::uuid[]) AND b.kind = 'wallet'
 ORDER BY b.account_id
 FOR UPDATE OF b
+"""
+
+SELECT_OUTGOING = """
+SELECT account_id,
+       coalesce(sum(total) FILTER (WHERE day = $2), 0)::bigint AS today,
+       sum(total)::bigint AS month
+FROM wallet_outgoing
+WHERE account_id = ANY(string_to_array($1, ',')::uuid[]) AND day >= date_trunc('month', $2)::date
+GROUP BY account_id
+"""
+
+ADD_OUTGOING = """
+INSERT INTO wallet_outgoing (account_id, day, total)
+SELECT a, $2, t FROM unnest(string_to_array($1, ',')::uuid[], string_to_array($3, ',')::bigint[])
+    AS o(a, t)
+ON CONFLICT (account_id, day) DO UPDATE SET total = wallet_outgoing.total + excluded.total
+"""
+
+SELECT_TIER_LIMITS = """
+SELECT tier, currency, single_amount_max, balance_max, daily_out_max, monthly_out_max
+FROM tier_limits
 """
 
 SELECT_TAKEN_PHONES = """

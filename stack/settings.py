@@ -57,6 +57,12 @@ class StackSettings(BaseSettings):
     postgres_port: int = Field(default=55432, ge=1024, le=65535)
     kafka_port: int = Field(default=59092, ge=1024, le=65535)
     kafka_controller_port: int = Field(default=59093, ge=1024, le=65535)
+    # Secure mode (docs/security.md): SASL_SSL with SCRAM-SHA-512 on kafka_port, mutual TLS on
+    # kafka_mtls_port, deny-by-default ACLs per service principal, PostgreSQL over TLS only.
+    # Run it as a separate stack (its own LEDGERFLOW_STACK_DIR and ports): a folder formatted
+    # in one mode refuses to start in the other.
+    secure: bool = False
+    kafka_mtls_port: int = Field(default=59094, ge=1024, le=65535)  # used in secure mode only
 
     kafka_version: str = KAFKA_VERSION
     # The machine has 2 cores and other work; 768 MiB is plenty for test traffic.
@@ -88,3 +94,7 @@ class StackSettings(BaseSettings):
     @property
     def kafka_bootstrap_servers(self) -> str:
         return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def kafka_mtls_bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.kafka_mtls_port}"

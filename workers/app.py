@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from faststream import AckPolicy
@@ -19,12 +19,14 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from contracts.topics import flow_by_name
-from ledger_db.apply import LedgerWriter
+from ledger_db.apply import LedgerWriter, load_tier_limits
 from ledger_db.rules import TierLimits
 from ledger_db.unit_of_work import create_pool
-from workers import http, metrics
+from workers import http, metrics, tracing
+from workers.auth import Authenticator, AuthMode
 from workers.batch import BatchProcessor, DeadLetter, is_transient
 from workers.kafka_io import commit_offsets, idempotent_producer, send_dead_letters
+from workers.lag import LagMonitor, Watched
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from workers.settings import Settings
 
 log = logging.getLogger("ledgerflow.worker")
+# FastStream logs through this one, into the process' JSON lines (workers/logging.py).
+FASTSTREAM_LOG = logging.getLogger("ledgerflow.faststream")
 
 FLOW_NAMES = ("onboarding", "cashin", "transfer", "cashout")
 FAILURE_BACKOFF_MAX_S = 5.0
@@ -52,10 +56,34 @@ def group_id(flow: Flow) -> str:
     return f"ledgerflow.{flow.name}"
 
 
-def tier_limits(settings: Settings) -> dict[str, TierLimits]:
-    return {
-        "basic": TierLimits(settings.basic_single_amount_max, settings.basic_balance_max),
-    }
+def tier_limits(settings: Settings, table: dict[str, TierLimits]) -> dict[str, TierLimits]:
+    """The tier_limits table, with LEDGERFLOW_BASIC_* applied over the basic tier when set."""
+    limits = dict(table)
+    basic = limits.get("basic:*", TierLimits())
+    if "basic_single_amount_max" in settings.model_fields_set:
+        basic = replace(basic, single_amount_max=settings.basic_single_amount_max)
+    if "basic_balance_max" in settings.model_fields_set:
+        basic = replace(basic, balance_max=settings.basic_balance_max)
+    limits["basic:*"] = basic
+    return limits
+
+
+def authenticator(settings: Settings) -> Authenticator | None:
+    if settings.auth_mode is AuthMode.OFF:
+        return None
+    if not (settings.auth_jwks_file or settings.auth_jwks_url):
+        raise SystemExit(
+            "LEDGERFLOW_AUTH_MODE=required needs LEDGERFLOW_AUTH_JWKS_FILE or "
+            "LEDGERFLOW_AUTH_JWKS_URL (the identity provider's signing keys)"
+        )
+    return Authenticator(
+        issuer=settings.auth_issuer,
+        audience=settings.auth_audience,
+        jwks_file=settings.auth_jwks_file,
+        jwks_url=settings.auth_jwks_url,
+        leeway_s=settings.auth_leeway_s,
+        max_token_age_s=settings.auth_max_token_age_s,
+    )
 
 
 async def _raw(_message: Any) -> None:
@@ -81,9 +109,17 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
         client_id="ledgerflow-worker",
         allow_auto_create_topics=False,
         graceful_timeout=GRACEFUL_TIMEOUT_S,
+        middlewares=_observability(settings, flow_names),
+        logger=FASTSTREAM_LOG,
+        log_level=logging.DEBUG,  # its per-batch "Received"/"Processed" lines: DEBUG only
     )
     state = WorkerState(settings)
     flows = [flow_by_name(name) for name in flow_names]
+    lag = LagMonitor(
+        settings.kafka_bootstrap_servers,
+        [watched_group(settings, flow) for flow in flows],
+        settings.lag_interval_ms / 1000,
+    )
     for flow in flows:
         _subscribe(broker, state, flow)
 
@@ -94,11 +130,19 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
             statement_timeout_ms=settings.statement_timeout_ms,
             lock_timeout_ms=settings.lock_timeout_ms,
         )
+        metrics.watch_pool(state.pool)
+        metrics.set_build_info("worker")
+        for flow in flows:
+            metrics.initialize_flow(flow.name, flow.command_topic)
+        lag.start()
         state.producer = idempotent_producer(settings.kafka_bootstrap_servers, "ledgerflow-dlq")
         await state.producer.start()
+        table = await load_tier_limits(state.pool)
         writer = LedgerWriter(
-            state.pool, tier_limits(settings), settings.topic_prefix, settings.db_retries_max
+            state.pool, tier_limits(settings, table), settings.topic_prefix,
+            settings.db_retries_max,
         )
+        verifier = authenticator(settings)
         for flow in flows:
             state.processors[flow.name] = BatchProcessor(
                 flow,
@@ -107,9 +151,12 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
                 settings.topic_prefix,
                 settings.message_bytes_max,
                 settings.fault_poison_marker.encode(),
+                verifier,
             )
 
     async def shutdown() -> None:
+        await lag.stop()
+        metrics.watch_pool(None)
         if state.producer is not None:
             await state.producer.stop()
         if state.pool is not None:
@@ -141,7 +188,21 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
         asgi_routes=http.routes(ready),
         on_startup=[startup],
         after_shutdown=[shutdown],
+        logger=FASTSTREAM_LOG,
     )
+
+
+def _observability(settings: Settings, flow_names: Sequence[str]) -> list[Any]:
+    """Tracing outermost (its span covers the rest), then FastStream's Prometheus middleware
+    and the command latency histogram (docs/metrics.md)."""
+    topics = {settings.topic_prefix + flow_by_name(n).command_topic: n for n in flow_names}
+    return [tracing.middleware(topics), *metrics.middlewares(topics)]
+
+
+def watched_group(settings: Settings, flow: Flow) -> Watched:
+    """The consumer group of a flow, as the lag monitors watch it."""
+    prefix = settings.topic_prefix
+    return Watched(flow.name, prefix + group_id(flow), prefix + flow.command_topic)
 
 
 def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Protocol
 import asyncpg
 from aiokafka.errors import KafkaError
 
-from contracts.parsing import Unattributable, parse_command
+from contracts.parsing import InvalidCommand, Unattributable, ValidCommand, parse_command
 from ledger_db.apply import Incoming, LedgerWriter, Outcome
-from workers import metrics
+from workers import metrics, tracing
+from workers.auth import Authenticator, Refusal
+from workers.logging import log_outcomes
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -110,6 +112,19 @@ class BatchProcessor:
     # Test hook (LEDGERFLOW_FAULT_POISON_MARKER): a message whose bytes contain it fails like a
     # handler bug would, every time. Empty in every real deployment.
     poison_marker: bytes = b""
+    # None when authentication is off (LEDGERFLOW_AUTH_MODE=off).
+    authenticator: Authenticator | None = None
+
+    def _incoming(self, parsed: ValidCommand | InvalidCommand, record: Record) -> Incoming:
+        """The command with who asked for it; a refused token makes it `unauthorized`."""
+        traceparent = tracing.outbox_traceparent(record)
+        if self.authenticator is None or not isinstance(parsed, ValidCommand):
+            return Incoming(parsed, traceparent, record.key)
+        verdict = self.authenticator.verify(header(record, "authorization"), parsed)
+        if isinstance(verdict, Refusal):
+            metrics.UNAUTHORIZED.labels(self.flow.name).inc()
+            return Incoming(parsed, traceparent, record.key, refused=verdict.detail)
+        return Incoming(parsed, traceparent, record.key, subject=verdict.subject)
 
     async def process(self, records: Sequence[Record]) -> list[Outcome]:
         """Dead letters are published before the transaction; offsets are committed after it."""
@@ -122,17 +137,20 @@ class BatchProcessor:
             if isinstance(parsed, Unattributable):
                 letters.append(dead_letter(record, parsed, self.topic_prefix, self.flow))
                 continue
-            incoming.append(Incoming(parsed, header(record, "traceparent"), record.key))
+            incoming.append(self._incoming(parsed, record))
         if letters:
             await self.dead_letters(letters)
             metrics.DEAD_LETTERS.labels(self.flow.command_topic).inc(len(letters))
         retries_before = dict(self.writer.retry_stats.by_cause)
-        outcomes = await self.writer.apply(incoming)
+        with tracing.ledger_transaction(self.flow.name, len(incoming)):
+            outcomes = await self.writer.apply(incoming)
         for cause, count in self.writer.retry_stats.by_cause.items():
             if count > retries_before.get(cause, 0):
                 metrics.DB_RETRIES.labels(cause).inc(count - retries_before.get(cause, 0))
         for outcome in outcomes:
             metrics.COMMANDS.labels(self.flow.name, outcome.kind.value, outcome.reason or "").inc()
+        log_outcomes(self.flow, incoming, outcomes)
+        tracing.annotate_outcomes(incoming, outcomes)
         metrics.BATCH_SIZE.labels(self.flow.name).observe(len(records))
         return outcomes
 

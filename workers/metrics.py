@@ -1,11 +1,35 @@
 """Ledgerflow's own Prometheus metrics, on the default registry (with process and GC collectors).
 
-Labels are bounded: flow, outcome, reason code, topic, cause. Never an account or customer id.
+Every metric is documented in docs/metrics.md: what it means, its labels, what to do when it
+moves. Labels are bounded: flow, outcome, reason code, topic, partition, consumer group, cause,
+error class. Never an account, customer or command id.
+
+Per-handler message counts and durations come from FastStream's own Prometheus middleware
+(`faststream_*`), registered on the same registry by `middlewares()`.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+import platform
+import time
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from faststream.__about__ import __version__ as faststream_version
+from faststream._internal.middlewares import BaseMiddleware
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.message import AckStatus
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+    import asyncpg
+    from faststream._internal.basic_types import AsyncFuncAny
+    from faststream._internal.context.repository import ContextRepo
+    from faststream.message import StreamMessage
 
 COMMANDS = Counter(
     "ledgerflow_commands",
@@ -24,6 +48,12 @@ BATCH_DURATION = Histogram(
     ["flow"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+COMMAND_LATENCY = Histogram(
+    "ledgerflow_command_latency_seconds",
+    "Time from a command's Kafka timestamp to its batch's offsets being committed, by flow.",
+    ["flow"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 DB_RETRIES = Counter(
     "ledgerflow_db_retries",
     "Batch transactions retried, by cause (deadlock, serialization, unique_violation, ...).",
@@ -33,6 +63,11 @@ BATCH_FAILURES = Counter(
     "ledgerflow_batch_failures",
     "Batches that failed and will be redelivered, by error class.",
     ["flow", "error_class"],
+)
+UNAUTHORIZED = Counter(
+    "ledgerflow_unauthorized_commands",
+    "Commands refused because their token failed verification (answered `unauthorized`).",
+    ["flow"],
 )
 DEAD_LETTERS = Counter(
     "ledgerflow_dead_letters",
@@ -54,6 +89,21 @@ ASSIGNED_PARTITIONS = Gauge(
     "Partitions of its command topic this process consumes, by flow.",
     ["flow"],
 )
+CONSUMER_LAG = Gauge(
+    "ledgerflow_consumer_lag_messages",
+    "Messages not yet committed by the consumer group: high watermark minus committed offset.",
+    ["flow", "group", "topic", "partition"],
+)
+CONSUMER_COMMITTED_OFFSET = Gauge(
+    "ledgerflow_consumer_committed_offset",
+    "The consumer group's committed offset (the next offset it will process).",
+    ["flow", "group", "topic", "partition"],
+)
+LAG_MEASUREMENT_ERRORS = Counter(
+    "ledgerflow_lag_measurement_errors",
+    "Consumer lag measurements that failed, by error class.",
+    ["error_class"],
+)
 OUTBOX_PENDING = Gauge("ledgerflow_outbox_pending_rows", "Outbox rows not yet published.")
 OUTBOX_OLDEST_AGE = Gauge(
     "ledgerflow_outbox_oldest_pending_age_seconds", "Age of the oldest unpublished outbox row."
@@ -64,3 +114,103 @@ RELAY_ERRORS = Counter(
 )
 RELAY_ACTIVE = Gauge("ledgerflow_relay_active", "1 when this relay holds the relay lock.")
 BUILD_INFO = Info("ledgerflow_build", "Version of the running Ledgerflow.")
+
+# Outcomes every flow has, created at zero at startup so that a first increment shows in rate().
+_BASE_OUTCOMES = ("completed", "replayed")
+
+
+def set_build_info(component: str) -> None:
+    try:
+        version = metadata.version("ledgerflow")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    BUILD_INFO.info(
+        {
+            "version": version,
+            "component": component,
+            "python": platform.python_version(),
+            "faststream": faststream_version,
+        }
+    )
+
+
+def initialize_flow(flow: str, command_topic: str) -> None:
+    """Create a flow's series at zero: Prometheus' rate() and increase() cannot see the first
+    increment of a series that appears with value 1, and "any dead letter" must see it."""
+    for outcome in _BASE_OUTCOMES:
+        COMMANDS.labels(flow, outcome, "")
+    DEAD_LETTERS.labels(command_topic)
+    BATCH_SIZE.labels(flow)
+    BATCH_DURATION.labels(flow)
+    COMMAND_LATENCY.labels(flow)
+    OFFSET_COMMIT_FAILURES.labels(flow)
+
+
+class _PoolCollector(Collector):
+    """Connections of the process' asyncpg pool, read at scrape time (no polling task)."""
+
+    def __init__(self) -> None:
+        self.pool: asyncpg.Pool | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pool = self.pool
+        if pool is None:
+            return
+        size, idle = pool.get_size(), pool.get_idle_size()
+        connections = GaugeMetricFamily(
+            "ledgerflow_db_pool_connections",
+            "Connections of the PostgreSQL pool, by state (in_use, idle).",
+            labels=["state"],
+        )
+        connections.add_metric(["in_use"], max(0, size - idle))
+        connections.add_metric(["idle"], idle)
+        yield connections
+        yield GaugeMetricFamily(
+            "ledgerflow_db_pool_connections_max",
+            "The most connections the PostgreSQL pool opens.",
+            value=pool.get_max_size(),
+        )
+
+
+_POOL = _PoolCollector()
+REGISTRY.register(_POOL)
+
+
+def watch_pool(pool: asyncpg.Pool | None) -> None:
+    """Report this pool's connections (None stops reporting, e.g. at shutdown)."""
+    _POOL.pool = pool
+
+
+class _CommandLatencyMiddleware(BaseMiddleware[Any, Any]):
+    """Observes each record's latency when its batch's handler returned without a nack (the
+    handler commits the batch's offsets before it returns)."""
+
+    def __init__(
+        self, msg: Any, /, *, context: ContextRepo, flow_of_topic: Mapping[str, str]
+    ) -> None:
+        super().__init__(msg, context=context)
+        self._flow_of_topic = flow_of_topic
+
+    async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
+        result = await call_next(msg)
+        if msg.committed is AckStatus.NACKED:
+            return result
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        now_ms = time.time() * 1000
+        for record in records:
+            flow = self._flow_of_topic.get(record.topic)
+            if flow is not None and record.timestamp is not None:
+                COMMAND_LATENCY.labels(flow).observe(max(0.0, (now_ms - record.timestamp) / 1000))
+        return result
+
+
+def middlewares(flow_of_topic: Mapping[str, str]) -> list[Any]:
+    """FastStream's Prometheus middleware (per-handler counts and durations, `faststream_*`, on
+    the default registry) and Ledgerflow's command latency. `flow_of_topic`: command topic (with
+    the deployment's prefix) to flow name."""
+    topics = dict(flow_of_topic)
+
+    def latency(msg: Any, /, *, context: ContextRepo) -> _CommandLatencyMiddleware:
+        return _CommandLatencyMiddleware(msg, context=context, flow_of_topic=topics)
+
+    return [KafkaPrometheusMiddleware(registry=REGISTRY, app_name="ledgerflow"), latency]

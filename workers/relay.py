@@ -26,13 +26,14 @@ from ledger_db.outbox import (
     pending_stats,
     try_lock_relay,
 )
-from workers import http, metrics
+from workers import http, metrics, tracing
 from workers.kafka_io import idempotent_producer
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
 
     from ledger_db.outbox import OutboxRow
+    from workers.lag import LagMonitor
 
 log = logging.getLogger("ledgerflow.relay")
 
@@ -111,15 +112,17 @@ class Relay:
     async def _publish(self, producer: AIOKafkaProducer, rows: list[OutboxRow]) -> None:
         """Sent in id order; per-key order holds because one partition's sends stay in order."""
         futures = []
-        for row in rows:
-            headers = [("content-type", b"application/cloudevents+json")]
-            if row.traceparent:
-                headers.append(("traceparent", row.traceparent.encode()))
-            futures.append(
-                await producer.send(row.topic, row.payload, key=row.key, headers=headers)
-            )
-        for future in futures:
-            await future
+        # Each event continues the trace its outbox row stored (workers/tracing.py).
+        with tracing.publish_spans(rows) as traceparents:
+            for row, traceparent in zip(rows, traceparents, strict=True):
+                headers = [("content-type", b"application/cloudevents+json")]
+                if traceparent:
+                    headers.append(("traceparent", traceparent.encode()))
+                futures.append(
+                    await producer.send(row.topic, row.payload, key=row.key, headers=headers)
+                )
+            for future in futures:
+                await future
 
     async def _update_stats(self, conn: asyncpg.Connection) -> None:
         now = time.monotonic()
@@ -141,8 +144,14 @@ async def _wait(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-def build_relay_app(database_url: str, bootstrap_servers: str, batch_rows_max: int) -> http.ASGIApp:
-    """The relay as an ASGI app: the relay loop runs for the app's lifespan."""
+def build_relay_app(
+    database_url: str,
+    bootstrap_servers: str,
+    batch_rows_max: int,
+    lag_monitor: LagMonitor | None = None,
+) -> http.ASGIApp:
+    """The relay as an ASGI app: the relay loop (and the consumer lag measurement of every
+    flow, which must go on when no worker runs) lives for the app's lifespan."""
     relay = Relay(database_url, bootstrap_servers, batch_rows_max)
     stop = asyncio.Event()
 
@@ -155,9 +164,14 @@ def build_relay_app(database_url: str, bootstrap_servers: str, batch_rows_max: i
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                metrics.set_build_info("relay")
                 task = asyncio.create_task(relay.run(stop))
+                if lag_monitor is not None:
+                    lag_monitor.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if lag_monitor is not None:
+                    await lag_monitor.stop()
                 stop.set()
                 if task is not None:
                     await task

@@ -7,9 +7,12 @@ configuration. Secrets are `SecretStr`: they never appear in `repr`, logs or `st
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.auth import AuthMode
 
 # Embedded-stack defaults; deliberately not 5432/9092 so a machine's own services don't collide.
 DEFAULT_POSTGRES_PORT = 55432
@@ -54,9 +57,33 @@ class Settings(BaseSettings):
     basic_single_amount_max: int = Field(default=1_000_000, ge=1, le=10**15)
     basic_balance_max: int = Field(default=5_000_000, ge=1, le=10**15)
 
+    # Who asked (docs/security.md). `required` in every deployment; `off` only where a test
+    # or benchmark says so.
+    auth_mode: AuthMode = AuthMode.OFF
+    auth_jwks_file: str | None = None
+    auth_jwks_url: str | None = None
+    auth_issuer: str = "https://identity.ledgerflow.local"
+    auth_audience: str = "ledgerflow"
+    auth_leeway_s: int = Field(default=300, ge=0, le=3_600)  # consumer lag allowed past exp
+    auth_max_token_age_s: int = Field(default=3_600, ge=60, le=86_400)
+
     # Test hook for fault-injection tests: commands containing this text fail like a bug would.
     # Empty (off) in every real deployment.
     fault_poison_marker: str = Field(default="", max_length=64)
+
+    # Observability (docs/metrics.md). Traces are off unless an OTLP/HTTP endpoint is set: the
+    # collector's base URL, as in OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://otel-collector:4318);
+    # spans go to <endpoint>/v1/traces. Headers ("k=v,k2=v2") may carry a token: a secret.
+    otlp_endpoint: str = ""
+    otlp_headers: SecretStr = SecretStr("")
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # One line per decided command (ids and outcome, never content), at INFO; off leaves them
+    # at DEBUG.
+    log_commands: bool = True
+    # How often consumer lag is measured (committed offsets and high watermarks from Kafka).
+    lag_interval_ms: int = Field(default=5_000, ge=100, le=300_000)
 
     # HTTP (/metrics, /healthz, /readyz).
     http_host: str = "127.0.0.1"

@@ -115,9 +115,15 @@ async def test_relay_restart_publishes_everything_in_per_key_order(
             assert pending == 200, "with the relay down, every result waits in the outbox"
             assert not p.results.by_command_key.keys() & {k for ks in sent.values() for k in ks}
             p.start("relay")
-            await p.results.wait_total(200, timeout_s=60)
-            async with pool.acquire() as conn:
-                assert (await pending_stats(conn))[0] == 0
+            for keys in sent.values():
+                for key in keys:
+                    await p.results.wait_for_key(key, timeout_s=60)
+
+            async def drained() -> bool:
+                async with pool.acquire() as conn:
+                    return (await pending_stats(conn))[0] == 0
+
+            await wait_until(drained, timeout_s=30, message="outbox drained")
         finally:
             await pool.close()
         for wallet, keys in sent.items():

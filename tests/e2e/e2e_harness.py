@@ -1,0 +1,151 @@
+"""One scenario: a pipeline on the fault stack, a seeded workload, faults, drain, checks, report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from testkit.pipeline import running_pipeline
+from testkit.workload import Observer, Report, Workload, drain, measure_recovery, verify
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from cli.processes import ManagedProcess
+    from testkit.faults import FaultStack
+    from testkit.pipeline import Pipeline
+
+# Report lines of the session's scenarios, repeated in pytest's terminal summary (conftest).
+REPORT_LINES: list[str] = []
+WALLETS = 24
+LOAD_RATE_PER_S = 120.0
+DRAIN_TIMEOUT_S = 120.0
+
+
+@dataclass(slots=True)
+class Scenario:
+    pipeline: Pipeline
+    observer: Observer
+    workload: Workload
+    report: Report
+    rng: random.Random
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _load: asyncio.Task[int] | None = None
+    _recoveries: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start_load(self, rate_per_s: float = LOAD_RATE_PER_S) -> None:
+        self._stop.clear()
+        self._load = asyncio.create_task(self.workload.run(rate_per_s, self._stop))
+
+    async def stop_load(self) -> None:
+        self._stop.set()
+        if self._load is not None:
+            await self._load
+            self._load = None
+
+    async def load_for(self, seconds: float) -> None:
+        """Let the load run on (a fault's own duration, not a synchronisation)."""
+        await asyncio.sleep(seconds)
+
+    def recovery(self, kind: str, healed_at: float | None = None) -> asyncio.Task[None]:
+        """Measure, beside the load, how long until everything sent so far is answered."""
+        task = asyncio.create_task(
+            measure_recovery(
+                self.workload, self.report, kind, healed_at or time.monotonic(), DRAIN_TIMEOUT_S
+            )
+        )
+        self._recoveries.append(task)
+        return task
+
+    async def start(self, *args: str) -> ManagedProcess:
+        """Another process on the pipeline, started off the event loop (it waits until ready)."""
+        return await asyncio.to_thread(self.pipeline.start, *args)
+
+    async def finish(self) -> Report:
+        """Stop the load, drain (bounded), run every check, print and keep the report line."""
+        await self.stop_load()
+        try:
+            took = await drain(self.workload, self.observer, DRAIN_TIMEOUT_S)
+            self.report.notes["drain_s"] = took.get("results_read")
+        except TimeoutError as error:
+            self.report.problems.append(str(error))
+        for task in self._recoveries:
+            await task
+        await verify(self.workload, self.observer, self.report)
+        line = self.report.line()
+        print(line)
+        REPORT_LINES.append(line)
+        return self.report
+
+    async def close(self) -> None:
+        self._stop.set()
+        for task in (self._load, *self._recoveries):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.observer.close()
+
+
+@asynccontextmanager
+async def scenario(
+    name: str,
+    faults: FaultStack,
+    template: str,
+    tmp_path: Path,
+    seed: int,
+    *,
+    workers: int = 1,
+    worker_args: tuple[str, ...] = ("worker", "all"),
+    wallets: int = WALLETS,
+    **settings: Any,
+) -> AsyncIterator[Scenario]:
+    async with running_pipeline(
+        faults.postgres,
+        faults.kafka,
+        template,
+        tmp_path / "logs",
+        workers=workers,
+        worker_args=worker_args,
+        **settings,
+    ) as p:
+        observer = Observer(p.database.admin_url, p.database.name, p.bootstrap, p.prefix)
+        workload = Workload(
+            p.producer,
+            p.results,
+            p.prefix,
+            seed,
+            poison_marker=settings.get("fault_poison_marker", ""),
+        )
+        s = Scenario(p, observer, workload, Report(name, seed), random.Random(seed + 1))
+        try:
+            if wallets:
+                await workload.open_wallets(wallets)
+            yield s
+        finally:
+            await s.close()
+
+
+def assert_ok(report: Report) -> None:
+    assert report.ok, "\n".join([report.line(), *report.problems[:30]])
+
+
+def metric(process: ManagedProcess, name: str, **labels: str) -> float:
+    """Sum of a Prometheus counter's samples (with these labels) on a live process."""
+    _, text = process.get("/metrics")
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total

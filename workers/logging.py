@@ -1,0 +1,164 @@
+"""Structured logs: one JSON object per line on stdout, for the cluster's log collector.
+
+Every line has `ts`, `level`, `logger`, `msg`, the process' `service`, the `trace_id`/`span_id`
+of the current span when tracing, and the fields a call passes in `extra=`. Each decided command
+gets one line (`log_outcomes`) with its ids and outcome: `flow`, `command_id`, `correlation_id`,
+`idempotency_key`, `outcome`, `reason`, `result_event_id`, `trace_id`.
+
+What never appears (docs/runbook.md, "Logs"): command content — names, phone numbers, e-mail,
+national ids, bank accounts, amounts, free text — is never passed to a logger; error messages of
+exceptions raised while applying commands are not logged (their class is), since a database error
+can quote a row. As a second line of defence every line is scrubbed: URLs with credentials
+(connection strings), `Bearer` tokens, JWTs and `password=`-style pairs are replaced, and fields
+named like personal data or secrets are masked whatever their value.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from opentelemetry import trace
+
+from workers.tracing import trace_id_of
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from contracts.topics import Flow
+    from ledger_db.apply import Incoming, Outcome
+
+COMMANDS_LOGGER = "ledgerflow.commands"
+MASK = "***"
+MESSAGE_CHARS_MAX = 4_000  # a line stays a line: long messages and tracebacks are cut
+
+# Attributes every LogRecord has; everything else on a record came from `extra=`.
+_STANDARD = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime"}
+)
+# Fields masked whatever their value: named like personal data or secrets.
+_SENSITIVE_FIELD = re.compile(
+    r"(?i)(full_?name|phone|e_?mail|national_?id|bank_?account|account_number|destination"
+    r"|password|passwd|secret|token|authorization|api_?key|credential|dsn|database_url|_url$)"
+)
+_SCRUBS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Connection strings and any URL with credentials: the whole URL goes.
+    (re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s/@'\"]*:[^\s@'\"]*@[^\s'\",]*"), MASK),
+    (re.compile(r"(?i)\b(postgres(?:ql)?|kafka|redis|amqp)://[^\s'\",]*"), MASK),
+    (re.compile(r"(?i)\bbearer\s+[a-z0-9._~+/=-]+"), "Bearer " + MASK),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), MASK),
+    (
+        re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api_?key)(\s*[=:]\s*)[^\s&;,'\"]+"),
+        r"\1\2" + MASK,
+    ),
+)
+
+
+def scrub(text: str) -> str:
+    for pattern, replacement in _SCRUBS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _json_value(key: str, value: Any) -> Any:
+    if _SENSITIVE_FIELD.search(key):
+        return MASK
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return scrub(str(value))[:MESSAGE_CHARS_MAX]
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": scrub(record.getMessage())[:MESSAGE_CHARS_MAX],
+            "service": self.service,
+        }
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            line["trace_id"] = format(span_context.trace_id, "032x")
+            line["span_id"] = format(span_context.span_id, "016x")
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                line[key] = _json_value(key, value)
+        if record.exc_info and record.exc_info[0] is not None:
+            line["error_class"] = record.exc_info[0].__name__
+            line["exc"] = scrub(self.formatException(record.exc_info))[-MESSAGE_CHARS_MAX:]
+        return orjson.dumps(line, default=str).decode()
+
+
+class _ScrubbingTextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
+def configure(
+    service: str, *, level: str = "INFO", fmt: str = "json", command_lines: bool = True
+) -> None:
+    """Route every logger (ours, FastStream's, uvicorn's, aiokafka's) to one stdout handler."""
+    handler = logging.StreamHandler(sys.stdout)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(service))
+    else:
+        handler.setFormatter(
+            _ScrubbingTextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+        )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Libraries that install handlers of their own would print plain text next to ours.
+    for name in (
+        "faststream",
+        "faststream.access",
+        "faststream.access.kafka",
+        "uvicorn",
+        "uvicorn.error",
+        "uvicorn.access",
+    ):
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True
+    _COMMAND_LINES.level = logging.INFO if command_lines else logging.DEBUG
+
+
+class _CommandLines:
+    level = logging.INFO
+
+
+_COMMAND_LINES = _CommandLines()
+_commands_log = logging.getLogger(COMMANDS_LOGGER)
+
+
+def log_outcomes(flow: Flow, incoming: Sequence[Incoming], outcomes: Sequence[Outcome]) -> None:
+    """One line per decided command: ids and outcome only, never the command's content."""
+    level = _COMMAND_LINES.level
+    if not _commands_log.isEnabledFor(level):
+        return
+    for item, outcome in zip(incoming, outcomes, strict=False):
+        meta = item.command.meta
+        fields = {
+            "flow": flow.name,
+            "command_id": meta.event_id,
+            "correlation_id": meta.correlation_id,
+            "idempotency_key": outcome.key,
+            "outcome": outcome.kind.value,
+            "reason": outcome.reason,
+            "result_event_id": outcome.event_id,
+        }
+        trace_id = trace_id_of(item.traceparent)
+        if trace_id is not None:  # the command's trace, rather than the batch span's
+            fields["trace_id"] = trace_id
+        _commands_log.log(level, "command decided", extra=fields)
