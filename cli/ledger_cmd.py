@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from contracts.events import Tier
 from ledger_db.audit import CheckResult, run_audit
 from ledger_db.queries import AccountView, get_account, list_accounts
 from workers.settings import Settings
@@ -116,3 +117,32 @@ def audit(as_json: JsonFlag = False) -> None:
         console.print("[green]audit passed[/green]" if ok else "[red]audit FAILED[/red]")
     if not ok:
         raise typer.Exit(1)
+
+
+customers_app = typer.Typer(no_args_is_help=True, help="Customers.")
+
+
+@customers_app.command("set-tier")
+def set_tier(
+    customer_id: uuid.UUID,
+    tier: Annotated[str, typer.Argument(help="basic, standard or full")],
+) -> None:
+    """Move a customer to another tier (its limits apply from the next command on)."""
+    if tier not in {t.value for t in Tier}:
+        raise typer.BadParameter(f"tier must be one of {', '.join(t.value for t in Tier)}")
+
+    async def run() -> str:
+        conn = await _connect()
+        try:
+            return str(
+                await conn.execute(
+                    "UPDATE customers SET tier = $2 WHERE id = $1", customer_id, tier
+                )
+            )
+        finally:
+            await conn.close()
+
+    if asyncio.run(run()) != "UPDATE 1":
+        console.print(f"[red]no customer {customer_id}[/red]")
+        raise typer.Exit(1)
+    console.print(f"customer {customer_id} is now {tier}")

@@ -12,6 +12,7 @@ app = typer.Typer(no_args_is_help=True, help="Ledgerflow: the money core of the 
 app.add_typer(stack_app, name="stack")
 app.add_typer(ops.topics_app, name="topics")
 app.add_typer(ledger_cmd.accounts_app, name="accounts")
+app.add_typer(ledger_cmd.customers_app, name="customers")
 app.add_typer(bench_app, name="bench")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(dlq_app, name="dlq")

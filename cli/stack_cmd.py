@@ -89,7 +89,18 @@ def env(
     show_secrets: bool = typer.Option(
         False, "--show-secrets", help="Print real passwords (for `eval`); masked otherwise."
     ),
+    kafka_principal: str = typer.Option(
+        "ledgerflow-worker",
+        help="Secure mode: whose Kafka credentials (ledgerflow-worker, -relay, -api, -admin).",
+    ),
 ) -> None:
     """Print `export LEDGERFLOW_...` lines; use: eval "$(ledgerflow stack env --show-secrets)"."""
-    for line in stack.env_lines(StackSettings(), show_secrets=show_secrets):
+    try:
+        lines = stack.env_lines(
+            StackSettings(), show_secrets=show_secrets, kafka_principal=kafka_principal
+        )
+    except StackError as exc:
+        _print_failure("stack env", exc)
+        raise typer.Exit(1) from exc
+    for line in lines:
         print(line)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import string
 import time
 import uuid
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from stack import kafka_acls, tls
 from stack.process import (
     StackError,
     file_lock,
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 TEMPLATES = Path(__file__).resolve().parent / "kafka"
 POM = TEMPLATES / "pom.xml"
 SERVER_TEMPLATE = TEMPLATES / "server.properties"
+SECURE_TEMPLATE = TEMPLATES / "secure.properties"  # appended in secure mode
 LOG4J2_CONFIG = TEMPLATES / "log4j2.xml"
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
@@ -61,6 +64,7 @@ class KafkaPaths:
     server_log: Path
     cluster_id: Path
     formatted_for: Path  # the controller endpoint the storage was formatted with
+    secure_marker: Path  # present when the storage was formatted in secure mode
     pid_file: Path
 
 
@@ -74,6 +78,7 @@ def paths(settings: StackSettings) -> KafkaPaths:
         server_log=root / "server.log",
         cluster_id=root / "cluster.id",
         formatted_for=root / "formatted-for",
+        secure_marker=root / "secure-mode",
         pid_file=settings.stack_dir / "kafka.pid",
     )
 
@@ -183,7 +188,53 @@ def render_config(settings: StackSettings, p: KafkaPaths) -> None:
         controller_port=settings.kafka_controller_port,
         data_dir=p.data,
     )
+    if settings.secure:
+        files = tls.tls_files(settings.stack_dir)
+        text += string.Template(SECURE_TEMPLATE.read_text(encoding="utf-8")).substitute(
+            host=settings.host,
+            kafka_port=settings.kafka_port,
+            mtls_port=settings.kafka_mtls_port,
+            controller_port=settings.kafka_controller_port,
+            keystore=files.identity(tls.BROKER_NAME).bundle,
+            truststore=files.ca_cert,
+            super_users=f"User:{tls.BROKER_NAME};User:{kafka_acls.ADMIN}",
+        )
     p.config.write_text(text, encoding="utf-8")
+
+
+def check_mode(settings: StackSettings, p: KafkaPaths) -> None:
+    """A folder formatted in one mode never starts in the other: switching would either drop
+    the SCRAM users and ACLs or lock every existing client out. Use another stack folder."""
+    if not (p.data / "meta.properties").is_file():
+        return
+    formatted_secure = p.secure_marker.is_file()
+    if formatted_secure != settings.secure:
+        mode = "secure" if formatted_secure else "insecure"
+        raise StackError(
+            f"{p.root} holds a Kafka formatted in {mode} mode; set LEDGERFLOW_STACK_DIR (and "
+            "free ports) for a separate stack, or stop it and delete that folder"
+        )
+
+
+def prepare_secure(settings: StackSettings) -> None:
+    """Certificates and SCRAM passwords for secure mode (kept across restarts)."""
+    tls.ensure_tls(settings.stack_dir, settings.host, kafka_acls.PRINCIPALS)
+    kafka_acls.ensure_passwords(settings.stack_dir)
+
+
+def client_options(settings: StackSettings, principal: str = kafka_acls.ADMIN) -> dict[str, Any]:
+    """aiokafka keyword arguments for `principal` on the SASL_SSL listener ({} when insecure)."""
+    if not settings.secure:
+        return {}
+    context = ssl.create_default_context(cafile=tls.tls_files(settings.stack_dir).ca_cert)
+    password = kafka_acls.read_password(kafka_acls.password_file(settings.stack_dir, principal))
+    return {
+        "security_protocol": "SASL_SSL",
+        "ssl_context": context,
+        "sasl_mechanism": kafka_acls.SCRAM_MECHANISM,
+        "sasl_plain_username": principal,
+        "sasl_plain_password": password,
+    }
 
 
 def _new_cluster_id() -> str:
@@ -208,10 +259,17 @@ def format_storage(settings: StackSettings, libs: Path, p: KafkaPaths) -> bool:
     if not p.cluster_id.is_file():
         p.cluster_id.write_text(_new_cluster_id(), encoding="ascii")
     cluster_id = p.cluster_id.read_text(encoding="ascii").strip()
+    scram: list[str] = []
+    if settings.secure:  # SCRAM users must exist before the broker can authenticate anyone
+        for principal in kafka_acls.PRINCIPALS:
+            password_path = kafka_acls.password_file(settings.stack_dir, principal)
+            password = kafka_acls.read_password(password_path)
+            scram += ["--add-scram", kafka_acls.scram_argument(principal, password)]
     run_checked(
         [
             *_jvm_args(settings, libs, p, heap_mb=256),
             STORAGE_TOOL, "format", "--standalone", "-t", cluster_id, "-c", str(p.config),
+            *scram,
         ],
         timeout_s=FORMAT_TIMEOUT_S,
         what="kafka-storage format",
@@ -219,6 +277,10 @@ def format_storage(settings: StackSettings, libs: Path, p: KafkaPaths) -> bool:
         env=_java_env(),
     )  # fmt: skip
     p.formatted_for.write_text(endpoint, encoding="utf-8")
+    if settings.secure:
+        p.secure_marker.write_text("SASL_SSL SCRAM-SHA-512, mTLS, ACLs\n", encoding="utf-8")
+    else:
+        remove_file(p.secure_marker)
     return True
 
 
@@ -228,14 +290,17 @@ def running_pid(settings: StackSettings) -> int | None:
 
 
 async def describe_cluster(
-    bootstrap_servers: str, timeout_ms: int = PROBE_TIMEOUT_MS
+    bootstrap_servers: str,
+    timeout_ms: int = PROBE_TIMEOUT_MS,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One bounded metadata round trip through the admin API."""
+    """One bounded metadata round trip through the admin API (`options`: client security)."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers,
         request_timeout_ms=timeout_ms,
         retry_backoff_ms=100,
         client_id="ledgerflow-stack-probe",
+        **(options or {}),
     )
     try:
         await asyncio.wait_for(admin.start(), timeout_ms / 1000)
@@ -245,14 +310,14 @@ async def describe_cluster(
     return result
 
 
-async def healthy(bootstrap_servers: str) -> bool:
+async def healthy(bootstrap_servers: str, options: dict[str, Any] | None = None) -> bool:
     """A registered broker answers metadata. A TCP probe first keeps aiokafka from logging a
     connection error for every poll while the JVM is still starting."""
     host, _, port = bootstrap_servers.split(",", maxsplit=1)[0].rpartition(":")
     if not port_in_use(host, int(port)):
         return False
     try:
-        cluster = await describe_cluster(bootstrap_servers)
+        cluster = await describe_cluster(bootstrap_servers, options=options)
     except Exception:
         return False
     return bool(cluster.get("brokers"))
@@ -260,13 +325,14 @@ async def healthy(bootstrap_servers: str) -> bool:
 
 async def wait_ready(settings: StackSettings, pid: int, p: KafkaPaths, deadline: float) -> None:
     """Poll the admin API until a broker is registered; fail early if the JVM dies."""
+    options = client_options(settings)
     while True:
         if not pid_alive(pid):
             raise StackError(
                 f"Apache Kafka exited during start-up. Last lines of {p.server_log}:\n"
                 f"{tail(p.server_log)}\nLast lines of {p.stdout}:\n{tail(p.stdout)}"
             )
-        if await healthy(settings.kafka_bootstrap_servers):
+        if await healthy(settings.kafka_bootstrap_servers, options):
             return
         if time.monotonic() >= deadline:
             raise StackError(
@@ -278,18 +344,25 @@ async def wait_ready(settings: StackSettings, pid: int, p: KafkaPaths, deadline:
 
 async def start(settings: StackSettings) -> tuple[int, bool]:
     """Start the broker unless it runs; return (pid, started_now). Waits until it answers."""
+    p = paths(settings)
+    check_mode(settings, p)
     existing = running_pid(settings)
     if existing is not None:
         return existing, False
-    for port in (settings.kafka_port, settings.kafka_controller_port):
+    ports = [settings.kafka_port, settings.kafka_controller_port]
+    if settings.secure:
+        ports.append(settings.kafka_mtls_port)
+    for port in ports:
         if port_in_use(settings.host, port):
             raise StackError(
                 f"{settings.host}:{port} is taken by another process; set "
-                "LEDGERFLOW_STACK_KAFKA_PORT / LEDGERFLOW_STACK_KAFKA_CONTROLLER_PORT to free ports"
+                "LEDGERFLOW_STACK_KAFKA_PORT / LEDGERFLOW_STACK_KAFKA_CONTROLLER_PORT "
+                "(/ LEDGERFLOW_STACK_KAFKA_MTLS_PORT) to free ports"
             )
     libs = await asyncio.to_thread(ensure_kafka_jars, settings)  # bounded by its own timeout
-    p = paths(settings)
     p.root.mkdir(parents=True, exist_ok=True)
+    if settings.secure:
+        await asyncio.to_thread(prepare_secure, settings)
     render_config(settings, p)
     await asyncio.to_thread(format_storage, settings, libs, p)
     deadline = time.monotonic() + settings.start_timeout_s
@@ -301,6 +374,10 @@ async def start(settings: StackSettings) -> tuple[int, bool]:
     )
     write_pid(p.pid_file, pid)
     await wait_ready(settings, pid, p, deadline)
+    if settings.secure:  # idempotent: an ACL that exists already is left as it is
+        await kafka_acls.create_acls(
+            settings.kafka_bootstrap_servers, kafka_acls.service_acls(), client_options(settings)
+        )
     return pid, True
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from stack import kafka_broker, postgres
+from stack import kafka_acls, kafka_broker, postgres, tls
 from stack.process import StackError, file_lock
 from stack.settings import StackSettings
 
@@ -103,6 +103,8 @@ async def start_services(
     wanted = [name for name in SERVICES if name in services]
     starters = {"postgres": postgres.start, "kafka": kafka_broker.start}
     with file_lock(_lock_path(s), timeout_s=s.jar_fetch_timeout_s + s.start_timeout_s):
+        if s.secure:  # before both starts: they must not race to create one CA
+            await asyncio.to_thread(kafka_broker.prepare_secure, s)
         # return_exceptions: one failing service must not cancel the other half-way through.
         results = await asyncio.gather(
             *(starters[name](s) for name in wanted), return_exceptions=True
@@ -167,7 +169,11 @@ async def status_async(settings: StackSettings | None = None) -> list[ServiceSta
         return pg_pid is not None and await postgres.is_healthy(postgres.admin_url(s))
 
     async def kafka_health() -> bool:
-        return kafka_pid is not None and await kafka_broker.healthy(s.kafka_bootstrap_servers)
+        if kafka_pid is None:
+            return False
+        return await kafka_broker.healthy(
+            s.kafka_bootstrap_servers, kafka_broker.client_options(s)
+        )
 
     pg_ok, kafka_ok = await asyncio.gather(pg_health(), kafka_health())
     return [
@@ -178,9 +184,19 @@ async def status_async(settings: StackSettings | None = None) -> list[ServiceSta
     ]
 
 
-def env_lines(settings: StackSettings | None = None, *, show_secrets: bool = False) -> list[str]:
-    """`export LEDGERFLOW_…=…` lines pointing the application at this stack."""
-    e = endpoints(settings)
+def env_lines(
+    settings: StackSettings | None = None,
+    *,
+    show_secrets: bool = False,
+    kafka_principal: str = kafka_acls.WORKER,
+) -> list[str]:
+    """`export LEDGERFLOW_…=…` lines pointing the application at this stack.
+
+    In secure mode the Kafka lines are those of `kafka_principal`; its password is given as a
+    `…_FILE` path, so even `--show-secrets` prints no Kafka password.
+    """
+    s = _settings(settings)
+    e = endpoints(s)
 
     def shown(url: str) -> str:
         return url if show_secrets else mask_url(url)
@@ -190,6 +206,17 @@ def env_lines(settings: StackSettings | None = None, *, show_secrets: bool = Fal
         "LEDGERFLOW_MIGRATION_DATABASE_URL": shown(e.owner_database_url),
         "LEDGERFLOW_KAFKA_BOOTSTRAP_SERVERS": e.kafka_bootstrap_servers,
     }
+    if s.secure:
+        if kafka_principal not in kafka_acls.PRINCIPALS:
+            raise StackError(f"unknown Kafka principal {kafka_principal!r}")
+        password = kafka_acls.password_file(s.stack_dir, kafka_principal)
+        values |= {
+            "LEDGERFLOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "LEDGERFLOW_KAFKA_SASL_MECHANISM": kafka_acls.SCRAM_MECHANISM,
+            "LEDGERFLOW_KAFKA_SASL_USERNAME": kafka_principal,
+            "LEDGERFLOW_KAFKA_SASL_PASSWORD_FILE": str(password),
+            "LEDGERFLOW_KAFKA_SSL_CAFILE": str(tls.tls_files(s.stack_dir).ca_cert),
+        }
     return [f"export {key}={shlex.quote(value)}" for key, value in values.items()]
 
 

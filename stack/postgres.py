@@ -22,10 +22,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import asyncpg
 
+from stack import tls
 from stack.process import (
     OsUser,
     StackError,
@@ -64,6 +65,8 @@ INSTALL_HINT = (
 )
 CONNECT_TIMEOUT_S = 3.0
 INITDB_TIMEOUT_S = 120.0
+TLS_CERT = "ledgerflow-server.crt"  # copied into the data folder in secure mode
+TLS_KEY = "ledgerflow-server.key"
 UNIX_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for ".s.PGSQL.<port>"
 # One key for every bootstrap so concurrent `up`s and fixtures never race on CREATE ROLE.
 BOOTSTRAP_LOCK_KEY = 0x4C46_5354  # "LFST"
@@ -152,9 +155,14 @@ def paths(settings: StackSettings, user: OsUser | None) -> PostgresPaths:
 
 
 def url(settings: StackSettings, user: str, password: str, database: str = DATABASE_NAME) -> str:
+    """In secure mode the URL demands TLS and checks the server against the stack's CA."""
+    query = ""
+    if settings.secure:
+        ca = tls.tls_files(settings.stack_dir).ca_cert
+        query = "?" + urlencode({"sslmode": "verify-full", "sslrootcert": str(ca)})
     return (
         f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}"
-        f"@{settings.host}:{settings.postgres_port}/{quote(database, safe='')}"
+        f"@{settings.host}:{settings.postgres_port}/{quote(database, safe='')}{query}"
     )
 
 
@@ -254,12 +262,22 @@ log_line_prefix = '%m [%p] %q%u@%d '
 logging_collector = off
 # Durability stays at the defaults (fsync, synchronous_commit, full_page_writes on).
 """
+    # Secure mode: TCP clients must use TLS (hostssl only); the socket stays for local admin.
+    tcp = "host   "
+    if settings.secure:
+        tcp = "hostssl"
+        conf += f"""\
+ssl = on
+ssl_cert_file = '{TLS_CERT}'
+ssl_key_file = '{TLS_KEY}'
+ssl_min_protocol_version = 'TLSv1.2'
+"""
     (p.data / "ledgerflow.conf").write_text(conf, encoding="utf-8")
-    hba = """\
+    hba = f"""\
 # Written by `ledgerflow stack up`: password (SCRAM) auth only, loopback and the private socket.
 local   all   all                  scram-sha-256
-host    all   all   127.0.0.1/32   scram-sha-256
-host    all   all   ::1/128        scram-sha-256
+{tcp} all   all   127.0.0.1/32   scram-sha-256
+{tcp} all   all   ::1/128        scram-sha-256
 """
     (p.data / "pg_hba.conf").write_text(hba, encoding="utf-8")
     main_conf = p.data / "postgresql.conf"
@@ -270,6 +288,19 @@ host    all   all   ::1/128        scram-sha-256
     if user is not None:
         for name in ("ledgerflow.conf", "pg_hba.conf", "postgresql.conf"):
             os.chown(p.data / name, user.uid, user.gid)
+
+
+def install_tls(settings: StackSettings, p: PostgresPaths, user: OsUser | None) -> None:
+    """The server certificate and key from the stack CA, inside the data folder: PostgreSQL
+    refuses a key that its own user does not own or that others can read."""
+    files = tls.ensure_tls(settings.stack_dir, settings.host, ())
+    pem = files.identity(tls.POSTGRES_NAME)
+    for source, name, mode in ((pem.cert, TLS_CERT, 0o644), (pem.key, TLS_KEY, 0o600)):
+        target = p.data / name
+        shutil.copyfile(source, target)
+        target.chmod(mode)
+        if user is not None:
+            os.chown(target, user.uid, user.gid)
 
 
 def running_pid(settings: StackSettings) -> int | None:
@@ -392,6 +423,8 @@ async def start(settings: StackSettings) -> tuple[int, bool]:
     p = paths(settings, user)
     settings.stack_dir.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(init_cluster, bin_dir, p, user)
+    if settings.secure:
+        install_tls(settings, p, user)
     write_config(settings, p, user)
     if user is not None:
         chown_tree(p.data, user)  # repairs files left behind by a run as another user

@@ -58,14 +58,28 @@ _SCRUBS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+# Every pattern above needs one of these: most values (ids, codes) are let through by one search.
+_MAYBE_SECRET = re.compile(r"(?i)://|bearer|eyJ|[=:]")
+_sensitive_keys: dict[str, bool] = {}
+
+
 def scrub(text: str) -> str:
+    if _MAYBE_SECRET.search(text) is None:
+        return text
     for pattern, replacement in _SCRUBS:
         text = pattern.sub(replacement, text)
     return text
 
 
+def _sensitive(key: str) -> bool:
+    known = _sensitive_keys.get(key)
+    if known is None:
+        known = _sensitive_keys[key] = _SENSITIVE_FIELD.search(key) is not None
+    return known
+
+
 def _json_value(key: str, value: Any) -> Any:
-    if _SENSITIVE_FIELD.search(key):
+    if _sensitive(key):
         return MASK
     if value is None or isinstance(value, bool | int | float):
         return value

@@ -23,6 +23,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ledger_db.unit_of_work import RETRYABLE
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
@@ -140,6 +142,8 @@ def initialize_flow(flow: str, command_topic: str) -> None:
     for outcome in _BASE_OUTCOMES:
         COMMANDS.labels(flow, outcome, "")
     DEAD_LETTERS.labels(command_topic)
+    for cause in RETRYABLE.values():
+        DB_RETRIES.labels(cause)
     BATCH_SIZE.labels(flow)
     BATCH_DURATION.labels(flow)
     COMMAND_LATENCY.labels(flow)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.e2e
 
-KILLS = ("in_transaction", "after_db_commit") * 3
+KILLS = ("in_transaction", "after_db_commit") * 2
 # A SIGTERMed worker drains its in-flight batch for at most GRACEFUL_TIMEOUT_S, then exits.
 EXIT_BOUND_S = GRACEFUL_TIMEOUT_S + 5
 FROZEN_MAX_S = SESSION_TIMEOUT_MS / 1000 + 30

@@ -107,3 +107,18 @@ async def test_topics_ensure_is_idempotent(
     assert partitions["transfer.completed"] == 6
     assert partitions["transfer.initiated.dlq"] == 1
     assert set(partitions) == set(all_topics())
+
+
+async def test_customers_set_tier(database: Any) -> None:
+    env = env_for(database)
+    pool = await create_pool(database.app_url, size_max=1)
+    try:
+        person = onboarding()
+        await apply_all(LedgerWriter(pool, {}), person)
+        ledgerflow(env, "customers", "set-tier", str(person.customer_id), "standard")
+        tier = await pool.fetchval("SELECT tier FROM customers WHERE id = $1", person.customer_id)
+    finally:
+        await pool.close()
+    assert tier == "standard"
+    unknown = ledgerflow(env, "customers", "set-tier", str(person.customer_id), "gold", check=False)
+    assert unknown.returncode != 0

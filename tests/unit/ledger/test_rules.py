@@ -171,3 +171,29 @@ def test_unbalanced_postings_are_a_bug() -> None:
         assert_balanced([Posting(a, "EUR", 0), Posting(a, "EUR", 0)])
     with pytest.raises(AssertionError):
         assert_balanced([Posting(a, "EUR", 5)])
+
+
+def test_only_the_owner_may_debit() -> None:
+    a, b = wallet(500), wallet(0)
+    a.owner = "alice"
+    ledger = book(a, b)
+    assert ledger.refuse_owner(transfer(a, b, 10), "alice") is None
+    assert ledger.refuse_owner(transfer(a, b, 10), "mallory") is not None
+    assert ledger.refuse_owner(cashout(a, 10), "mallory") is not None
+    assert ledger.refuse_owner(transfer(a, b, 10), None) is None, "auth off: no owner check"
+
+
+def test_daily_and_monthly_outgoing_limits() -> None:
+    limits = {"basic:*": TierLimits(daily_out_max=1_000, monthly_out_max=1_500)}
+    a, b = wallet(10_000), wallet(0)
+    ledger = Book({a.id: a, b.id: b}, set(), limits)
+    assert isinstance(ledger.decide(transfer(a, b, 600)), MoneyMoved)
+    over_day = ledger.decide(cashout(a, 300, fee=101))
+    assert isinstance(over_day, Rejected)
+    assert over_day.reason is RejectReason.LIMIT_EXCEEDED
+    assert isinstance(ledger.decide(cashout(a, 300, fee=100)), MoneyMoved)  # exactly 1,000
+    a.out_today = 0  # a new day, same month
+    over_month = ledger.decide(transfer(a, b, 501))
+    assert isinstance(over_month, Rejected)
+    assert "monthly" in over_month.detail
+    assert ledger.outgoing == {a.id: 1_000}

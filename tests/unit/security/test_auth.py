@@ -1,0 +1,108 @@
+"""Every token attack of issue 9, tried against the verifier: none accepted."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from cli.identity import Issuer
+from contracts.parsing import ValidCommand
+from testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
+from workers.auth import Authenticator, Principal, Refusal
+
+
+@pytest.fixture
+def issuer() -> Issuer:
+    return Issuer()
+
+
+@pytest.fixture
+def verifier(issuer: Issuer, tmp_path: Path) -> Authenticator:
+    jwks = issuer.write_jwks(tmp_path / "jwks.json")
+    return Authenticator(
+        issuer=issuer.issuer,
+        audience=issuer.audience,
+        jwks_file=str(jwks),
+        leeway_s=60,
+        max_token_age_s=600,
+    )
+
+
+def a_transfer() -> ValidCommand:
+    return parsed(transfer(wallet_of(onboarding()), wallet_of(onboarding()), 100))
+
+
+def test_a_valid_token_names_its_subject(issuer: Issuer, verifier: Authenticator) -> None:
+    verdict = verifier.verify(issuer.bearer("alice"), a_transfer())
+    assert verdict == Principal("alice", frozenset())
+
+
+@pytest.mark.parametrize(
+    ("attack", "detail"),
+    [
+        ("missing", "no authorization header"),
+        ("not_bearer", "not a bearer token"),
+        ("bad_signature", "unknown key"),
+        ("forged_same_kid", "token invalid"),
+        ("other_issuer", "another issuer"),
+        ("wrong_audience", "another audience"),
+        ("expired", "expired"),
+        ("too_old", "too old"),
+        ("bound_to_other_data", "bound to other command data"),
+    ],
+)
+def test_attacks_are_refused(
+    attack: str, detail: str, issuer: Issuer, verifier: Authenticator
+) -> None:
+    command = a_transfer()
+    other = a_transfer()
+    forger = Issuer(key_id=issuer.key_id)  # same key id, another private key
+    header = {
+        "missing": None,
+        "not_bearer": "Basic YWxpY2U6c2VjcmV0",
+        "bad_signature": Issuer().bearer("alice"),
+        "forged_same_kid": forger.bearer("alice"),
+        "other_issuer": issuer.bearer("alice", issuer="https://evil.example"),
+        "wrong_audience": issuer.bearer("alice", audience="another-service"),
+        "expired": issuer.bearer("alice", issued_at=time.time() - 400, ttl_s=200),
+        "too_old": issuer.bearer("alice", issued_at=time.time() - 3_000, ttl_s=10_000),
+        "bound_to_other_data": issuer.bearer("alice", data_hash=other.content_hash),
+    }[attack]
+    verdict = verifier.verify(header, command)
+    assert isinstance(verdict, Refusal)
+    assert detail in verdict.detail
+
+
+def test_expiry_allows_for_consumer_lag(issuer: Issuer, verifier: Authenticator) -> None:
+    late = issuer.bearer("alice", issued_at=time.time() - 100, ttl_s=60)  # 40 s past exp
+    assert isinstance(verifier.verify(late, a_transfer()), Principal)
+
+
+def test_token_bound_to_its_own_data_passes(issuer: Issuer, verifier: Authenticator) -> None:
+    command = a_transfer()
+    bound = issuer.bearer("alice", data_hash=command.content_hash)
+    assert isinstance(verifier.verify(bound, command), Principal)
+
+
+def test_replay_with_a_new_id_but_the_old_token_is_refused(
+    issuer: Issuer, verifier: Authenticator
+) -> None:
+    first = transfer(wallet_of(onboarding()), wallet_of(onboarding()), 100)
+    token = issuer.bearer("alice", data_hash=parsed(first).content_hash)
+    replay = parsed(
+        first.model_copy(
+            update={
+                "transfer_id": transfer(first.from_account_id, first.to_account_id, 100).transfer_id
+            }
+        )
+    )
+    verdict = verifier.verify(token, replay)
+    assert isinstance(verdict, Refusal)
+
+
+def test_cash_in_needs_the_service_scope(issuer: Issuer, verifier: Authenticator) -> None:
+    command = parsed(cashin(wallet_of(onboarding()), 100))
+    assert isinstance(verifier.verify(issuer.bearer("alice"), command), Refusal)
+    assert isinstance(verifier.verify(issuer.service_bearer(), command), Principal)
