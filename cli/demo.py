@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import stack
+from cli.identity import Issuer
 from cli.ledger_cmd import audit_report
 from cli.processes import ManagedProcess, ledgerflow_env, start_process
 from cli.results import ResultCollector
@@ -46,6 +47,7 @@ from ledger_db.audit import run_audit
 from ledger_db.migrate import migrate
 from ledger_db.queries import get_account
 from ledger_db.rules import wallet_account_id
+from workers.auth import CASHIN_SCOPE
 from workers.topics import ensure_topics, topic_specs
 
 console = Console()
@@ -63,9 +65,36 @@ class Traffic:
     expected: Counter[str] = field(default_factory=Counter)  # idempotency key -> answers due
     drained: int = 0
     transfer_keys: set[str] = field(default_factory=set)
+    identity: Issuer = field(default_factory=Issuer)
+    owners: dict[uuid.UUID, str] = field(default_factory=dict)  # wallet -> its owner's subject
+    tokens: dict[str, str] = field(default_factory=dict)  # subject -> its session's bearer
 
-    async def send(self, flow: Flow, command: BaseModel, *, value: bytes | None = None) -> None:
-        record = encode_command(flow, command)
+    def bearer(self, command: BaseModel, as_subject: str | None) -> str:
+        """The token the API layer would forward: the debited wallet's owner, the customer
+        being onboarded, or the cash-in gateway's service token."""
+        if isinstance(command, ConfirmCashIn):
+            subject, scope = "cashin-gateway", CASHIN_SCOPE
+        elif isinstance(command, RequestOnboarding):
+            subject, scope = f"user-{command.customer_id}", None
+        elif isinstance(command, InitiateTransfer):
+            subject, scope = as_subject or self.owners[command.from_account_id], None
+        else:
+            assert isinstance(command, ApproveCashOut)
+            subject, scope = as_subject or self.owners[command.wallet_account_id], None
+        # One token per user session, as the API layer forwards it for many commands.
+        if subject not in self.tokens:
+            self.tokens[subject] = self.identity.bearer(subject, scope=scope)
+        return self.tokens[subject]
+
+    async def send(
+        self,
+        flow: Flow,
+        command: BaseModel,
+        *,
+        value: bytes | None = None,
+        as_subject: str | None = None,
+    ) -> None:
+        record = encode_command(flow, command, authorization=self.bearer(command, as_subject))
         key = str(getattr(command, flow.id_field))
         self.sent_at.setdefault(key, time.monotonic())
         self.expected[key] += 1
@@ -115,8 +144,17 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
         endpoints.kafka_bootstrap_servers, topic_specs("", 6, 6, 1), replication_factor=1
     )
     console.print(f"    topics created: {len(created)} (the rest existed)")
-    env = ledgerflow_env(endpoints.app_database_url, endpoints.kafka_bootstrap_servers, "")
     log_dir = Path(tempfile.mkdtemp(prefix="ledgerflow-demo-"))
+    # The demo is its own identity provider: every command carries a signed token, and the
+    # workers verify it as they would the bank's (LEDGERFLOW_AUTH_MODE=required).
+    identity = Issuer()
+    env = ledgerflow_env(
+        endpoints.app_database_url,
+        endpoints.kafka_bootstrap_servers,
+        "",
+        **identity.settings(log_dir / "jwks.json"),
+    )
+    console.print("    authentication: required (the demo signs its commands, ES256 JWTs)")
     processes: list[ManagedProcess] = []
     async with AsyncExitStack() as cleanup:
         cleanup.callback(lambda: [p.stop() for p in processes])
@@ -138,7 +176,7 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
         results = ResultCollector(endpoints.kafka_bootstrap_servers)
         await results.start(from_end=True)
         cleanup.push_async_callback(results.stop)
-        traffic = Traffic(producer, results)
+        traffic = Traffic(producer, results, identity=identity)
 
         with Progress(
             TextColumn("{task.description:<34}"),
@@ -166,6 +204,9 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
             )
             await traffic.drain(progress, "onboarding, phone number taken")
             wallets = [wallet_account_id(p.customer_id, p.currency) for p in people]
+            traffic.owners = {
+                w: f"user-{p.customer_id}" for w, p in zip(wallets, people, strict=True)
+            }
             for wallet in wallets:
                 await traffic.send(
                     CASHIN,
@@ -211,6 +252,9 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
                     command = command.model_copy(update={"to_account_id": a})
                 elif roll < 0.09:  # to nobody: account_not_found
                     command = command.model_copy(update={"to_account_id": uuid.uuid4()})
+                elif roll < 0.10:  # someone else's token on a's wallet: unauthorized
+                    await traffic.send(TRANSFER, command, as_subject="user-mallory")
+                    continue
                 sent.append(command)
                 await traffic.send(TRANSFER, command)
             await traffic.drain(progress, "transfers")

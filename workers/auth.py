@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ ALGORITHMS = ("RS256", "ES256", "EdDSA")
 JWKS_CACHE_S = 300.0
 JWKS_FETCH_TIMEOUT_S = 5.0
 TOKEN_CHARS_MAX = 8_192
+VERIFIED_TOKENS_MAX = 10_000  # bound of the verified-token cache (cleared when full)
 
 
 class AuthMode(StrEnum):
@@ -60,6 +61,9 @@ class Authenticator:
     max_token_age_s: int = 3_600
     _keys: dict[str, Any] | None = None
     _loaded_at: float = 0.0
+    # Verified tokens by their text: a session token signs many commands, and a signature
+    # check costs far more than the rest of a command. Expiry is re-checked on every use.
+    _verified: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def verify(self, authorization: str | None, command: ValidCommand) -> Principal | Refusal:
         if not authorization:
@@ -67,6 +71,20 @@ class Authenticator:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token or len(token) > TOKEN_CHARS_MAX:
             return Refusal("authorization is not a bearer token")
+        claims = self._verified.get(token)
+        if claims is not None and claims["exp"] + self.leeway_s < time.time():
+            return Refusal("token expired")
+        if claims is None:
+            verified = self._verify_signature(token)
+            if isinstance(verified, Refusal):
+                return verified
+            claims = verified
+            if len(self._verified) >= VERIFIED_TOKENS_MAX:
+                self._verified.clear()
+            self._verified[token] = claims
+        return self._authorize(claims, command)
+
+    def _verify_signature(self, token: str) -> dict[str, Any] | Refusal:
         try:
             header = jwt.get_unverified_header(token)
             key = self._key(str(header.get("kid", "")))
@@ -89,6 +107,9 @@ class Authenticator:
             return Refusal("token from another issuer")
         except jwt.PyJWTError as error:
             return Refusal(f"token invalid: {type(error).__name__}")
+        return dict(claims)
+
+    def _authorize(self, claims: dict[str, Any], command: ValidCommand) -> Principal | Refusal:
         issued_at = claims["iat"]
         if not isinstance(issued_at, int | float) or time.time() - issued_at > (
             self.max_token_age_s + self.leeway_s

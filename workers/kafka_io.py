@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from aiokafka import AIOKafkaConsumer
 
@@ -18,11 +18,17 @@ PRODUCER_REQUEST_BYTES_MAX = 1024 * 1024
 PRODUCER_LINGER_MS = 2
 
 
-def idempotent_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
-    """acks=all and idempotence: a retried send never duplicates or reorders within a partition."""
+def idempotent_producer(
+    bootstrap_servers: str, client_id: str, security: Mapping[str, Any] | None = None
+) -> AIOKafkaProducer:
+    """acks=all and idempotence: a retried send never duplicates or reorders within a partition.
+
+    `security`: workers.kafka_security.kafka_client_options(settings).
+    """
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
         client_id=client_id,
+        **(security or {}),
         enable_idempotence=True,
         acks="all",
         linger_ms=PRODUCER_LINGER_MS,

@@ -99,13 +99,18 @@ class JsonFormatter(logging.Formatter):
             "msg": scrub(record.getMessage())[:MESSAGE_CHARS_MAX],
             "service": self.service,
         }
-        span_context = trace.get_current_span().get_span_context()
-        if span_context.is_valid:
-            line["trace_id"] = format(span_context.trace_id, "032x")
-            line["span_id"] = format(span_context.span_id, "016x")
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                line[key] = _json_value(key, value)
+        fields: dict[str, Any] | None = getattr(record, _CHECKED_FIELDS, None)
+        if fields is not None:  # log_outcomes' lines: checked already, the hot path
+            line.update(fields)
+        else:
+            for key, value in vars(record).items():
+                if key not in _STANDARD and not key.startswith("_"):
+                    line[key] = _json_value(key, value)
+        if "trace_id" not in line:
+            span_context = trace.get_current_span().get_span_context()
+            if span_context.is_valid:
+                line["trace_id"] = format(span_context.trace_id, "032x")
+                line["span_id"] = format(span_context.span_id, "016x")
         if record.exc_info and record.exc_info[0] is not None:
             line["error_class"] = record.exc_info[0].__name__
             line["exc"] = scrub(self.formatException(record.exc_info))[-MESSAGE_CHARS_MAX:]
@@ -154,10 +159,16 @@ class _CommandLines:
 
 _COMMAND_LINES = _CommandLines()
 _commands_log = logging.getLogger(COMMANDS_LOGGER)
+# A record attribute holding fields that need no further checks (not a LogRecord attribute).
+_CHECKED_FIELDS = "_ledgerflow_fields"
 
 
 def log_outcomes(flow: Flow, incoming: Sequence[Incoming], outcomes: Sequence[Outcome]) -> None:
-    """One line per decided command: ids and outcome only, never the command's content."""
+    """One line per decided command: ids and outcome only, never the command's content.
+
+    On the hot path (a line per command), so records are made directly (no caller lookup) and
+    carry their fields checked: only the two ids the client chose are scrubbed.
+    """
     level = _COMMAND_LINES.level
     if not _commands_log.isEnabledFor(level):
         return
@@ -165,8 +176,8 @@ def log_outcomes(flow: Flow, incoming: Sequence[Incoming], outcomes: Sequence[Ou
         meta = item.command.meta
         fields = {
             "flow": flow.name,
-            "command_id": meta.event_id,
-            "correlation_id": meta.correlation_id,
+            "command_id": scrub(meta.event_id) if meta.event_id else None,
+            "correlation_id": scrub(meta.correlation_id) if meta.correlation_id else None,
             "idempotency_key": outcome.key,
             "outcome": outcome.kind.value,
             "reason": outcome.reason,
@@ -175,4 +186,8 @@ def log_outcomes(flow: Flow, incoming: Sequence[Incoming], outcomes: Sequence[Ou
         trace_id = trace_id_of(item.traceparent)
         if trace_id is not None:  # the command's trace, rather than the batch span's
             fields["trace_id"] = trace_id
-        _commands_log.log(level, "command decided", extra=fields)
+        record = _commands_log.makeRecord(
+            COMMANDS_LOGGER, level, "", 0, "command decided", (), None
+        )
+        setattr(record, _CHECKED_FIELDS, fields)
+        _commands_log.handle(record)

@@ -7,12 +7,20 @@ configuration. Secrets are `SecretStr`: they never appear in `repr`, logs or `st
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from workers.auth import AuthMode
+from workers.kafka_security import check_kafka_security
+from workers.secret_files import SecretFileSource
 
 # Embedded-stack defaults; deliberately not 5432/9092 so a machine's own services don't collide.
 DEFAULT_POSTGRES_PORT = 55432
@@ -33,6 +41,27 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap_servers: str = f"127.0.0.1:{DEFAULT_KAFKA_PORT}"
     topic_prefix: str = ""
+
+    # Transport security (docs/security.md, "Transport: Kafka and PostgreSQL"). The defaults
+    # (PLAINTEXT, no TLS) suit only the loopback embedded stack. Every SecretStr may instead be
+    # read from a file: LEDGERFLOW_<NAME>_FILE=/path (workers/secret_files.py).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None  # None: the system's trusted CAs
+    kafka_ssl_certfile: Path | None = None  # a client certificate: mutual TLS
+    kafka_ssl_keyfile: Path | None = None  # None: the key is in the certfile
+    kafka_ssl_key_password: SecretStr | None = None
+    # Merged into both database URLs (overriding their sslmode/sslrootcert/sslcert/sslkey).
+    database_sslmode: (
+        Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None
+    ) = None
+    database_ssl_root_cert: Path | None = None
+    database_ssl_cert: Path | None = None  # a client certificate, if the server asks for one
+    database_ssl_key: Path | None = None
 
     # Topics.
     command_partitions: int = Field(default=6, ge=1, le=1024)
@@ -88,6 +117,48 @@ class Settings(BaseSettings):
     # HTTP (/metrics, /healthz, /readyz).
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """`LEDGERFLOW_<SECRET>_FILE` ranks right after the environment variables."""
+        return (
+            init_settings,
+            env_settings,
+            SecretFileSource(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+    @model_validator(mode="after")
+    def _transport_security(self) -> Settings:
+        check_kafka_security(self)
+        tls = {
+            "sslmode": self.database_sslmode,
+            "sslrootcert": self.database_ssl_root_cert,
+            "sslcert": self.database_ssl_cert,
+            "sslkey": self.database_ssl_key,
+        }
+        self.database_url = with_query(self.database_url, tls)
+        self.migration_database_url = with_query(self.migration_database_url, tls)
+        return self
+
+
+def with_query(url: SecretStr, params: dict[str, str | Path | None]) -> SecretStr:
+    """`url` with the given query parameters set (None: left as the URL has it); asyncpg reads
+    sslmode, sslrootcert, sslcert and sslkey from the URL, so every connection gets them."""
+    given = {key: str(value) for key, value in params.items() if value is not None}
+    if not given:
+        return url
+    parts = urlsplit(url.get_secret_value())
+    query = dict(parse_qsl(parts.query, keep_blank_values=True)) | given
+    return SecretStr(urlunsplit(parts._replace(query=urlencode(query))))
 
 
 @lru_cache(maxsize=1)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.topics import FLOWS
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 ADMIN_TIMEOUT_MS = 30_000
 
@@ -30,11 +34,20 @@ def topic_specs(
 
 
 async def ensure_topics(
-    bootstrap_servers: str, specs: list[TopicSpec], replication_factor: int
+    bootstrap_servers: str,
+    specs: list[TopicSpec],
+    replication_factor: int,
+    security: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """Create the missing topics; return the names created (empty when all existed)."""
+    """Create the missing topics; return the names created (empty when all existed).
+
+    `security`: workers.kafka_security.kafka_client_options(settings) of a principal allowed to
+    create topics (services are not).
+    """
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=ADMIN_TIMEOUT_MS
+        bootstrap_servers=bootstrap_servers,
+        request_timeout_ms=ADMIN_TIMEOUT_MS,
+        **(security or {}),
     )
     await admin.start()
     try:

@@ -12,9 +12,10 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -48,9 +49,9 @@ DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "ledgerflow.json"
 BANNER = "#" * 78
 
 
-def skip_loudly(reason: str) -> None:
+def skip_loudly(reason: str) -> NoReturn:
     """Skip, and say so on stderr too (pytest -ra repeats the reason in the summary)."""
-    print(f"\n{BANNER}\n# SKIPPED: {reason}\n{BANNER}", file=os.sys.stderr)  # noqa: T201
+    print(f"\n{BANNER}\n# SKIPPED: {reason}\n{BANNER}", file=sys.stderr)
     pytest.skip(reason)
 
 
@@ -75,6 +76,7 @@ def go_module_dir(module: str, version: str) -> Path:
     go = shutil.which("go")
     if go is None:
         skip_loudly(f"no Go toolchain: cannot download {module}@{version} for its schema")
+    GO_MODULE_CACHE.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         "GOMODCACHE": str(GO_MODULE_CACHE),
@@ -87,7 +89,7 @@ def go_module_dir(module: str, version: str) -> Path:
         text=True,
         check=False,
         env=env,
-        cwd=GO_MODULE_CACHE.parent if GO_MODULE_CACHE.parent.is_dir() else Path.home(),
+        cwd=GO_MODULE_CACHE,  # outside any go.mod
         timeout=600,
     )
     if result.returncode != 0:

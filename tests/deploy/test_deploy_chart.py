@@ -1,0 +1,476 @@
+"""The Helm chart, without a cluster: helm lint, helm template, schemas, and what must hold.
+
+Every rendered object is validated against the Kubernetes OpenAPI schemas (kubernetes-validate,
+strict: unknown fields fail) at the chart's oldest and newest supported version; the custom
+resources against their CRDs' schemas from KEDA and the Prometheus Operator.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+from deploy_support import (
+    ALERT_RULES,
+    CHART,
+    DASHBOARD,
+    KEDA,
+    KEDA_SCALEDOBJECT_CRD,
+    KUBERNETES_VERSIONS,
+    PODMONITOR_CRD,
+    PROMETHEUS_OPERATOR,
+    PROMETHEUSRULE_CRD,
+    Rendered,
+    containers,
+    crd_schema,
+    env_of,
+    load_yaml,
+    pod_spec,
+    run_helm,
+    skip_loudly,
+)
+
+# The wire contract (contracts/topics.py): each worker consumes one command topic in one group.
+COMMAND_TOPICS = {
+    "onboarding": "onboarding.requested",
+    "cashin": "cashin.confirmed",
+    "transfer": "transfer.initiated",
+    "cashout": "cashout.approved",
+}
+GRACEFUL_TIMEOUT_S = 15  # FastStream's drain on SIGTERM (workers/app.py)
+WORKLOAD_KINDS = ("Deployment", "Job")
+CUSTOM_KINDS = {
+    "ScaledObject": (KEDA, KEDA_SCALEDOBJECT_CRD, "v1alpha1"),
+    "PodMonitor": (PROMETHEUS_OPERATOR, PODMONITOR_CRD, "v1"),
+    "PrometheusRule": (PROMETHEUS_OPERATOR, PROMETHEUSRULE_CRD, "v1"),
+}
+
+
+def workers_of(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    """Worker Deployments by flow name."""
+    found: dict[str, dict[str, Any]] = {}
+    for deployment in rendered.of_kind("Deployment"):
+        component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
+        if component.startswith("worker-"):
+            found[component.removeprefix("worker-")] = deployment
+    return found
+
+
+def workloads(rendered: Rendered) -> list[dict[str, Any]]:
+    return [o for o in rendered.objects if o["kind"] in WORKLOAD_KINDS]
+
+
+def values(*files: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for name in files:
+        _merge(merged, load_yaml(CHART / name))
+    return merged
+
+
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+# --- helm itself ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_files", [[], ["values-production.yaml"]], ids=["default", "prod"])
+def test_helm_lint_is_clean(helm: Path, value_files: list[str]) -> None:
+    args = [arg for name in value_files for arg in ("--values", str(CHART / name))]
+    result = run_helm(helm, "lint", "--strict", str(CHART), *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_chart_renders_every_scenario(rendered: Rendered) -> None:
+    kinds = {o["kind"] for o in rendered.objects}
+    assert {"Deployment", "Job", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    assert len(workers_of(rendered)) == len(COMMAND_TOPICS)
+
+
+# --- schemas ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kubernetes_version", KUBERNETES_VERSIONS)
+def test_builtin_objects_match_the_kubernetes_schemas(
+    rendered: Rendered, kubernetes_version: str
+) -> None:
+    checked = 0
+    for obj in rendered.objects:
+        if obj["kind"] in CUSTOM_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(obj, kubernetes_version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {error.message} at {error.path}")
+        checked += 1
+    assert checked >= 10
+
+
+def test_custom_resources_match_their_crd_schemas(rendered: Rendered) -> None:
+    for obj in rendered.objects:
+        if obj["kind"] not in CUSTOM_KINDS:
+            continue
+        module, path, version = CUSTOM_KINDS[obj["kind"]]
+        assert obj["apiVersion"].endswith("/" + version), obj["apiVersion"]
+        schema = crd_schema(module, path, version)
+        try:
+            jsonschema.validate(obj, schema)
+        except jsonschema.ValidationError as error:
+            location = "/".join(str(p) for p in error.absolute_path)
+            pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {error.message} at {location}")
+
+
+def test_every_kind_rendered_has_a_schema(rendered: Rendered) -> None:
+    """No object escapes validation: built-in kinds have schemas, the others are listed here."""
+    for obj in rendered.objects:
+        if obj["kind"] in CUSTOM_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            pytest.fail(f"no schema for {obj['apiVersion']} {obj['kind']}: add its CRD schema")
+
+
+# --- autoscaling ------------------------------------------------------------------------------
+
+
+def test_each_worker_scales_on_its_own_consumer_group_and_topic(
+    rendered_default: Rendered, rendered_production: Rendered
+) -> None:
+    for rendered, value_files in (
+        (rendered_default, ["values.yaml"]),
+        (rendered_production, ["values.yaml", "values-production.yaml"]),
+    ):
+        settings = values(*value_files)
+        partitions = settings["kafka"]["partitions"]["command"]
+        scaled = {s["spec"]["scaleTargetRef"]["name"]: s for s in rendered.of_kind("ScaledObject")}
+        assert len(scaled) == len(COMMAND_TOPICS)
+        for flow, deployment in workers_of(rendered).items():
+            scaled_object = scaled[deployment["metadata"]["name"]]
+            spec = scaled_object["spec"]
+            assert spec["scaleTargetRef"]["kind"] == "Deployment"
+            (trigger,) = spec["triggers"]
+            assert trigger["type"] == "kafka"
+            metadata = trigger["metadata"]
+            assert metadata["consumerGroup"] == f"ledgerflow.{flow}"
+            assert metadata["topic"] == COMMAND_TOPICS[flow]
+            assert metadata["bootstrapServers"] == settings["kafka"]["bootstrapServers"]
+            assert metadata["allowIdleConsumers"] == "false"
+            assert int(metadata["lagThreshold"]) >= 1
+            assert spec["minReplicaCount"] >= 1
+            assert spec["maxReplicaCount"] <= partitions
+            assert spec["minReplicaCount"] <= spec["maxReplicaCount"]
+            # The worker itself consumes exactly that topic with that many partitions.
+            (container,) = pod_spec(deployment)["containers"]
+            assert container["args"] == ["worker", flow]
+            env = env_of(container)
+            assert env["LEDGERFLOW_COMMAND_PARTITIONS"]["value"] == str(partitions)
+            assert env["LEDGERFLOW_TOPIC_PREFIX"]["value"] == ""
+
+
+def test_topic_prefix_reaches_group_and_topic(helm: Path) -> None:
+    from deploy_support import helm_template  # noqa: PLC0415 - one scenario only here
+
+    rendered = helm_template(helm, "--set", "kafka.topicPrefix=staging.")
+    for scaled_object in rendered.of_kind("ScaledObject"):
+        metadata = scaled_object["spec"]["triggers"][0]["metadata"]
+        assert metadata["consumerGroup"].startswith("staging.ledgerflow.")
+        assert metadata["topic"].startswith("staging.")
+
+
+def test_never_both_an_hpa_and_a_scaled_object_on_one_deployment(rendered: Rendered) -> None:
+    targets = [
+        s["spec"]["scaleTargetRef"]["name"]
+        for s in rendered.of_kind("ScaledObject") + rendered.of_kind("HorizontalPodAutoscaler")
+    ]
+    assert len(targets) == len(set(targets)), targets
+    deployments = {d["metadata"]["name"] for d in rendered.of_kind("Deployment")}
+    assert set(targets) <= deployments
+
+
+def test_autoscaled_deployments_leave_replicas_to_the_autoscaler(rendered: Rendered) -> None:
+    targets = {
+        s["spec"]["scaleTargetRef"]["name"]
+        for s in rendered.of_kind("ScaledObject") + rendered.of_kind("HorizontalPodAutoscaler")
+    }
+    for deployment in workers_of(rendered).values():
+        scaled = deployment["metadata"]["name"] in targets
+        assert ("replicas" in deployment["spec"]) is not scaled, deployment["metadata"]["name"]
+
+
+def test_hpa_mode_renders_hpas_within_the_partitions(rendered_hpa: Rendered) -> None:
+    assert not rendered_hpa.of_kind("ScaledObject")
+    hpas = rendered_hpa.of_kind("HorizontalPodAutoscaler")
+    assert len(hpas) == len(COMMAND_TOPICS)
+    partitions = values("values.yaml", "values-production.yaml")["kafka"]["partitions"]["command"]
+    for hpa in hpas:
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= partitions
+
+
+def test_fixed_mode_has_no_autoscaler(rendered_fixed: Rendered) -> None:
+    assert not rendered_fixed.of_kind("ScaledObject")
+    assert not rendered_fixed.of_kind("HorizontalPodAutoscaler")
+    for deployment in workers_of(rendered_fixed).values():
+        assert deployment["spec"]["replicas"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--set", "autoscaling.maxReplicas=7"], "must not exceed kafka.partitions.command"),
+        (["--set", "workers.transfer.autoscaling.maxReplicas=12"], "must not exceed"),
+        (["--set", "autoscaling.minReplicas=0"], "minReplicas"),
+        (["--set", "autoscaling.mode=both"], "mode"),
+        (["--set", "terminationGracePeriodSeconds=15"], "terminationGracePeriodSeconds"),
+        (["--set", "database.existingSecret="], "existingSecret"),
+        (["--set", "workers.payroll.enabled=true"], "payroll"),
+        (["--set", "autoscaling.mode=none", "--set", "workers.cashin.replicas=9"], "replicas"),
+    ],
+)
+def test_unsafe_values_are_refused(helm: Path, override: list[str], message: str) -> None:
+    result = run_helm(helm, "template", "ledgerflow", str(CHART), *override)
+    assert result.returncode != 0, f"{override} rendered"
+    assert message in result.stderr, result.stderr
+
+
+# --- pods -------------------------------------------------------------------------------------
+
+
+def test_probes_hit_healthz_and_readyz_on_the_port_the_process_listens_on(
+    rendered: Rendered,
+) -> None:
+    for deployment in rendered.of_kind("Deployment"):
+        for container in pod_spec(deployment)["containers"]:
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            env = env_of(container)
+            listening = int(env["LEDGERFLOW_HTTP_PORT"]["value"])
+            assert env["LEDGERFLOW_HTTP_HOST"]["value"] == "0.0.0.0"
+            for probe, path in (
+                ("livenessProbe", "/healthz"),
+                ("readinessProbe", "/readyz"),
+                ("startupProbe", "/healthz"),
+            ):
+                get = container[probe]["httpGet"]
+                assert get["path"] == path, (deployment["metadata"]["name"], probe)
+                port = get["port"]
+                assert (ports[port] if isinstance(port, str) else port) == listening
+
+
+def test_pods_meet_the_restricted_pod_security_standard(rendered: Rendered) -> None:
+    for workload in workloads(rendered):
+        name = workload["metadata"]["name"]
+        spec = pod_spec(workload)
+        pod_security = spec.get("securityContext", {})
+        assert pod_security.get("runAsNonRoot") is True, name
+        assert pod_security.get("runAsUser", 1) != 0, name
+        assert pod_security["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert spec.get("hostNetwork") is not True
+        assert spec.get("hostPID") is not True
+        assert spec.get("hostIPC") is not True
+        assert spec["automountServiceAccountToken"] is False, name
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for volume in volumes.values():
+            assert set(volume) <= {"name", "emptyDir", "configMap", "secret", "projected"}, name
+        for container in containers(workload):
+            security = container["securityContext"]
+            assert security["runAsNonRoot"] is True, name
+            assert security.get("runAsUser", 1) != 0, name
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security.get("privileged") is not True, name
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            assert not security["capabilities"].get("add"), name
+            assert security["seccompProfile"]["type"] == "RuntimeDefault", name
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert "emptyDir" in volumes[mounts["/tmp"]], f"{name}: /tmp must be an emptyDir"
+
+
+def test_every_container_has_resource_requests_and_limits(rendered: Rendered) -> None:
+    for workload in workloads(rendered):
+        for container in containers(workload):
+            resources = container["resources"]
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources.get(kind, {})), (
+                    workload["metadata"]["name"],
+                    container["name"],
+                    kind,
+                )
+
+
+def test_termination_grace_exceeds_the_graceful_drain(rendered: Rendered) -> None:
+    for workload in workloads(rendered):
+        assert pod_spec(workload)["terminationGracePeriodSeconds"] > GRACEFUL_TIMEOUT_S
+
+
+def test_images_are_pinned(rendered: Rendered) -> None:
+    for workload in workloads(rendered):
+        for container in containers(workload):
+            image = container["image"]
+            assert re.fullmatch(r"[^:@\s]+(:[\w][\w.-]*|@sha256:[0-9a-f]{64})", image), image
+            assert not image.endswith(":latest"), image
+
+
+def test_workers_roll_one_at_a_time_without_surge(rendered: Rendered) -> None:
+    for deployment in workers_of(rendered).values():
+        rolling = deployment["spec"]["strategy"]["rollingUpdate"]
+        assert rolling["maxSurge"] == 0, "a surge replica could hold no partition"
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+
+def test_secrets_come_only_from_existing_secret_names(rendered: Rendered) -> None:
+    assert not rendered.of_kind("Secret"), "the chart must never create a Secret"
+    settings = values("values.yaml")
+    allowed = {
+        settings["database"]["existingSecret"],
+        settings["database"]["migration"]["existingSecret"],
+    }
+    for workload in workloads(rendered):
+        for container in containers(workload):
+            for entry in container.get("env", []):
+                value = entry.get("value", "")
+                assert "postgresql://" not in value, f"{entry['name']} carries a URL inline"
+                assert "password" not in entry["name"].lower() or "valueFrom" in entry
+                ref = entry.get("valueFrom", {}).get("secretKeyRef")
+                if ref is not None:
+                    assert ref["name"] in allowed, ref
+            assert "envFrom" not in container
+
+
+def test_migration_job_is_a_pre_install_and_pre_upgrade_hook_with_the_owner_url(
+    rendered: Rendered,
+) -> None:
+    (job,) = rendered.of_kind("Job")
+    hooks = set(job["metadata"]["annotations"]["helm.sh/hook"].split(","))
+    assert hooks == {"pre-install", "pre-upgrade"}
+    steps = [c["args"] for c in containers(job)]
+    assert steps == [["migrate"], ["topics", "ensure"]], "schema first, then topics"
+    for container in containers(job):
+        env = env_of(container)
+        assert "secretKeyRef" in env["LEDGERFLOW_MIGRATION_DATABASE_URL"]["valueFrom"]
+        assert "LEDGERFLOW_DATABASE_URL" not in env, "the Job needs only the owner role"
+    # A hook runs before the release's ServiceAccount exists: it must bring its own, as a hook.
+    account = pod_spec(job)["serviceAccountName"]
+    (hook_account,) = [
+        s for s in rendered.of_kind("ServiceAccount") if s["metadata"]["name"] == account
+    ]
+    assert "helm.sh/hook" in hook_account["metadata"]["annotations"]
+    assert int(hook_account["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"]
+    )
+
+
+def test_replication_factor(rendered_default: Rendered, rendered_production: Rendered) -> None:
+    for rendered, expected in ((rendered_default, "1"), (rendered_production, "3")):
+        for workload in workloads(rendered):
+            for container in containers(workload):
+                assert env_of(container)["LEDGERFLOW_REPLICATION_FACTOR"]["value"] == expected
+
+
+# --- availability -----------------------------------------------------------------------------
+
+
+def test_every_deployment_has_a_pod_disruption_budget(rendered: Rendered) -> None:
+    budgets = [b["spec"]["selector"]["matchLabels"] for b in rendered.of_kind("PodDisruptionBudget")]
+    for deployment in rendered.of_kind("Deployment"):
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        matching = [b for b in budgets if b.items() <= selector.items()]
+        assert len(matching) == 1, deployment["metadata"]["name"]
+
+
+def test_production_spreads_every_deployment_across_zones(rendered_production: Rendered) -> None:
+    for deployment in rendered_production.of_kind("Deployment"):
+        constraints = pod_spec(deployment)["topologySpreadConstraints"]
+        by_key = {c["topologyKey"]: c for c in constraints}
+        zone = by_key["topology.kubernetes.io/zone"]
+        assert zone["maxSkew"] == 1
+        assert zone["whenUnsatisfiable"] == "DoNotSchedule"
+        assert zone["minDomains"] == 3
+        own = deployment["spec"]["selector"]["matchLabels"]
+        for constraint in constraints:
+            assert constraint["labelSelector"]["matchLabels"] == own
+    for scaled_object in rendered_production.of_kind("ScaledObject"):
+        assert scaled_object["spec"]["minReplicaCount"] >= 3, "at least one replica per zone"
+
+
+# --- monitoring and network -------------------------------------------------------------------
+
+
+def test_pod_monitor_scrapes_workers_and_relay_on_their_metrics_port(rendered: Rendered) -> None:
+    (monitor,) = rendered.of_kind("PodMonitor")
+    selector = monitor["spec"]["selector"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics"
+    for deployment in rendered.of_kind("Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert selector["matchLabels"].items() <= labels.items()
+        for expression in selector.get("matchExpressions", []):
+            assert expression["operator"] == "NotIn"
+            assert labels[expression["key"]] not in expression["values"]
+        (container,) = pod_spec(deployment)["containers"]
+        assert endpoint["port"] in {p["name"] for p in container["ports"]}
+
+
+def test_network_policy_covers_every_pod_and_allows_only_what_they_use(
+    rendered: Rendered,
+) -> None:
+    (policy,) = rendered.of_kind("NetworkPolicy")
+    spec = policy["spec"]
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    for workload in workloads(rendered):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    (ingress,) = spec["ingress"]
+    assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
+    egress_ports = {p["port"] for rule in spec["egress"] for p in rule["ports"]}
+    assert {53, 9092, 5432} <= egress_ports
+
+
+def test_production_monitoring_objects(rendered_production: Rendered) -> None:
+    if not ALERT_RULES.is_file():
+        skip_loudly(f"{ALERT_RULES.relative_to(CHART.parents[1])} is missing: no PrometheusRule")
+    (rule,) = rendered_production.of_kind("PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    if not DASHBOARD.is_file():
+        skip_loudly(f"{DASHBOARD.relative_to(CHART.parents[1])} is missing: no dashboard")
+    (dashboard,) = rendered_production.of_kind("ConfigMap")
+    assert json.loads(dashboard["data"]["ledgerflow.json"]) == json.loads(DASHBOARD.read_text())
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+# --- documentation ----------------------------------------------------------------------------
+
+
+def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict) and node:
+        paths: list[str] = []
+        for key, value in node.items():
+            paths += _leaf_paths(value, f"{prefix}.{key}" if prefix else key)
+        return paths
+    return [prefix]
+
+
+def test_chart_readme_lists_every_value() -> None:
+    readme = (CHART / "README.md").read_text(encoding="utf-8")
+    settings = load_yaml(CHART / "values.yaml")
+    worker_defaults = settings["workers"].pop("transfer")
+    documented = set(re.findall(r"`([A-Za-z][\w.<>-]*)`", readme))
+    missing = [p for p in _leaf_paths(settings) if p not in documented]
+    missing += [
+        p
+        for p in _leaf_paths(worker_defaults, "workers.<name>")
+        if p not in documented and not p.startswith("workers.<name>.autoscaling")
+    ]
+    missing = [p for p in missing if not p.startswith("workers.") or p.count(".") < 2]
+    assert not missing, f"charts/ledgerflow/README.md does not list: {missing}"
