@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts.topics import FLOWS
+from workers.kafka_security import kafka_client_options
 from workers.settings import Settings
 
 console = Console()
@@ -50,12 +51,14 @@ class Letter:
         }
 
 
-async def _read(bootstrap: str, topics: list[str], limit: int) -> list[Letter]:
+async def _read(
+    bootstrap: str, topics: list[str], limit: int, security: dict[str, Any]
+) -> list[Letter]:
     """Every message currently in the topics (up to `limit`), without joining a group."""
-    partitions = await _partitions(bootstrap, topics)
+    partitions = await _partitions(bootstrap, topics, security)
     if not partitions:
         return []
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **security)
     await consumer.start()
     try:
         consumer.assign(partitions)
@@ -81,8 +84,10 @@ async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -
     return False
 
 
-async def _partitions(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _partitions(
+    bootstrap: str, topics: list[str], security: dict[str, Any]
+) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security)
     await admin.start()
     try:
         described = await admin.describe_topics(topics)
@@ -110,7 +115,14 @@ def show(
 ) -> None:
     """List dead letters with their error and origin."""
     settings = Settings()
-    letters = asyncio.run(_read(settings.kafka_bootstrap_servers, _topics(settings, flow), limit))
+    letters = asyncio.run(
+        _read(
+            settings.kafka_bootstrap_servers,
+            _topics(settings, flow),
+            limit,
+            kafka_client_options(settings),
+        )
+    )
     if as_json:
         print(json.dumps([x.as_json() for x in letters]))
         return
@@ -139,9 +151,14 @@ def replay(
     settings = Settings()
 
     async def run() -> int:
-        letters = await _read(settings.kafka_bootstrap_servers, _topics(settings, flow), limit)
+        security = kafka_client_options(settings)
+        letters = await _read(
+            settings.kafka_bootstrap_servers, _topics(settings, flow), limit, security
+        )
         producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers, enable_idempotence=True
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            enable_idempotence=True,
+            **security,
         )
         await producer.start()
         try:

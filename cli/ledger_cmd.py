@@ -14,8 +14,9 @@ from rich.table import Table
 
 from contracts.events import Tier
 from ledger_db.audit import CheckResult, run_audit
+from ledger_db.pii_rotation import rotate_pii
 from ledger_db.queries import AccountView, get_account, list_accounts
-from workers.settings import Settings
+from workers.settings import Settings, pii_vault
 
 console = Console()
 accounts_app = typer.Typer(no_args_is_help=True, help="Ledger accounts.")
@@ -146,3 +147,25 @@ def set_tier(
         console.print(f"[red]no customer {customer_id}[/red]")
         raise typer.Exit(1)
     console.print(f"customer {customer_id} is now {tier}")
+
+
+pii_app = typer.Typer(no_args_is_help=True, help="Personal data at rest.")
+
+
+@pii_app.command("rotate-key")
+def rotate_key() -> None:
+    """Re-encrypt every customer's personal data under LEDGERFLOW_PII_ACTIVE_KEY_ID.
+
+    Keep the old key in LEDGERFLOW_PII_KEYS until this reports 0 rows left on it.
+    """
+    settings = Settings()
+    vault = pii_vault(settings)
+
+    async def run() -> int:
+        conn = await asyncpg.connect(settings.migration_database_url.get_secret_value())
+        try:
+            return await rotate_pii(conn, vault)
+        finally:
+            await conn.close()
+
+    console.print(f"re-encrypted {asyncio.run(run())} customer(s) under key {vault.active_key_id}")

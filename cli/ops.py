@@ -15,6 +15,7 @@ from ledger_db.migrate import migrate as apply_migrations
 from workers import logging as json_logs
 from workers import tracing
 from workers.app import FLOW_NAMES, build_worker_app, watched_group
+from workers.kafka_security import kafka_client_options
 from workers.lag import LagMonitor
 from workers.relay import build_relay_app
 from workers.settings import Settings
@@ -46,7 +47,12 @@ def topics_ensure() -> None:
         settings.dlq_partitions,
     )
     created = asyncio.run(
-        ensure_topics(settings.kafka_bootstrap_servers, specs, settings.replication_factor)
+        ensure_topics(
+            settings.kafka_bootstrap_servers,
+            specs,
+            settings.replication_factor,
+            kafka_client_options(settings),
+        )
     )
     console.print(f"topics: {len(specs)} in the contract, {len(created)} created")
     for name in created:
@@ -96,12 +102,14 @@ def relay() -> None:
         settings.kafka_bootstrap_servers,
         [watched_group(settings, flow_by_name(name)) for name in FLOW_NAMES],
         settings.lag_interval_ms / 1000,
+        kafka_client_options(settings),
     )
     app = build_relay_app(
         settings.database_url.get_secret_value(),
         settings.kafka_bootstrap_servers,
         settings.relay_batch_rows_max,
         lag,
+        kafka_client_options(settings),
     )
     try:
         uvicorn.run(

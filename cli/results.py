@@ -35,6 +35,7 @@ class ResultCollector:
     bootstrap_servers: str
     topic_prefix: str = ""
     flows: Sequence[Flow] = FLOWS
+    security: dict[str, Any] = field(default_factory=dict)  # kafka_client_options(settings)
     events: list[dict[str, Any]] = field(default_factory=list)
     by_causation: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     # By idempotency key (transfer_id, …): a replay carries the first command's causationid.
@@ -57,6 +58,7 @@ class ResultCollector:
             group_id=f"ledgerflow.results.{uuid.uuid4().hex}",
             auto_offset_reset="latest" if from_end else "earliest",
             enable_auto_commit=False,
+            **self.security,
         )
         await self._consumer.start()
         deadline = time.monotonic() + ASSIGNMENT_TIMEOUT_S

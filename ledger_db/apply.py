@@ -27,6 +27,7 @@ from contracts.events import (
 )
 from contracts.parsing import InvalidCommand, ValidCommand
 from ledger_db import sql
+from ledger_db.pii import DEV_VAULT, PiiVault
 from ledger_db.rules import (
     HOUSE_KINDS,
     Book,
@@ -121,6 +122,7 @@ class LedgerWriter:
     topic_prefix: str = ""
     retries_max: int = 8
     retry_stats: RetryStats = field(default_factory=RetryStats)
+    vault: PiiVault = DEV_VAULT
     _house_currencies: set[str] = field(default_factory=set)
 
     async def apply(self, batch: Sequence[Incoming]) -> list[Outcome]:
@@ -130,7 +132,9 @@ class LedgerWriter:
         await self._ensure_house_accounts(_currencies(batch))
 
         async def work(conn: asyncpg.Connection) -> list[Outcome]:
-            return await _apply_in_transaction(conn, batch, self.limits, self.topic_prefix)
+            return await _apply_in_transaction(
+                conn, batch, self.limits, self.topic_prefix, self.vault
+            )
 
         return await run_in_transaction(
             self.pool, work, retries_max=self.retries_max, stats=self.retry_stats
@@ -192,6 +196,7 @@ async def _apply_in_transaction(
     batch: Sequence[Incoming],
     limits: Mapping[str, TierLimits],
     topic_prefix: str,
+    vault: PiiVault,
 ) -> list[Outcome]:
     valid = [item.command for item in batch if isinstance(item.command, ValidCommand)]
     commands = [cast("LedgerCommand", cmd.data) for cmd in valid]
@@ -218,7 +223,11 @@ async def _apply_in_transaction(
     if wallet_ids:
         for row in await conn.fetch(sql.LOCK_WALLETS, ",".join(map(str, wallet_ids))):
             wallets[row["id"]] = Wallet(
-                row["id"], row["currency"], row["status"], row["tier"], row["balance"],
+                row["id"],
+                row["currency"],
+                row["status"],
+                row["tier"],
+                row["balance"],
                 row["subject"],
             )
     today = datetime.now(UTC).date()
@@ -227,15 +236,20 @@ async def _apply_in_transaction(
         for row in await conn.fetch(sql.SELECT_OUTGOING, ",".join(map(str, wallets)), today):
             wallet = wallets[row["account_id"]]
             wallet.out_today, wallet.out_month = row["today"], row["month"]
-    phones = [cmd.phone_number for cmd in commands if isinstance(cmd, RequestOnboarding)]
+    phones = {
+        vault.phone_index(cmd.phone_number): cmd.phone_number
+        for cmd in commands
+        if isinstance(cmd, RequestOnboarding)
+    }
     taken: set[str] = set()
     if phones:
-        taken = {row["phone_number"] for row in await conn.fetch(sql.SELECT_TAKEN_PHONES, phones)}
+        rows = await conn.fetch(sql.SELECT_TAKEN_PHONES, list(phones))
+        taken = {phones[bytes(row["phone_index"])] for row in rows}
     book = Book(wallets=wallets, taken_phone_numbers=taken, limits=limits)
 
     # 3. Decide every command in consumption order (pure rules, no encoding yet).
     writes = _Writes()
-    pending = [_decide(item, book, stored, writes, topic_prefix) for item in batch]
+    pending = [_decide(item, book, stored, writes, topic_prefix, vault) for item in batch]
 
     # 4. Write the ledger while the result events are encoded: PostgreSQL works on the postings
     #    on one core while Python encodes on the other. Then the answers, set-based.
@@ -272,6 +286,7 @@ def _decide(
     stored: dict[tuple[str, str], _Stored | _Pending],
     writes: _Writes,
     topic_prefix: str,
+    vault: PiiVault,
 ) -> _Pending:
     cmd = item.command
     flow = cmd.flow
@@ -291,8 +306,11 @@ def _decide(
     refusal = item.refused or book.refuse_owner(cast("LedgerCommand", cmd.data), item.subject)
     if refusal is not None:
         return _Pending(
-            item, OutcomeKind.UNAUTHORIZED, RejectReason.UNAUTHORIZED.value,
-            topic_prefix + flow.rejected_topic, message_key,
+            item,
+            OutcomeKind.UNAUTHORIZED,
+            RejectReason.UNAUTHORIZED.value,
+            topic_prefix + flow.rejected_topic,
+            message_key,
             data=flow.rejected(cmd.idempotency_key, RejectReason.UNAUTHORIZED, refusal),
         )
     previous = stored.get(key)
@@ -335,7 +353,7 @@ def _decide(
                 writes.deltas.get(posting.account_id, 0) + posting.amount
             )
     elif isinstance(decision, CustomerOpened):
-        _add_customer(writes, cast("RequestOnboarding", command), decision, item.subject)
+        _add_customer(writes, cast("RequestOnboarding", command), decision, item.subject, vault)
     reason = decision.reason.value if isinstance(decision, Rejected) else None
     decided = _Pending(
         item,
@@ -403,19 +421,26 @@ def _type_of(p: _Pending) -> str:
 
 
 def _add_customer(
-    writes: _Writes, cmd: RequestOnboarding, opened: CustomerOpened, subject: str | None
+    writes: _Writes,
+    cmd: RequestOnboarding,
+    opened: CustomerOpened,
+    subject: str | None,
+    vault: PiiVault,
 ) -> None:
     bank = cmd.bank_account
-    writes.customers.append((cmd.customer_id, opened.wallet.tier, subject))
+    cid = cmd.customer_id
+    writes.customers.append((cid, opened.wallet.tier, subject))
     writes.pii.append(
         (
-            cmd.customer_id,
-            cmd.full_name,
-            cmd.phone_number,
-            cmd.email,
-            cmd.national_id,
+            cid,
+            vault.active_key_id,
+            vault.encrypt(cid, "full_name", cmd.full_name),
+            vault.encrypt(cid, "phone_number", cmd.phone_number),
+            vault.encrypt(cid, "email", cmd.email),
+            vault.encrypt(cid, "national_id", cmd.national_id),
             bank.bank_code if bank else None,
-            bank.account_number if bank else None,
+            vault.encrypt(cid, "bank_account_number", bank.account_number if bank else None),
+            vault.phone_index(cmd.phone_number),
         )
     )
     writes.wallets.append((opened.wallet.id, opened.wallet.currency, cmd.customer_id))

@@ -6,12 +6,14 @@ Reads and updates take arrays (`unnest`, `= ANY`); plain inserts go by binary CO
 CUSTOMER_COLUMNS = ("id", "tier", "subject")
 CUSTOMER_PII_COLUMNS = (
     "customer_id",
+    "key_id",
     "full_name",
     "phone_number",
     "email",
     "national_id",
     "bank_code",
     "bank_account_number",
+    "phone_index",
 )
 WALLET_ACCOUNT_COLUMNS = ("id", "kind", "currency", "customer_id")
 BALANCE_COLUMNS = ("account_id", "kind", "shard", "balance")
@@ -73,7 +75,7 @@ FROM tier_limits
 """
 
 SELECT_TAKEN_PHONES = """
-SELECT phone_number FROM customer_pii WHERE phone_number = ANY($1::text[])
+SELECT phone_index FROM customer_pii WHERE phone_index = ANY($1::bytea[])
 """
 
 ENSURE_HOUSE_ACCOUNTS = """

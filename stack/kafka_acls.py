@@ -9,7 +9,8 @@ user (topics, ACLs, operator tools); every service gets the least it needs:
 | `ledgerflow-api`    | write command topics; read result topics in `ledgerflow.results.*`   |
 |                     | groups (it stands in for the upstream API layer, the demo, the tests) |
 | `ledgerflow-worker` | read command topics in its `ledgerflow.<flow>` group; write `*.dlq`   |
-| `ledgerflow-relay`  | write result topics (`*.completed`, `*.rejected`)                     |
+| `ledgerflow-relay`  | write result topics (`*.completed`, `*.rejected`); describe command   |
+|                     | topics and worker groups (it measures every flow's consumer lag)      |
 
 The same table, with a production's topic prefix, is what an operator applies to a real cluster
 (docs/security.md). Passwords are random per stack folder, written once to
@@ -78,6 +79,7 @@ class PatternType(IntEnum):  # org.apache.kafka.common.resource.PatternType
 class Operation(IntEnum):  # org.apache.kafka.common.acl.AclOperation
     READ = 3  # implies DESCRIBE
     WRITE = 4  # implies DESCRIBE; also enough for an idempotent producer (KIP-679)
+    DESCRIBE = 8  # metadata, offsets and committed offsets; no data
 
 
 ALLOW = 3  # AclPermissionType.ALLOW
@@ -100,15 +102,18 @@ def service_acls(topic_prefix: str = "") -> list[Acl]:
     """
     topic, group = ResourceType.TOPIC, ResourceType.GROUP
     literal, prefixed = PatternType.LITERAL, PatternType.PREFIXED
-    read, write = Operation.READ, Operation.WRITE
+    read, write, describe = Operation.READ, Operation.WRITE, Operation.DESCRIBE
     acls = [Acl(API, group, topic_prefix + RESULTS_GROUP_PREFIX, prefixed, read)]
     for flow in FLOWS:
         command = topic_prefix + flow.command_topic
+        worker_group = f"{topic_prefix}ledgerflow.{flow.name}"
         acls += [
             Acl(API, topic, command, literal, write),
             Acl(WORKER, topic, command, literal, read),
-            Acl(WORKER, group, f"{topic_prefix}ledgerflow.{flow.name}", literal, read),
+            Acl(WORKER, group, worker_group, literal, read),
             Acl(WORKER, topic, topic_prefix + flow.dlq_topic, literal, write),
+            Acl(RELAY, topic, command, literal, describe),
+            Acl(RELAY, group, worker_group, literal, describe),
         ]
         for result in (flow.completed_topic, flow.rejected_topic):
             acls += [
@@ -163,7 +168,8 @@ def scram_argument(name: str, password: str, salt: bytes | None = None) -> str:
 # --- CreateAcls v2 (flexible versions; Kafka 4 accepts v2 and v3) -------------------------------
 
 
-class _CreateAclsResponseV2(Response):
+# aiokafka ships no type information: its base classes are Any to mypy.
+class _CreateAclsResponseV2(Response):  # type: ignore[misc]
     API_KEY = 30
     API_VERSION = 2
     SCHEMA = Schema(
@@ -180,7 +186,7 @@ class _CreateAclsResponseV2(Response):
     )
 
 
-class _CreateAclsRequestV2(RequestStruct):
+class _CreateAclsRequestV2(RequestStruct):  # type: ignore[misc]
     FLEXIBLE_VERSION = True
     API_KEY = 30
     API_VERSION = 2
@@ -206,11 +212,11 @@ class _CreateAclsRequestV2(RequestStruct):
 _CreateAclsStruct: TypeAlias = _CreateAclsRequestV2
 
 
-class CreateAcls(Request[_CreateAclsStruct]):
+class CreateAcls(Request[_CreateAclsStruct]):  # type: ignore[misc]
     API_KEY: ClassVar[int] = 30
 
     def __init__(self, acls: Iterable[Acl]) -> None:
-        self._creations = [
+        self._creations: list[tuple[Any, ...]] = [
             (
                 int(acl.resource_type), acl.resource_name, int(acl.pattern_type),
                 f"User:{acl.principal}", ANY_HOST, int(acl.operation), ALLOW, {},

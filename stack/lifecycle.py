@@ -171,9 +171,7 @@ async def status_async(settings: StackSettings | None = None) -> list[ServiceSta
     async def kafka_health() -> bool:
         if kafka_pid is None:
             return False
-        return await kafka_broker.healthy(
-            s.kafka_bootstrap_servers, kafka_broker.client_options(s)
-        )
+        return await kafka_broker.healthy(s.kafka_bootstrap_servers, kafka_broker.client_options(s))
 
     pg_ok, kafka_ok = await asyncio.gather(pg_health(), kafka_health())
     return [
@@ -184,16 +182,17 @@ async def status_async(settings: StackSettings | None = None) -> list[ServiceSta
     ]
 
 
-def env_lines(
+def env_vars(
     settings: StackSettings | None = None,
     *,
     show_secrets: bool = False,
     kafka_principal: str = kafka_acls.WORKER,
-) -> list[str]:
-    """`export LEDGERFLOW_…=…` lines pointing the application at this stack.
+) -> dict[str, str]:
+    """The `LEDGERFLOW_…` variables that point the application at this stack.
 
-    In secure mode the Kafka lines are those of `kafka_principal`; its password is given as a
-    `…_FILE` path, so even `--show-secrets` prints no Kafka password.
+    Passwords in database URLs are masked unless `show_secrets`. In secure mode the Kafka
+    variables are those of `kafka_principal`, whose password is given as a `…_FILE` path: no
+    Kafka password is printed even with `show_secrets`.
     """
     s = _settings(settings)
     e = endpoints(s)
@@ -208,15 +207,30 @@ def env_lines(
     }
     if s.secure:
         if kafka_principal not in kafka_acls.PRINCIPALS:
-            raise StackError(f"unknown Kafka principal {kafka_principal!r}")
-        password = kafka_acls.password_file(s.stack_dir, kafka_principal)
+            raise StackError(
+                f"unknown Kafka principal {kafka_principal!r}; one of "
+                + ", ".join(kafka_acls.PRINCIPALS)
+            )
         values |= {
             "LEDGERFLOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
             "LEDGERFLOW_KAFKA_SASL_MECHANISM": kafka_acls.SCRAM_MECHANISM,
             "LEDGERFLOW_KAFKA_SASL_USERNAME": kafka_principal,
-            "LEDGERFLOW_KAFKA_SASL_PASSWORD_FILE": str(password),
+            "LEDGERFLOW_KAFKA_SASL_PASSWORD_FILE": str(
+                kafka_acls.password_file(s.stack_dir, kafka_principal)
+            ),
             "LEDGERFLOW_KAFKA_SSL_CAFILE": str(tls.tls_files(s.stack_dir).ca_cert),
         }
+    return values
+
+
+def env_lines(
+    settings: StackSettings | None = None,
+    *,
+    show_secrets: bool = False,
+    kafka_principal: str = kafka_acls.WORKER,
+) -> list[str]:
+    """`export LEDGERFLOW_…=…` lines (see `env_vars`)."""
+    values = env_vars(settings, show_secrets=show_secrets, kafka_principal=kafka_principal)
     return [f"export {key}={shlex.quote(value)}" for key, value in values.items()]
 
 

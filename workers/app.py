@@ -20,13 +20,16 @@ from faststream.kafka.annotations import KafkaMessage
 
 from contracts.topics import flow_by_name
 from ledger_db.apply import LedgerWriter, load_tier_limits
+from ledger_db.pii import DEV_KEY_ID
 from ledger_db.rules import TierLimits
 from ledger_db.unit_of_work import create_pool
 from workers import http, metrics, tracing
 from workers.auth import Authenticator, AuthMode
 from workers.batch import BatchProcessor, DeadLetter, is_transient
 from workers.kafka_io import commit_offsets, idempotent_producer, send_dead_letters
+from workers.kafka_security import faststream_security, kafka_client_options
 from workers.lag import LagMonitor, Watched
+from workers.settings import pii_vault
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -106,6 +109,7 @@ class WorkerState:
 def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastStream:
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
+        security=faststream_security(settings),
         client_id="ledgerflow-worker",
         allow_auto_create_topics=False,
         graceful_timeout=GRACEFUL_TIMEOUT_S,
@@ -119,6 +123,7 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
         settings.kafka_bootstrap_servers,
         [watched_group(settings, flow) for flow in flows],
         settings.lag_interval_ms / 1000,
+        kafka_client_options(settings),
     )
     for flow in flows:
         _subscribe(broker, state, flow)
@@ -135,12 +140,20 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
         for flow in flows:
             metrics.initialize_flow(flow.name, flow.command_topic)
         lag.start()
-        state.producer = idempotent_producer(settings.kafka_bootstrap_servers, "ledgerflow-dlq")
+        state.producer = idempotent_producer(
+            settings.kafka_bootstrap_servers, "ledgerflow-dlq", kafka_client_options(settings)
+        )
         await state.producer.start()
         table = await load_tier_limits(state.pool)
+        vault = pii_vault(settings)
+        if vault.active_key_id == DEV_KEY_ID:
+            log.warning("personal data is encrypted with the public development key")
         writer = LedgerWriter(
-            state.pool, tier_limits(settings, table), settings.topic_prefix,
+            state.pool,
+            tier_limits(settings, table),
+            settings.topic_prefix,
             settings.db_retries_max,
+            vault=vault,
         )
         verifier = authenticator(settings)
         for flow in flows:

@@ -57,6 +57,7 @@ class LagMonitor:
     bootstrap_servers: str
     watched: Sequence[Watched]
     interval_s: float = 5.0
+    security: dict[str, Any] = field(default_factory=dict)  # kafka_client_options(settings)
     _admin: Any = None
     _offsets: Any = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -146,6 +147,7 @@ class LagMonitor:
                 bootstrap_servers=self.bootstrap_servers,
                 client_id="ledgerflow-lag",
                 request_timeout_ms=REQUEST_TIMEOUT_MS,
+                **self.security,
             )
             await admin.start()
             self._admin = admin
@@ -157,6 +159,7 @@ class LagMonitor:
                 client_id="ledgerflow-lag",
                 enable_auto_commit=False,
                 request_timeout_ms=REQUEST_TIMEOUT_MS,
+                **self.security,
             )
             await offsets.start()
             self._offsets = offsets

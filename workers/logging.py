@@ -138,6 +138,9 @@ def configure(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # aiokafka's DEBUG lines dump whole fetch responses and produced records (personal data,
+    # tokens): never below INFO, whatever the process' level.
+    logging.getLogger("aiokafka").setLevel(max(logging.INFO, root.level))
     # Libraries that install handlers of their own would print plain text next to ours.
     for name in (
         "faststream",

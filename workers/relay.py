@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiokafka.errors import KafkaError
@@ -48,6 +48,7 @@ class Relay:
     database_url: str
     bootstrap_servers: str
     batch_rows_max: int = 1_000
+    kafka_security: dict[str, Any] = field(default_factory=dict)  # kafka_client_options()
     active: bool = False
     published: int = 0
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -55,7 +56,9 @@ class Relay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set: wait for the lock, then relay; reconnect after any failure."""
-        producer = idempotent_producer(self.bootstrap_servers, "ledgerflow-relay")
+        producer = idempotent_producer(
+            self.bootstrap_servers, "ledgerflow-relay", self.kafka_security
+        )
         await producer.start()
         failures = 0
         try:
@@ -149,10 +152,11 @@ def build_relay_app(
     bootstrap_servers: str,
     batch_rows_max: int,
     lag_monitor: LagMonitor | None = None,
+    kafka_security: dict[str, Any] | None = None,
 ) -> http.ASGIApp:
     """The relay as an ASGI app: the relay loop (and the consumer lag measurement of every
     flow, which must go on when no worker runs) lives for the app's lifespan."""
-    relay = Relay(database_url, bootstrap_servers, batch_rows_max)
+    relay = Relay(database_url, bootstrap_servers, batch_rows_max, kafka_security or {})
     stop = asyncio.Event()
 
     async def ready() -> str | None:

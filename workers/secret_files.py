@@ -71,7 +71,11 @@ class SecretFileSource(PydanticBaseSettingsSource):
         self._environ = {key.upper(): value for key, value in environ.items()}
         self._prefix = str(self.config.get("env_prefix") or "").upper()
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+    def get_field_value(
+        self,
+        field: FieldInfo,  # noqa: ARG002 - the base class's signature
+        field_name: str,
+    ) -> tuple[Any, str, bool]:
         # Required by the base class; __call__ below does all the work.
         return None, field_name, False
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -18,9 +18,13 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from ledger_db.pii import DEV_INDEX_KEY, DEV_KEY_ID, DEV_KEYRING, PiiVault
 from workers.auth import AuthMode
 from workers.kafka_security import check_kafka_security
 from workers.secret_files import SecretFileSource
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 # Embedded-stack defaults; deliberately not 5432/9092 so a machine's own services don't collide.
 DEFAULT_POSTGRES_PORT = 55432
@@ -45,9 +49,7 @@ class Settings(BaseSettings):
     # Transport security (docs/security.md, "Transport: Kafka and PostgreSQL"). The defaults
     # (PLAINTEXT, no TLS) suit only the loopback embedded stack. Every SecretStr may instead be
     # read from a file: LEDGERFLOW_<NAME>_FILE=/path (workers/secret_files.py).
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
-        "PLAINTEXT"
-    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
     kafka_sasl_username: str = ""
     kafka_sasl_password: SecretStr | None = None
@@ -95,6 +97,13 @@ class Settings(BaseSettings):
     auth_audience: str = "ledgerflow"
     auth_leeway_s: int = Field(default=300, ge=0, le=3_600)  # consumer lag allowed past exp
     auth_max_token_age_s: int = Field(default=3_600, ge=60, le=86_400)
+
+    # Personal data at rest (ledger_db/pii.py): `id:base64key[,…]`, the id of the key new data is
+    # encrypted with, and the HMAC key of the phone-number index. The defaults are public
+    # development keys: every deployment sets its own (or the *_FILE variants).
+    pii_keys: SecretStr = SecretStr(DEV_KEYRING)
+    pii_active_key_id: str = DEV_KEY_ID
+    pii_index_key: SecretStr = SecretStr(DEV_INDEX_KEY)
 
     # Test hook for fault-injection tests: commands containing this text fail like a bug would.
     # Empty (off) in every real deployment.
@@ -150,7 +159,7 @@ class Settings(BaseSettings):
         return self
 
 
-def with_query(url: SecretStr, params: dict[str, str | Path | None]) -> SecretStr:
+def with_query(url: SecretStr, params: Mapping[str, str | Path | None]) -> SecretStr:
     """`url` with the given query parameters set (None: left as the URL has it); asyncpg reads
     sslmode, sslrootcert, sslcert and sslkey from the URL, so every connection gets them."""
     given = {key: str(value) for key, value in params.items() if value is not None}
@@ -159,6 +168,14 @@ def with_query(url: SecretStr, params: dict[str, str | Path | None]) -> SecretSt
     parts = urlsplit(url.get_secret_value())
     query = dict(parse_qsl(parts.query, keep_blank_values=True)) | given
     return SecretStr(urlunsplit(parts._replace(query=urlencode(query))))
+
+
+def pii_vault(settings: Settings) -> PiiVault:
+    return PiiVault.from_text(
+        settings.pii_keys.get_secret_value(),
+        settings.pii_active_key_id,
+        settings.pii_index_key.get_secret_value(),
+    )
 
 
 @lru_cache(maxsize=1)

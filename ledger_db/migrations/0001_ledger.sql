@@ -9,17 +9,20 @@ CREATE TABLE customers (
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- Personal data, encrypted by the application (AES-256-GCM: nonce || ciphertext+tag) with the
+-- key named by key_id (ledger_db/pii.py). No plaintext personal data is stored anywhere.
 CREATE TABLE customer_pii (
-    customer_id          uuid PRIMARY KEY REFERENCES customers (id),
-    full_name            text NOT NULL CHECK (length(full_name) BETWEEN 1 AND 200),
-    phone_number         text NOT NULL CHECK (phone_number ~ '^\+[1-9][0-9]{1,14}$'),
-    email                text,
-    national_id          text,
+    customer_id          uuid  PRIMARY KEY REFERENCES customers (id),
+    key_id               text  NOT NULL CHECK (length(key_id) BETWEEN 1 AND 64),
+    full_name            bytea NOT NULL,
+    phone_number         bytea NOT NULL,
+    email                bytea,
+    national_id          bytea,
     bank_code            text,
-    bank_account_number  text
+    bank_account_number  bytea,
+    -- HMAC-SHA256 of the E.164 number under the index key: one wallet customer per number.
+    phone_index          bytea NOT NULL UNIQUE CHECK (length(phone_index) = 32)
 );
--- One wallet customer per phone number.
-CREATE UNIQUE INDEX customer_pii_phone_number_key ON customer_pii (phone_number);
 
 -- Accounts: customer wallets and the house accounts of each currency.
 CREATE TABLE accounts (

@@ -8,6 +8,7 @@ a warm run takes seconds. Without a Go toolchain the tests that need them skip w
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import shutil
@@ -97,6 +98,7 @@ def go_module_dir(module: str, version: str) -> Path:
     return Path(json.loads(result.stdout)["Dir"])
 
 
+@functools.cache
 def crd_schema(module: tuple[str, str], path: str, version: str) -> dict[str, Any]:
     """The openAPIV3Schema of one version of a CRD, made strict like kubectl's field validation.
 

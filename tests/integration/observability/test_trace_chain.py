@@ -199,16 +199,3 @@ async def test_result_event_continues_the_commands_trace_through_the_outbox(
     assert len(roots) == 1
     assert roots[0].parent is None
 
-
-async def test_tracing_off_passes_the_traceparent_through_unchanged() -> None:
-    """Without an exporter no span is made: the stored context is the command's own."""
-    assert not tracing.enabled()
-
-    class Row:
-        id = 1
-        event_id = "e"
-        topic = "t"
-        traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
-    with tracing.publish_spans([Row()]) as values:
-        assert values == [Row.traceparent]
