@@ -51,10 +51,11 @@ class Letter:
         }
 
 
-async def _read(
-    bootstrap: str, topics: list[str], limit: int, security: dict[str, Any]
+async def read_dead_letters(
+    bootstrap: str, topics: list[str], limit: int, security: dict[str, Any] | None = None
 ) -> list[Letter]:
     """Every message currently in the topics (up to `limit`), without joining a group."""
+    security = security or {}
     partitions = await _partitions(bootstrap, topics, security)
     if not partitions:
         return []
@@ -116,7 +117,7 @@ def show(
     """List dead letters with their error and origin."""
     settings = Settings()
     letters = asyncio.run(
-        _read(
+        read_dead_letters(
             settings.kafka_bootstrap_servers,
             _topics(settings, flow),
             limit,
@@ -152,7 +153,7 @@ def replay(
 
     async def run() -> int:
         security = kafka_client_options(settings)
-        letters = await _read(
+        letters = await read_dead_letters(
             settings.kafka_bootstrap_servers, _topics(settings, flow), limit, security
         )
         producer = AIOKafkaProducer(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 import asyncpg
 import typer
@@ -19,12 +20,26 @@ from ledger_db.queries import AccountView, get_account, list_accounts
 from workers.settings import Settings, pii_vault
 
 console = Console()
+T = TypeVar("T")
 accounts_app = typer.Typer(no_args_is_help=True, help="Ledger accounts.")
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
 
 
 async def _connect() -> asyncpg.Connection:
     return await asyncpg.connect(Settings().database_url.get_secret_value())
+
+
+def _with_connection(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Run one read against the ledger as the app role, on a connection of its own."""
+
+    async def run() -> T:
+        conn = await _connect()
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
 
 
 def _accounts_table(views: list[AccountView]) -> Table:
@@ -37,14 +52,7 @@ def _accounts_table(views: list[AccountView]) -> Table:
 def balance(account_id: uuid.UUID, as_json: JsonFlag = False) -> None:
     """Show one account's balance in minor units."""
 
-    async def run() -> AccountView | None:
-        conn = await _connect()
-        try:
-            return await get_account(conn, account_id)
-        finally:
-            await conn.close()
-
-    view = asyncio.run(run())
+    view = _with_connection(lambda conn: get_account(conn, account_id))
     if view is None:
         console.print(f"[red]no account {account_id}[/red]")
         raise typer.Exit(1)
@@ -58,14 +66,7 @@ def balance(account_id: uuid.UUID, as_json: JsonFlag = False) -> None:
 def accounts_list(as_json: JsonFlag = False) -> None:
     """List accounts, wallets first, with balances."""
 
-    async def run() -> list[AccountView]:
-        conn = await _connect()
-        try:
-            return await list_accounts(conn)
-        finally:
-            await conn.close()
-
-    views = asyncio.run(run())
+    views = _with_connection(list_accounts)
     if as_json:
         print(json.dumps([v.as_json() for v in views]))
     else:
@@ -87,14 +88,7 @@ def audit_report(results: list[CheckResult]) -> Table:
 def audit(as_json: JsonFlag = False) -> None:
     """Check every ledger invariant over the whole database; exit 1 on any violation."""
 
-    async def run() -> list[CheckResult]:
-        conn = await _connect()
-        try:
-            return await run_audit(conn)
-        finally:
-            await conn.close()
-
-    results = asyncio.run(run())
+    results = _with_connection(run_audit)
     ok = all(r.ok for r in results)
     if as_json:
         print(
@@ -132,18 +126,10 @@ def set_tier(
     if tier not in {t.value for t in Tier}:
         raise typer.BadParameter(f"tier must be one of {', '.join(t.value for t in Tier)}")
 
-    async def run() -> str:
-        conn = await _connect()
-        try:
-            return str(
-                await conn.execute(
-                    "UPDATE customers SET tier = $2 WHERE id = $1", customer_id, tier
-                )
-            )
-        finally:
-            await conn.close()
-
-    if asyncio.run(run()) != "UPDATE 1":
+    updated = _with_connection(
+        lambda conn: conn.execute("UPDATE customers SET tier = $2 WHERE id = $1", customer_id, tier)
+    )
+    if updated != "UPDATE 1":
         console.print(f"[red]no customer {customer_id}[/red]")
         raise typer.Exit(1)
     console.print(f"customer {customer_id} is now {tier}")

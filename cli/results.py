@@ -102,27 +102,24 @@ class ResultCollector:
         self, causation_id: str, timeout_s: float = 30.0, count: int = 1
     ) -> list[dict[str, Any]]:
         """The result events of one command (by its CloudEvents id), once `count` arrived."""
-
-        async def until() -> None:
-            while len(self.by_causation.get(causation_id, ())) < count:
-                self._arrived.clear()
-                await self._arrived.wait()
-
-        await asyncio.wait_for(until(), timeout_s)
-        return self.by_causation[causation_id]
+        return await self._wait(self.by_causation, causation_id, count, timeout_s)
 
     async def wait_for_key(
         self, key: str, timeout_s: float = 30.0, count: int = 1
     ) -> list[dict[str, Any]]:
         """The result events that answer an idempotency key, replays included."""
+        return await self._wait(self.by_command_key, key, count, timeout_s)
 
+    async def _wait(
+        self, index: dict[str, list[dict[str, Any]]], key: str, count: int, timeout_s: float
+    ) -> list[dict[str, Any]]:
         async def until() -> None:
-            while len(self.by_command_key.get(key, ())) < count:
+            while len(index.get(key, ())) < count:
                 self._arrived.clear()
                 await self._arrived.wait()
 
         await asyncio.wait_for(until(), timeout_s)
-        return self.by_command_key[key]
+        return index[key]
 
     async def wait_total(self, count: int, timeout_s: float = 60.0) -> None:
         async def until() -> None:

@@ -46,6 +46,13 @@ def up() -> None:
         f"Kafka {endpoints.kafka_bootstrap_servers}. "
         "`ledgerflow stack env --show-secrets` prints the connection variables."
     )
+    if settings.secure:
+        console.print(
+            "Secure mode: Kafka SASL_SSL/SCRAM-SHA-512 on "
+            f"{endpoints.kafka_bootstrap_servers}, mutual TLS on "
+            f"{settings.kafka_mtls_bootstrap_servers}, ACLs per principal; PostgreSQL over TLS "
+            "only. `--kafka-principal` picks whose Kafka credentials `stack env` prints."
+        )
 
 
 @stack_app.command()

@@ -170,6 +170,7 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
     async def shutdown() -> None:
         await lag.stop()
         metrics.watch_pool(None)
+        tracing.flush()
         if state.producer is not None:
             await state.producer.stop()
         if state.pool is not None:

@@ -85,6 +85,10 @@ class LagMonitor:
                     await self.measure()
                 except Exception as error:  # Kafka away or a group not there yet: next round
                     metrics.LAG_MEASUREMENT_ERRORS.labels(type(error).__name__).inc()
+                    # A number we could not measure is not shown as if it were current: the
+                    # series vanish, and "lag unknown" can alert.
+                    metrics.CONSUMER_LAG.clear()
+                    metrics.CONSUMER_COMMITTED_OFFSET.clear()
                     await self._close()
                     if loop.time() - last_error_log >= ERROR_LOG_INTERVAL_S:
                         last_error_log = loop.time()

@@ -118,7 +118,7 @@ RELAY_ACTIVE = Gauge("ledgerflow_relay_active", "1 when this relay holds the rel
 BUILD_INFO = Info("ledgerflow_build", "Version of the running Ledgerflow.")
 
 # Outcomes every flow has, created at zero at startup so that a first increment shows in rate().
-_BASE_OUTCOMES = ("completed", "replayed")
+_BASE_OUTCOMES = (("completed", ""), ("replayed", ""), ("invalid", "invalid_command"))
 
 
 def set_build_info(component: str) -> None:
@@ -139,8 +139,8 @@ def set_build_info(component: str) -> None:
 def initialize_flow(flow: str, command_topic: str) -> None:
     """Create a flow's series at zero: Prometheus' rate() and increase() cannot see the first
     increment of a series that appears with value 1, and "any dead letter" must see it."""
-    for outcome in _BASE_OUTCOMES:
-        COMMANDS.labels(flow, outcome, "")
+    for outcome, reason in _BASE_OUTCOMES:
+        COMMANDS.labels(flow, outcome, reason)
     DEAD_LETTERS.labels(command_topic)
     for cause in RETRYABLE.values():
         DB_RETRIES.labels(cause)

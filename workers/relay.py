@@ -179,6 +179,7 @@ def build_relay_app(
                 stop.set()
                 if task is not None:
                     await task
+                tracing.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -159,6 +159,14 @@ def install(provider: trace.TracerProvider | None) -> None:
     _STATE.tracer = None if provider is None else provider.get_tracer(INSTRUMENTATION_NAME)
 
 
+def flush(timeout_s: float = OTLP_TIMEOUT_S) -> None:
+    """Export the spans still queued, at an app's shutdown: uvicorn ends the process with the
+    signal it caught right after serving, so code after `run()` may never run."""
+    provider = _STATE.provider
+    if provider is not None and hasattr(provider, "force_flush"):
+        provider.force_flush(int(timeout_s * 1000))
+
+
 def shutdown() -> None:
     """Flush spans still queued for export (at process exit)."""
     provider, _STATE.provider, _STATE.tracer = _STATE.provider, None, None

@@ -125,9 +125,9 @@ def test_custom_resources_match_their_crd_schemas(rendered: Rendered) -> None:
             continue
         module, path, version = CUSTOM_KINDS[obj["kind"]]
         assert obj["apiVersion"].endswith("/" + version), obj["apiVersion"]
-        schema = crd_schema(module, path, version)
+        validator = jsonschema.Draft202012Validator(crd_schema(module, path, version))
         try:
-            jsonschema.validate(obj, schema)
+            validator.validate(obj)
         except jsonschema.ValidationError as error:
             location = "/".join(str(p) for p in error.absolute_path)
             pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {error.message} at {location}")
@@ -321,23 +321,71 @@ def test_workers_roll_one_at_a_time_without_surge(rendered: Rendered) -> None:
 # --- secrets ----------------------------------------------------------------------------------
 
 
-def test_secrets_come_only_from_existing_secret_names(rendered: Rendered) -> None:
-    assert not rendered.of_kind("Secret"), "the chart must never create a Secret"
-    settings = values("values.yaml")
-    allowed = {
+def _existing_secret_names(settings: dict[str, Any]) -> set[str]:
+    names = {
         settings["database"]["existingSecret"],
         settings["database"]["migration"]["existingSecret"],
+        settings["database"]["tlsSecret"],
+        settings["pii"]["existingSecret"],
+        settings["kafka"]["security"]["saslPasswordSecret"],
+        settings["kafka"]["security"]["tlsSecret"],
     }
+    return names - {""}
+
+
+def test_secrets_come_only_from_existing_secret_names(rendered: Rendered) -> None:
+    assert not rendered.of_kind("Secret"), "the chart must never create a Secret"
+    allowed = _existing_secret_names(values("values.yaml")) | _existing_secret_names(
+        values("values.yaml", "values-production.yaml")
+    )
     for workload in workloads(rendered):
+        for volume in pod_spec(workload).get("volumes", []):
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in allowed, volume
         for container in containers(workload):
+            assert "envFrom" not in container
             for entry in container.get("env", []):
                 value = entry.get("value", "")
                 assert "postgresql://" not in value, f"{entry['name']} carries a URL inline"
-                assert "password" not in entry["name"].lower() or "valueFrom" in entry
                 ref = entry.get("valueFrom", {}).get("secretKeyRef")
                 if ref is not None:
                     assert ref["name"] in allowed, ref
-            assert "envFrom" not in container
+                elif re.search(r"PASSWORD|_KEYS?$|DATABASE_URL", entry["name"]):
+                    pytest.fail(f"{entry['name']} must come from a Secret")
+
+
+def test_workers_require_tokens_and_real_personal_data_keys(
+    rendered_default: Rendered, rendered_production: Rendered
+) -> None:
+    for rendered in (rendered_default, rendered_production):
+        for flow, deployment in workers_of(rendered).items():
+            (container,) = pod_spec(deployment)["containers"]
+            env = env_of(container)
+            assert env["LEDGERFLOW_AUTH_MODE"]["value"] == "required", flow
+            assert env["LEDGERFLOW_AUTH_JWKS_URL"]["value"].startswith("https://"), flow
+            for name in ("LEDGERFLOW_PII_KEYS", "LEDGERFLOW_PII_INDEX_KEY"):
+                assert "secretKeyRef" in env[name]["valueFrom"], (flow, name)
+
+
+def test_production_encrypts_transport(rendered_production: Rendered) -> None:
+    for workload in workloads(rendered_production):
+        for container in containers(workload):
+            env = env_of(container)
+            assert env["LEDGERFLOW_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+            assert env["LEDGERFLOW_DATABASE_SSLMODE"]["value"] == "verify-full"
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            for variable in ("LEDGERFLOW_KAFKA_SSL_CAFILE", "LEDGERFLOW_DATABASE_SSL_ROOT_CERT"):
+                assert str(Path(env[variable]["value"]).parent) in mounts, variable
+    for scaled_object in rendered_production.of_kind("ScaledObject"):
+        assert scaled_object["spec"]["triggers"][0]["authenticationRef"]["name"]
+
+
+def test_numbers_reach_the_processes_as_integers(rendered: Rendered) -> None:
+    """Helm reads numbers as floats: 1000000 must not reach pydantic as "1e+06"."""
+    for workload in workloads(rendered):
+        for container in containers(workload):
+            for entry in container.get("env", []):
+                assert not re.search(r"\de[+-]\d", entry.get("value", "")), entry
 
 
 def test_migration_job_is_a_pre_install_and_pre_upgrade_hook_with_the_owner_url(
@@ -426,7 +474,8 @@ def test_network_policy_covers_every_pod_and_allows_only_what_they_use(
     (ingress,) = spec["ingress"]
     assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
     egress_ports = {p["port"] for rule in spec["egress"] for p in rule["ports"]}
-    assert {53, 9092, 5432} <= egress_ports
+    assert {53, 5432} <= egress_ports
+    assert egress_ports & {9092, 9093}, "Kafka"
 
 
 def test_production_monitoring_objects(rendered_production: Rendered) -> None:

@@ -118,42 +118,143 @@ Call with (dict "root" $ "name" $name "worker" $worker); returns YAML, read it w
 - name: LEDGERFLOW_HTTP_HOST
   value: "0.0.0.0"
 - name: LEDGERFLOW_HTTP_PORT
-  value: {{ $v.http.port | quote }}
+  value: {{ $v.http.port | int64 | quote }}
 - name: LEDGERFLOW_KAFKA_BOOTSTRAP_SERVERS
   value: {{ required "kafka.bootstrapServers is required" $v.kafka.bootstrapServers | quote }}
 - name: LEDGERFLOW_TOPIC_PREFIX
   value: {{ $v.kafka.topicPrefix | quote }}
 - name: LEDGERFLOW_COMMAND_PARTITIONS
-  value: {{ $v.kafka.partitions.command | quote }}
+  value: {{ $v.kafka.partitions.command | int64 | quote }}
 - name: LEDGERFLOW_RESULT_PARTITIONS
-  value: {{ $v.kafka.partitions.result | quote }}
+  value: {{ $v.kafka.partitions.result | int64 | quote }}
 - name: LEDGERFLOW_DLQ_PARTITIONS
-  value: {{ $v.kafka.partitions.dlq | quote }}
+  value: {{ $v.kafka.partitions.dlq | int64 | quote }}
 - name: LEDGERFLOW_REPLICATION_FACTOR
-  value: {{ $v.kafka.replicationFactor | quote }}
+  value: {{ $v.kafka.replicationFactor | int64 | quote }}
 - name: LEDGERFLOW_MESSAGE_BYTES_MAX
-  value: {{ $v.config.messageBytesMax | quote }}
+  value: {{ $v.config.messageBytesMax | int64 | quote }}
 - name: LEDGERFLOW_DB_POOL_SIZE_MAX
-  value: {{ $v.config.dbPoolSizeMax | quote }}
+  value: {{ $v.config.dbPoolSizeMax | int64 | quote }}
 - name: LEDGERFLOW_STATEMENT_TIMEOUT_MS
-  value: {{ $v.config.statementTimeoutMs | quote }}
+  value: {{ $v.config.statementTimeoutMs | int64 | quote }}
 - name: LEDGERFLOW_LOCK_TIMEOUT_MS
-  value: {{ $v.config.lockTimeoutMs | quote }}
+  value: {{ $v.config.lockTimeoutMs | int64 | quote }}
 - name: LEDGERFLOW_DB_RETRIES_MAX
-  value: {{ $v.config.dbRetriesMax | quote }}
+  value: {{ $v.config.dbRetriesMax | int64 | quote }}
 - name: LEDGERFLOW_BASIC_SINGLE_AMOUNT_MAX
-  value: {{ $v.config.basicSingleAmountMax | quote }}
+  value: {{ $v.config.basicSingleAmountMax | int64 | quote }}
 - name: LEDGERFLOW_BASIC_BALANCE_MAX
-  value: {{ $v.config.basicBalanceMax | quote }}
-- name: OTEL_SERVICE_NAME
-  value: {{ printf "ledgerflow-%s" .service | quote }}
+  value: {{ $v.config.basicBalanceMax | int64 | quote }}
+- name: LEDGERFLOW_LOG_FORMAT
+  value: {{ $v.logging.format | quote }}
+- name: LEDGERFLOW_LOG_LEVEL
+  value: {{ $v.logging.level | quote }}
+- name: LEDGERFLOW_OTLP_ENDPOINT
+  value: {{ $v.tracing.otlpEndpoint | quote }}
+- name: LEDGERFLOW_TRACE_SAMPLE_RATIO
+  value: {{ $v.tracing.sampleRatio | quote }}
+# Read by the OpenTelemetry SDK's resource detector: which pod a span came from.
 - name: OTEL_RESOURCE_ATTRIBUTES
-  value: "k8s.namespace.name=$(POD_NAMESPACE),k8s.pod.name=$(POD_NAME),service.namespace=ledgerflow"
-{{- with $v.tracing.otlpEndpoint }}
-- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: "k8s.namespace.name=$(POD_NAMESPACE),k8s.pod.name=$(POD_NAME)"
+{{- $kafka := $v.kafka.security }}
+- name: LEDGERFLOW_KAFKA_SECURITY_PROTOCOL
+  value: {{ $kafka.protocol | quote }}
+{{- if hasPrefix "SASL_" $kafka.protocol }}
+- name: LEDGERFLOW_KAFKA_SASL_MECHANISM
+  value: {{ $kafka.saslMechanism | quote }}
+- name: LEDGERFLOW_KAFKA_SASL_USERNAME
+  value: {{ required "kafka.security.saslUsername is required with SASL" $kafka.saslUsername | quote }}
+- name: LEDGERFLOW_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "kafka.security.saslPasswordSecret: name the existing Secret holding the SASL password" $kafka.saslPasswordSecret | quote }}
+      key: {{ $kafka.saslPasswordKey | quote }}
+{{- end }}
+{{- if $kafka.tlsSecret }}
+{{- if not (has $kafka.protocol (list "SSL" "SASL_SSL")) }}
+{{- fail "kafka.security.tlsSecret needs kafka.security.protocol SSL or SASL_SSL" }}
+{{- end }}
+- name: LEDGERFLOW_KAFKA_SSL_CAFILE
+  value: /etc/ledgerflow/kafka-tls/ca.crt
+{{- if $kafka.mutualTls }}
+- name: LEDGERFLOW_KAFKA_SSL_CERTFILE
+  value: /etc/ledgerflow/kafka-tls/tls.crt
+- name: LEDGERFLOW_KAFKA_SSL_KEYFILE
+  value: /etc/ledgerflow/kafka-tls/tls.key
+{{- end }}
+{{- end }}
+{{- with $v.database.sslmode }}
+- name: LEDGERFLOW_DATABASE_SSLMODE
   value: {{ . | quote }}
-- name: OTEL_EXPORTER_OTLP_PROTOCOL
-  value: http/protobuf
+{{- end }}
+{{- if $v.database.tlsSecret }}
+- name: LEDGERFLOW_DATABASE_SSL_ROOT_CERT
+  value: /etc/ledgerflow/database-tls/ca.crt
+{{- if $v.database.mutualTls }}
+- name: LEDGERFLOW_DATABASE_SSL_CERT
+  value: /etc/ledgerflow/database-tls/tls.crt
+- name: LEDGERFLOW_DATABASE_SSL_KEY
+  value: /etc/ledgerflow/database-tls/tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* What only the workers need: who may move money, and the personal-data keys. */}}
+{{- define "ledgerflow.workerSecurityEnv" -}}
+{{- $v := .Values -}}
+{{- if not (has $v.auth.mode (list "required" "off")) }}
+{{- fail "auth.mode must be required or off" }}
+{{- end }}
+- name: LEDGERFLOW_AUTH_MODE
+  value: {{ $v.auth.mode | quote }}
+{{- if eq $v.auth.mode "required" }}
+- name: LEDGERFLOW_AUTH_JWKS_URL
+  value: {{ required "auth.jwksUrl: the identity provider's JWKS URL is required when auth.mode is required" $v.auth.jwksUrl | quote }}
+- name: LEDGERFLOW_AUTH_ISSUER
+  value: {{ $v.auth.issuer | quote }}
+- name: LEDGERFLOW_AUTH_AUDIENCE
+  value: {{ $v.auth.audience | quote }}
+- name: LEDGERFLOW_AUTH_LEEWAY_S
+  value: {{ $v.auth.leewaySeconds | int64 | quote }}
+- name: LEDGERFLOW_AUTH_MAX_TOKEN_AGE_S
+  value: {{ $v.auth.maxTokenAgeSeconds | int64 | quote }}
+{{- end }}
+{{- $pii := required "pii.existingSecret: name the existing Secret holding the personal-data keys" $v.pii.existingSecret }}
+{{- range $variable, $key := dict "LEDGERFLOW_PII_KEYS" $v.pii.keysKey "LEDGERFLOW_PII_ACTIVE_KEY_ID" $v.pii.activeKeyIdKey "LEDGERFLOW_PII_INDEX_KEY" $v.pii.indexKeyKey }}
+- name: {{ $variable }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $pii | quote }}
+      key: {{ $key | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The TLS Secrets as read-only files (volumes and mounts). */}}
+{{- define "ledgerflow.tlsVolumes" -}}
+{{- with .Values.kafka.security.tlsSecret }}
+- name: kafka-tls
+  secret:
+    secretName: {{ . | quote }}
+    defaultMode: 0440
+{{- end }}
+{{- with .Values.database.tlsSecret }}
+- name: database-tls
+  secret:
+    secretName: {{ . | quote }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{- define "ledgerflow.tlsMounts" -}}
+{{- if .Values.kafka.security.tlsSecret }}
+- name: kafka-tls
+  mountPath: /etc/ledgerflow/kafka-tls
+  readOnly: true
+{{- end }}
+{{- if .Values.database.tlsSecret }}
+- name: database-tls
+  mountPath: /etc/ledgerflow/database-tls
+  readOnly: true
 {{- end }}
 {{- end }}
 
@@ -227,6 +328,9 @@ securityContext:
 volumeMounts:
   - name: tmp
     mountPath: /tmp
+  {{- with include "ledgerflow.tlsMounts" . }}
+  {{- . | nindent 2 }}
+  {{- end }}
 {{- end }}
 
 {{- define "ledgerflow.probes" -}}
@@ -261,4 +365,7 @@ readinessProbe:
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpVolume.sizeLimit }}
+{{- with include "ledgerflow.tlsVolumes" . }}
+{{ . }}
+{{- end }}
 {{- end }}

@@ -17,6 +17,23 @@ pytestmark = pytest.mark.integration
 NEW_ENTRY = "INSERT INTO journal_entries (id, flow, idempotency_key) VALUES ($1, 'transfer', $2)"
 
 
+async def post_entry(conn: asyncpg.Connection, *postings: tuple[str, uuid.UUID, int]) -> None:
+    """A journal entry written by hand, bypassing the Python rules: PostgreSQL must judge it."""
+    entry = uuid.uuid4()
+    async with conn.transaction():
+        await conn.execute(NEW_ENTRY, entry, uuid.uuid4())
+        if postings:  # one statement: PostgreSQL checks each INSERT of postings as a whole
+            await conn.execute(
+                "INSERT INTO postings SELECT $1, s, a, c, m FROM unnest("
+                "$2::smallint[], $3::uuid[], $4::text[], $5::bigint[]) AS p(s, a, c, m)",
+                entry,
+                list(range(len(postings))),
+                [account for _, account, _ in postings],
+                [currency for currency, _, _ in postings],
+                [amount for _, _, amount in postings],
+            )
+
+
 async def funded(writer: LedgerWriter) -> tuple[uuid.UUID, uuid.UUID]:
     a, b = onboarding(), onboarding()
     await apply_all(
@@ -29,27 +46,10 @@ async def test_unbalanced_entry_is_refused_at_commit(writer: LedgerWriter, datab
     a, b = await funded(writer)
     conn = await asyncpg.connect(database.app_url)
     try:
-        entry = uuid.uuid4()
         with pytest.raises(asyncpg.CheckViolationError, match="not balanced"):
-            async with conn.transaction():
-                await conn.execute(
-                    NEW_ENTRY,
-                    entry,
-                    uuid.uuid4(),
-                )
-                await conn.execute(
-                    "INSERT INTO postings VALUES ($1, 0, $2, 'EUR', -10), ($1, 1, $3, 'EUR', 9)",
-                    entry,
-                    a,
-                    b,
-                )
+            await post_entry(conn, ("EUR", a, -10), ("EUR", b, 9))
         with pytest.raises(asyncpg.CheckViolationError, match="not balanced"):
-            async with conn.transaction():
-                await conn.execute(
-                    NEW_ENTRY,
-                    entry,
-                    uuid.uuid4(),
-                )
+            await post_entry(conn)
         # A posting added to an existing, balanced entry later is refused too.
         existing = await conn.fetchval("SELECT id FROM journal_entries LIMIT 1")
         with pytest.raises(asyncpg.CheckViolationError, match="not created with it"):
@@ -117,20 +117,8 @@ async def test_posting_currency_must_be_the_accounts(writer: LedgerWriter, datab
     a, b = await funded(writer)
     conn = await asyncpg.connect(database.app_url)
     try:
-        entry = uuid.uuid4()
         with pytest.raises(asyncpg.CheckViolationError, match="currency"):
-            async with conn.transaction():
-                await conn.execute(
-                    NEW_ENTRY,
-                    entry,
-                    uuid.uuid4(),
-                )
-                await conn.execute(
-                    "INSERT INTO postings VALUES ($1, 0, $2, 'USD', -10), ($1, 1, $3, 'USD', 10)",
-                    entry,
-                    a,
-                    b,
-                )
+            await post_entry(conn, ("USD", a, -10), ("USD", b, 10))
     finally:
         await conn.close()
 

@@ -13,7 +13,7 @@ import json
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 import pytest
@@ -53,7 +53,7 @@ POISON = "POISON-PILL-7781"
 class _Receiver(BaseHTTPRequestHandler):
     """A minimal OTLP/HTTP trace receiver: keeps each request's path, headers and body."""
 
-    received: list[tuple[str, dict[str, str], bytes]] = []
+    received: ClassVar[list[tuple[str, dict[str, str], bytes]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
@@ -92,6 +92,10 @@ def onboarding(phone: str = PHONE, name: str = FULL_NAME) -> RequestOnboarding:
         national_id=NATIONAL_ID,
         bank_account=BankAccount(bank_code=BANK_CODE, account_number=IBAN),
     )
+
+
+def read_logs(directory: Path) -> dict[str, str]:
+    return {path.name: path.read_text(errors="replace") for path in directory.glob("*.log")}
 
 
 async def test_logs_are_json_with_ids_and_outcomes_and_never_pii_or_secrets(
@@ -183,6 +187,7 @@ async def test_logs_are_json_with_ids_and_outcomes_and_never_pii_or_secrets(
         for rec in more:
             await p.results.wait_for(event_id_of(rec), timeout_s=TIMEOUT_S)
         await p.results.wait_for(envelope["id"], timeout_s=TIMEOUT_S)
+
         def isolated() -> bool:
             _status, text = p.worker.get("/metrics")
             return 'ledgerflow_dead_letters_total{topic="onboarding.requested"} 2.0' in text
@@ -191,7 +196,7 @@ async def test_logs_are_json_with_ids_and_outcomes_and_never_pii_or_secrets(
         secrets.append(p.database.owner_url)
     # The processes have stopped: their logs are complete, their spans flushed.
 
-    logs = {path.name: path.read_text(errors="replace") for path in tmp_path.glob("*.log")}
+    logs = read_logs(tmp_path)
     assert len(logs) == 2, logs.keys()
     forbidden = [
         FULL_NAME,

@@ -88,9 +88,10 @@ async def test_metrics_follow_the_workload_and_lag_follows_the_worker(
         assert worker.total("ledgerflow_batch_failures_total") == 0
         # FastStream's middleware: every record received and acked, per handler (topic).
         for flow, count in sent.items():
-            handler = p.prefix + {"onboarding": ONBOARDING, "cashin": CASHIN}.get(
-                flow, TRANSFER
-            ).command_topic
+            handler = (
+                p.prefix
+                + {"onboarding": ONBOARDING, "cashin": CASHIN}.get(flow, TRANSFER).command_topic
+            )
             extra = 1 if flow == "transfer" else 0  # the garbage
             assert worker.total("faststream_received_messages_total", handler=handler) == (
                 count + extra
@@ -139,7 +140,10 @@ async def test_metrics_follow_the_workload_and_lag_follows_the_worker(
         )
         # ... rises by exactly what is published while no worker runs ...
         p.worker.stop()
-        late = [await publish(p.producer, transfer(a, b, 1), TRANSFER, p.prefix) for _ in range(WHILE_STOPPED)]
+        late = [
+            await publish(p.producer, transfer(a, b, 1), TRANSFER, p.prefix)
+            for _ in range(WHILE_STOPPED)
+        ]
         await wait_until(
             lambda: lag(scrape(p.relay), p, "transfer") == WHILE_STOPPED,
             timeout_s=TIMEOUT_S,
@@ -153,8 +157,10 @@ async def test_metrics_follow_the_workload_and_lag_follows_the_worker(
         for rec in late:
             await p.results.wait_for(event_id_of(rec), timeout_s=TIMEOUT_S)
         await wait_until(
-            lambda: lag(scrape(p.relay), p, "transfer") == 0
-            and lag(scrape(resumed), p, "transfer") == 0,
+            lambda: (
+                lag(scrape(p.relay), p, "transfer") == 0
+                and lag(scrape(resumed), p, "transfer") == 0
+            ),
             timeout_s=TIMEOUT_S,
             message="transfer lag back to zero after the worker resumed",
         )

@@ -198,4 +198,3 @@ async def test_result_event_continues_the_commands_trace_through_the_outbox(
     ]
     assert len(roots) == 1
     assert roots[0].parent is None
-

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
+from cli.dlq_cmd import read_dead_letters
 from contracts.topics import CASHIN, ONBOARDING, TRANSFER
 from testkit.commands import cashin, onboarding, transfer, wallet_of
 from testkit.pipeline import event_id_of, publish, running_pipeline
@@ -39,17 +39,7 @@ async def test_poison_message_is_dead_lettered_and_the_partition_moves_on(
         for good in (before, after):
             [event] = await p.results.wait_for_key(str(good.transfer_id), timeout_s=60)
             assert event["type"] == "transfer.completed"
-        consumer = AIOKafkaConsumer(
-            p.prefix + TRANSFER.dlq_topic,
-            bootstrap_servers=p.bootstrap,
-            group_id=None,
-            auto_offset_reset="earliest",
-        )
-        await consumer.start()
-        try:
-            letter = await consumer.getone()
-        finally:
-            await consumer.stop()
+        [letter] = await read_dead_letters(p.bootstrap, [p.prefix + TRANSFER.dlq_topic], limit=10)
         headers = dict(letter.headers)
         assert headers["x-error-class"] == b"processing_InjectedFault"
         assert MARKER.encode() in letter.value
