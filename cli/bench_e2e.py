@@ -27,7 +27,6 @@ from ledger_db.apply import Incoming, LedgerWriter
 from ledger_db.rules import TierLimits
 from ledger_db.unit_of_work import create_pool
 from testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
-from testkit.plugin import delete_topics_with_prefix
 from workers.topics import ensure_topics, topic_specs
 
 SETUP_BATCH = 2_000
@@ -178,6 +177,9 @@ async def run_e2e(
     finally:
         for process in processes:
             process.stop()
+        # Imported here: testkit.plugin imports pytest, which the container image does not ship.
+        from testkit.plugin import delete_topics_with_prefix  # noqa: PLC0415
+
         await delete_topics_with_prefix(bootstrap_servers, prefix)
 
 

@@ -159,8 +159,10 @@ class Rendered:
 
 
 def helm_template(helm: Path, *args: str) -> Rendered:
-    """Render the chart as release `ledgerflow` in namespace `ledgerflow`; fail with helm's error."""
-    result = run_helm(helm, "template", "ledgerflow", str(CHART), "--namespace", "ledgerflow", *args)
+    """Render the chart as release `ledgerflow` in namespace `ledgerflow`; fail on an error."""
+    result = run_helm(
+        helm, "template", "ledgerflow", str(CHART), "--namespace", "ledgerflow", *args
+    )
     if result.returncode != 0:
         pytest.fail(f"helm template {' '.join(args)} failed:\n{result.stderr}")
     documents = [d for d in yaml.safe_load_all(result.stdout) if d]

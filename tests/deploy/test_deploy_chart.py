@@ -422,7 +422,9 @@ def test_replication_factor(rendered_default: Rendered, rendered_production: Ren
 
 
 def test_every_deployment_has_a_pod_disruption_budget(rendered: Rendered) -> None:
-    budgets = [b["spec"]["selector"]["matchLabels"] for b in rendered.of_kind("PodDisruptionBudget")]
+    budgets = [
+        b["spec"]["selector"]["matchLabels"] for b in rendered.of_kind("PodDisruptionBudget")
+    ]
     for deployment in rendered.of_kind("Deployment"):
         selector = deployment["spec"]["selector"]["matchLabels"]
         matching = [b for b in budgets if b.items() <= selector.items()]

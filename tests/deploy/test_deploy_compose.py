@@ -58,7 +58,9 @@ def test_every_image_is_pinned_to_a_version(services: dict[str, dict[str, Any]])
     for name, service in services.items():
         image = service.get("image")
         assert image, f"{name} has no image: every service names a pinned image"
-        match = re.fullmatch(r"(?P<repo>[^:@\s]+)(:(?P<tag>[\w][\w.-]*))?(@sha256:[0-9a-f]{64})?", image)
+        match = re.fullmatch(
+            r"(?P<repo>[^:@\s]+)(:(?P<tag>[\w][\w.-]*))?(@sha256:[0-9a-f]{64})?", image
+        )
         assert match, f"{name}: {image}"
         tag = match["tag"] or ""
         assert tag or "@sha256:" in image, f"{name}: {image} has no tag or digest"

@@ -54,7 +54,9 @@ def test_multi_stage_on_a_pinned_slim_python_base() -> None:
     for argument in froms:
         image = argument.split()[0]
         image = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], image)
-        assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", image), image
+        assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", image), (
+            image
+        )
 
 
 def test_runtime_stage_is_non_root_with_ledgerflow_as_entrypoint() -> None:
