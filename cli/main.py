@@ -2,7 +2,7 @@
 
 import typer
 
-from cli import demo, ledger_cmd, ops
+from cli import chaos, demo, ledger_cmd, ops
 from cli.bench import bench_app
 from cli.contracts_cmd import contracts_app
 from cli.dlq_cmd import dlq_app
@@ -23,3 +23,4 @@ app.command()(ops.worker)
 app.command()(ops.relay)
 app.command()(ledger_cmd.balance)
 app.command()(ledger_cmd.audit)
+app.command()(chaos.chaos)

@@ -191,6 +191,7 @@ async def kill_worker_at(
     workload: Workload,
     moment: str,
     rng: random.Random,
+    attempts_max: int = PROBE_ATTEMPTS_MAX,
 ) -> Kill:
     """kill -9 `worker` at `moment`: "in_transaction" (a batch transaction open) or
     "after_db_commit" (a batch committed in PostgreSQL, its offsets not yet in Kafka)."""
@@ -203,7 +204,7 @@ async def kill_worker_at(
             return in_tx
         return await observer.applied_beyond_committed(workload) > 0
 
-    attempts = await probe_until(worker, found, rng)
+    attempts = await probe_until(worker, found, rng, attempts_max)
     kill9(worker)
     # PostgreSQL finishes whatever the frozen worker had already sent (even a COMMIT): classify
     # by what is durable after the kill.
@@ -212,7 +213,11 @@ async def kill_worker_at(
 
 
 async def kill_relay_between_publish_and_mark(
-    relay: ManagedProcess, observer: Observer, results: ResultCollector, rng: random.Random
+    relay: ManagedProcess,
+    observer: Observer,
+    results: ResultCollector,
+    rng: random.Random,
+    attempts_max: int = PROBE_ATTEMPTS_MAX,
 ) -> tuple[int, int]:
     """kill -9 the relay once the result topics hold events it has not marked published yet.
     Returns (attempts, events that will be published again)."""
@@ -220,6 +225,6 @@ async def kill_relay_between_publish_and_mark(
     async def found() -> bool:
         return await observer.delivered_but_unmarked(results) > 0
 
-    attempts = await probe_until(relay, found, rng)
+    attempts = await probe_until(relay, found, rng, attempts_max)
     kill9(relay)
     return attempts, await observer.delivered_but_unmarked(results)

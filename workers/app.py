@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -46,8 +47,11 @@ FASTSTREAM_LOG = logging.getLogger("ledgerflow.faststream")
 
 FLOW_NAMES = ("onboarding", "cashin", "transfer", "cashout")
 FAILURE_BACKOFF_MAX_S = 5.0
-# Consecutive non-transient failures of a batch before it is split to find the poison message.
+# Non-transient failures of batches holding a record before such a batch is split, record by
+# record, to find the poison message.
 POISON_ATTEMPTS_MAX = 3
+# Records remembered per flow with their failure counts; more means a flood of failures: forget.
+SUSPECTS_MAX = 10_000
 # Kafka's group protocol bounds: a batch must finish well within max_poll_interval_ms.
 SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_INTERVAL_MS = 3_000
@@ -100,6 +104,8 @@ class WorkerState:
     producer: AIOKafkaProducer | None = None
     processors: dict[str, BatchProcessor] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
+    # Non-transient failures per record (topic, partition, offset), by flow.
+    suspects: dict[str, Counter[tuple[str, int, int]]] = field(default_factory=dict)
 
     async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         assert self.producer is not None
@@ -247,9 +253,12 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
             records = (records,)
         started = time.perf_counter()
         processor = state.processors[flow.name]
+        # Counted per record, not per flow: after a rewind the next batch may hold only other
+        # partitions' records, and its success must not reset the poison message's count.
+        suspects = state.suspects.setdefault(flow.name, Counter())
+        positions = [(r.topic, r.partition, r.offset) for r in records]
         try:
-            failures = state.failures.get(flow.name, 0)
-            if failures >= POISON_ATTEMPTS_MAX:
+            if any(suspects[p] >= POISON_ATTEMPTS_MAX for p in positions):
                 # The batch failed again and again, not for the infrastructure: find the poison
                 # message(s) one by one and dead-letter them, so the partition moves on.
                 await processor.process_isolating(records)
@@ -262,6 +271,10 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
             state.failures[flow.name] = (
                 min(failures + 1, POISON_ATTEMPTS_MAX - 1) if is_transient(error) else failures + 1
             )
+            if not is_transient(error):
+                if len(suspects) > SUSPECTS_MAX:
+                    suspects.clear()
+                suspects.update(positions)
             metrics.BATCH_FAILURES.labels(flow.name, type(error).__name__).inc()
             log.warning(
                 "batch failed, will retry",
@@ -271,6 +284,8 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
             await asyncio.sleep(min(FAILURE_BACKOFF_MAX_S, 0.05 * 2 ** min(failures + 1, 10)))
             return
         state.failures[flow.name] = 0
+        for position in positions:
+            suspects.pop(position, None)
         consumer = cast("AIOKafkaConsumer", msg.consumer)  # FastStream types it as a protocol
         metrics.ASSIGNED_PARTITIONS.labels(flow.name).set(len(consumer.assignment()))
         if not await commit_offsets(consumer, records):

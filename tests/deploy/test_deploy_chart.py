@@ -30,11 +30,16 @@ from deploy_support import (
     containers,
     crd_schema,
     env_of,
+    helm_template,
     load_yaml,
     pod_spec,
     run_helm,
     skip_loudly,
 )
+
+# The first run builds helm from source (scripts/ensure-helm.sh: about 3.5 minutes on two cores),
+# inside the first test's setup: more than the suite's default per-test timeout allows.
+pytestmark = pytest.mark.timeout(1800)
 
 # The wire contract (contracts/topics.py): each worker consumes one command topic in one group.
 COMMAND_TOPICS = {
@@ -171,8 +176,6 @@ def test_each_worker_scales_on_its_own_consumer_group_and_topic(
 
 
 def test_topic_prefix_reaches_group_and_topic(helm: Path) -> None:
-    from deploy_support import helm_template  # noqa: PLC0415 - one scenario only here
-
     rendered = helm_template(helm, "--set", "kafka.topicPrefix=staging.")
     for scaled_object in rendered.of_kind("ScaledObject"):
         metadata = scaled_object["spec"]["triggers"][0]["metadata"]

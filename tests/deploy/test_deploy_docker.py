@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 
@@ -127,3 +129,42 @@ def test_build_context_holds_only_what_the_image_copies() -> None:
                 assert (REPO / source_path).exists(), source
     for secret_or_state in (".venv", ".stack", ".git"):
         assert not any(fnmatch.fnmatch(secret_or_state, a) for a in allowed)
+
+
+# Installed by `pip install -e '.[dev]'` but not in the image: the CLI must start without them.
+DEVELOPMENT_ONLY = (
+    "pytest",
+    "pytest_asyncio",
+    "hypothesis",
+    "testcontainers",
+    "matplotlib",
+    "jsonschema",
+    "yaml",
+    "kubernetes_validate",
+)
+WITHOUT_DEVELOPMENT_PACKAGES = f"""
+import importlib.abc, sys
+class NotInTheImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {DEVELOPMENT_ONLY!r}:
+            raise ImportError(f"{{name}} is a development package: the image does not have it")
+sys.meta_path.insert(0, NotInTheImage())
+import workers.app, workers.relay, ledger_db.migrate
+from cli.main import app
+sys.argv = ["ledgerflow", "--help"]
+app()
+"""
+
+
+def test_the_cli_starts_with_the_runtime_dependencies_only() -> None:
+    """What the image's build step `ledgerflow --help` checks, without building the image."""
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_DEVELOPMENT_PACKAGES],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "worker" in result.stdout

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import random
 import time
+import urllib.error
+import urllib.request
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -134,6 +136,19 @@ async def scenario(
 
 def assert_ok(report: Report) -> None:
     assert report.ok, "\n".join([report.line(), *report.problems[:30]])
+
+
+def http_get(process: ManagedProcess, path: str, timeout_s: float = 10.0) -> tuple[int, str, float]:
+    """(status, body, seconds): like ManagedProcess.get, with a longer bound and its duration."""
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{process.port}{path}", timeout=timeout_s
+        ) as response:
+            status, body = int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        status, body = int(error.code), error.read().decode()
+    return status, body, time.monotonic() - started
 
 
 def metric(process: ManagedProcess, name: str, **labels: str) -> float:

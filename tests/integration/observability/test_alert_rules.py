@@ -23,7 +23,9 @@ def promtool() -> str:
 
 def alert_names() -> list[str]:
     document = yaml.safe_load(ALERT_RULES.read_text())
-    return [rule["alert"] for group in document["groups"] for rule in group["rules"] if "alert" in rule]
+    return [
+        rule["alert"] for group in document["groups"] for rule in group["rules"] if "alert" in rule
+    ]
 
 
 def test_promtool_check_rules(promtool: str) -> None:
