@@ -81,6 +81,7 @@ def e2e(
         help="Run batched, then naive (at most 2,000 transfers), and report the ratio.",
     ),
     workers: int = typer.Option(2, min=1, max=6, help="Transfer worker processes (≤ partitions)."),
+    auth: bool = typer.Option(True, help="Sign commands and verify tokens, as in production."),
     as_json: JsonFlag = False,
 ) -> None:
     """Publish transfers and measure publish → result-consumed throughput and latency."""
@@ -105,6 +106,7 @@ def e2e(
                     naive=mode,
                     batch_records_max=settings.batch_records_max,
                     workers=workers,
+                    auth=auth,
                 )
             )
         )

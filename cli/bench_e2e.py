@@ -19,9 +19,11 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from cli.bench_ledger import create_bench_database, with_database
+from cli.identity import Issuer
 from cli.processes import ManagedProcess, ledgerflow_env, start_process
 from cli.results import ResultCollector
 from contracts.codec import encode_command
+from contracts.commands import RequestOnboarding
 from contracts.topics import TRANSFER
 from ledger_db.apply import Incoming, LedgerWriter
 from ledger_db.rules import TierLimits
@@ -67,16 +69,21 @@ class E2EResult:
         }
 
 
-async def _fund_wallets(app_url: str, wallets: int) -> list[uuid.UUID]:
+def owner_of(person: RequestOnboarding) -> str:
+    return f"user-{person.customer_id}"
+
+
+async def _fund_wallets(app_url: str, wallets: int) -> tuple[list[uuid.UUID], dict[uuid.UUID, str]]:
+    """Open wallets owned by `owner_of(person)` and fund them, straight in the ledger (setup)."""
     pool = await create_pool(app_url, size_max=1)
     try:
         writer = LedgerWriter(pool, {"basic": TierLimits()})
         people = [onboarding() for _ in range(wallets)]
         for start in range(0, wallets, SETUP_BATCH):
             chunk = people[start : start + SETUP_BATCH]
-            await writer.apply([Incoming(parsed(p)) for p in chunk])
+            await writer.apply([Incoming(parsed(p), subject=owner_of(p)) for p in chunk])
             await writer.apply([Incoming(parsed(cashin(wallet_of(p), FUNDS))) for p in chunk])
-        return [wallet_of(p) for p in people]
+        return [wallet_of(p) for p in people], {wallet_of(p): owner_of(p) for p in people}
     finally:
         await pool.close()
 
@@ -93,13 +100,24 @@ async def run_e2e(
     batch_records_max: int = 500,
     warm_up: int = 1_000,
     workers: int = 2,
+    auth: bool = True,
 ) -> E2EResult:
     database = f"ledgerflow_bench_e2e_{'naive' if naive else 'batched'}"
     await create_bench_database(owner_url, database)
     bench_app_url = with_database(app_url, database)
-    ids = await _fund_wallets(bench_app_url, wallets)
+    ids, owners = await _fund_wallets(bench_app_url, wallets)
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     await ensure_topics(bootstrap_servers, topic_specs(prefix, 6, 6, 1), 1)
+    log_dir = Path(tempfile.mkdtemp(prefix="ledgerflow-bench-"))
+    # Signed like production: each sender's session token (verified once, then cached).
+    identity = Issuer()
+    sessions: dict[str, str] = {}
+
+    def session(subject: str) -> str:
+        if subject not in sessions:
+            sessions[subject] = identity.bearer(subject, ttl_s=3_600)
+        return sessions[subject]
+
     env = ledgerflow_env(
         bench_app_url,
         bootstrap_servers,
@@ -107,8 +125,8 @@ async def run_e2e(
         batch_records_max="1" if naive else str(batch_records_max),
         basic_single_amount_max=str(10**15),
         basic_balance_max=str(10**15),
+        **(identity.settings(log_dir / "jwks.json") if auth else {"auth_mode": "off"}),
     )
-    log_dir = Path(tempfile.mkdtemp(prefix="ledgerflow-bench-"))
     processes: list[ManagedProcess] = []
     try:
         processes.extend(
@@ -132,7 +150,12 @@ async def run_e2e(
                 records.append(
                     (
                         str(command.transfer_id),
-                        encode_command(TRANSFER, command, topic_prefix=prefix),
+                        encode_command(
+                            TRANSFER,
+                            command,
+                            topic_prefix=prefix,
+                            authorization=session(owners[a]) if auth else None,
+                        ),
                     )
                 )
             # Warm-up: connections, prepared statements, producer metadata and caches settle

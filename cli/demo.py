@@ -154,7 +154,7 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
         "",
         **identity.settings(log_dir / "jwks.json"),
     )
-    console.print("    authentication: required (the demo signs its commands, ES256 JWTs)")
+    console.print("    authentication: required (the demo signs its commands, RS256 JWTs)")
     processes: list[ManagedProcess] = []
     async with AsyncExitStack() as cleanup:
         cleanup.callback(lambda: [p.stop() for p in processes])

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import jwt
 import orjson
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from workers.auth import CASHIN_SCOPE, DATA_HASH_CLAIM
 
@@ -30,13 +30,14 @@ class Issuer:
     issuer: str = DEFAULT_ISSUER
     audience: str = DEFAULT_AUDIENCE
     key_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    _key: ec.EllipticCurvePrivateKey = field(
-        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    # RS256, as identity providers such as Cognito sign: verifying RSA costs a fraction of ECDSA.
+    _key: rsa.RSAPrivateKey = field(
+        default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
     )
 
     def jwks(self) -> dict[str, Any]:
-        public = jwt.algorithms.ECAlgorithm.to_jwk(self._key.public_key(), as_dict=True)
-        return {"keys": [public | {"kid": self.key_id, "use": "sig", "alg": "ES256"}]}
+        public = jwt.algorithms.RSAAlgorithm.to_jwk(self._key.public_key(), as_dict=True)
+        return {"keys": [public | {"kid": self.key_id, "use": "sig", "alg": "RS256"}]}
 
     def write_jwks(self, path: Path) -> Path:
         path.write_bytes(orjson.dumps(self.jwks()))
@@ -65,7 +66,7 @@ class Issuer:
             claims["scope"] = scope
         if data_hash is not None:
             claims[DATA_HASH_CLAIM] = data_hash.hex()
-        return jwt.encode(claims, self._key, algorithm="ES256", headers={"kid": self.key_id})
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.key_id})
 
     def bearer(self, subject: str, **kwargs: Any) -> str:
         return "Bearer " + self.token(subject, **kwargs)

@@ -78,7 +78,10 @@ async def running_pipeline(
             topic_specs(prefix, COMMAND_PARTITIONS, COMMAND_PARTITIONS, 1),
             replication_factor=1,
         )
-        env = ledgerflow_env(db.app_url, kafka.bootstrap_servers, prefix, **settings)
+        # Unsigned commands unless the test passes an issuer's settings (cli.identity.Issuer).
+        env = ledgerflow_env(
+            db.app_url, kafka.bootstrap_servers, prefix, **({"auth_mode": "off"} | settings)
+        )
         processes.extend(start_process(list(worker_args), env, log_dir) for _ in range(workers))
         relay = start_process(["relay"], env, log_dir)
         processes.append(relay)
