@@ -56,8 +56,14 @@ async def create_pool(
     size_max: int = 4,
     statement_timeout_ms: int = 30_000,
     lock_timeout_ms: int = 5_000,
+    idle_in_transaction_timeout_ms: int = 10_000,
 ) -> asyncpg.Pool:
-    """A small pool: it multiplies with replicas, and one batch needs one connection."""
+    """A small pool: it multiplies with replicas, and one batch needs one connection.
+
+    A client that stops talking inside a transaction (a frozen or partitioned worker) keeps its
+    wallet rows locked; after `idle_in_transaction_timeout_ms` PostgreSQL ends its session and
+    frees them for the worker Kafka gives the partitions to (tests/e2e, the SIGSTOP scenario).
+    """
     pool = await asyncpg.create_pool(
         dsn,
         min_size=1,
@@ -65,6 +71,7 @@ async def create_pool(
         server_settings={
             "statement_timeout": str(statement_timeout_ms),
             "lock_timeout": str(lock_timeout_ms),
+            "idle_in_transaction_session_timeout": str(idle_in_transaction_timeout_ms),
             "application_name": "ledgerflow",
         },
     )

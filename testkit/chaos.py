@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import random
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ PROBE_ATTEMPTS_MAX = 100
 DRAIN_TIMEOUT_S = 180.0
 RECOVERY_TIMEOUT_S = 180.0
 EXIT_BOUND_S = GRACEFUL_TIMEOUT_S + 5
+# uvicorn re-raises SIGTERM once its graceful shutdown is done: -15 is a clean exit as well.
+CLEAN_EXIT = (0, -signal.SIGTERM)
 FROZEN_S = SESSION_TIMEOUT_MS / 1000 + 3  # past the session timeout: the group rebalances
 
 # Faults of the services; the others act on processes or traffic and may join one of these.
@@ -79,6 +82,7 @@ class Chaos:
     say: Callable[[str], None]
     relays: list[ManagedProcess] = field(default_factory=list)  # [active, standby]
     _recoveries: list[asyncio.Task[None]] = field(default_factory=list)
+    _traffic: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start_process(self, *args: str) -> ManagedProcess:
         return await asyncio.to_thread(self.pipeline.start, *args)
@@ -158,7 +162,9 @@ class Chaos:
             kill = await kill_worker_at(
                 worker, self.observer, self.workload, moment, self.rng, PROBE_ATTEMPTS_MAX
             )
-            self.report.faults[f"kill9_worker@{kill.moment}"] += 1
+            self.report.notes["kill_moments"] = ",".join(
+                filter(None, (str(self.report.notes.get("kill_moments", "")), kill.moment))
+            )
         else:
             kill9(worker)
 
@@ -181,7 +187,7 @@ class Chaos:
         worker = self.pipeline.workers[index]
         code, took = await terminate(worker, EXIT_BOUND_S)
         self.report.recovery_s["sigterm_exit"].append(round(took, 2))
-        if code != 0:
+        if code not in CLEAN_EXIT:
             self.report.problems.append(f"SIGTERM: worker exited {code} after {took:.1f} s")
             kill9(worker)
 
@@ -213,8 +219,17 @@ class Chaos:
 
     # -- traffic --------------------------------------------------------------------------------
 
+    def _background(self, work: Awaitable[object]) -> None:
+        """Traffic is published beside the fault: with the broker down it waits for it, and
+        must not hold up the heal that brings the broker back."""
+
+        async def run() -> None:
+            await work
+
+        self._traffic.append(asyncio.create_task(run()))
+
     async def poison(self, *, probe: bool) -> tuple[float, Heal]:  # noqa: ARG002
-        await self.workload.publish_poison()
+        self._background(self.workload.publish_poison())
         return 0.0, self._nothing
 
     async def storm(self, *, probe: bool) -> tuple[float, Heal]:  # noqa: ARG002
@@ -222,17 +237,22 @@ class Chaos:
         from testkit.commands import transfer  # noqa: PLC0415
 
         a, b = self.rng.sample(self.workload.wallets, 2)
-        for i in range(STORM_TRANSFERS):
-            sender, receiver = (a, b) if i % 2 else (b, a)
-            await self.workload.publish(
-                TRANSFER, transfer(sender, receiver, self.rng.randint(1, 1_000))
-            )
+        commands = [
+            transfer(*((a, b) if i % 2 else (b, a)), self.rng.randint(1, 1_000))
+            for i in range(STORM_TRANSFERS)
+        ]
+
+        async def publish_all() -> None:
+            for command in commands:
+                await self.workload.publish(TRANSFER, command)
+
+        self._background(publish_all())
         return 0.0, self._nothing
 
     async def settle(self) -> None:
         """Every fault healed and measured; the processes all alive."""
         self.stack.resume_postgres()
-        for task in self._recoveries:
+        for task in (*self._traffic, *self._recoveries):
             await task
         for index, worker in enumerate(self.pipeline.workers):
             if worker.process.poll() is not None:
@@ -250,6 +270,10 @@ async def run_chaos(
     say: Callable[[str], None] = print,
 ) -> Report:
     """The whole soak run on a stack of its own, removed afterwards."""
+    # SIGTERM cancels the run like Ctrl-C does, so the stack of its own is still taken down.
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     root = Path(tempfile.mkdtemp(prefix="ledgerflow-chaos-"))
     say(f"chaos: seed={seed} minutes={minutes} interval={interval_s}s rate={rate_per_s}/s")
     say(f"chaos: starting PostgreSQL and Kafka of its own under {root}")
@@ -296,9 +320,11 @@ async def _soak(
             await asyncio.sleep(interval_s * rng.uniform(0.7, 1.3))  # the schedule's own pace
             kinds = chaos.draw()
             t = time.monotonic() - started
+            say(f"  {t:7.1f}s  {'+'.join(kinds)} ...")
             try:
                 await chaos.inject(kinds)
-                say(f"  {t:7.1f}s  {'+'.join(kinds):36s} healed, sent {len(workload.sent)}")
+                healed_s = time.monotonic() - started - t
+                say(f"  {t:7.1f}s  {'+'.join(kinds)} healed after {healed_s:.1f}s")
             except Exception as error:
                 report.problems.append(f"{'+'.join(kinds)}: {type(error).__name__}: {error}")
                 say(f"  {t:7.1f}s  {'+'.join(kinds):36s} FAILED: {type(error).__name__}: {error}")

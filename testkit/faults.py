@@ -18,6 +18,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cli.processes import free_port
@@ -30,7 +31,6 @@ from testkit.plugin import KafkaServer, PostgresServer
 if TYPE_CHECKING:
     import random
     from collections.abc import Awaitable, Callable
-    from pathlib import Path
 
     from cli.processes import ManagedProcess
     from cli.results import ResultCollector
@@ -150,21 +150,47 @@ async def terminate(process: ManagedProcess, timeout_s: float) -> tuple[int | No
     return process.process.poll(), time.monotonic() - started
 
 
+def local_ports(pid: int) -> set[int]:
+    """The local TCP ports of a process's sockets (Linux /proc): PostgreSQL knows its clients by
+    them (pg_stat_activity.client_port), which tells one worker's sessions from another's."""
+    inodes: set[str] = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(OSError):
+        for fd in fd_dir.iterdir():
+            with contextlib.suppress(OSError):
+                target = str(fd.readlink())
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 @dataclass(frozen=True, slots=True)
 class Kill:
     """What a probing kill found at the moment it struck."""
 
     attempts: int
-    in_transaction: bool  # a worker transaction was open (it is rolled back)
+    in_transaction: bool  # a batch transaction of the worker was open, not committing: rolled back
     applied_not_committed: int  # commands in PostgreSQL whose offsets Kafka had not got yet
 
     @property
     def moment(self) -> str:
-        if self.applied_not_committed:
-            return "after_db_commit"
-        if self.in_transaction:
-            return "in_transaction"
-        return "between_batches"
+        """Both can hold at once: `worker all` runs one subscriber per flow."""
+        found = [
+            name
+            for name, hit in (
+                ("in_transaction", self.in_transaction),
+                ("after_db_commit", self.applied_not_committed > 0),
+            )
+            if hit
+        ]
+        return "+".join(found) or "between_batches"
 
 
 async def probe_until(
@@ -199,7 +225,7 @@ async def kill_worker_at(
 
     async def found() -> bool:
         nonlocal in_tx
-        in_tx = await observer.open_worker_transactions() > 0
+        in_tx = await observer.open_worker_transactions(local_ports(worker.process.pid)) > 0
         if moment == "in_transaction":
             return in_tx
         return await observer.applied_beyond_committed(workload) > 0

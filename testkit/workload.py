@@ -380,14 +380,18 @@ class Observer:
     async def outbox_pending(self) -> int:
         return int(await self.value("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
 
-    async def open_worker_transactions(self) -> int:
-        """Worker sessions inside a transaction right now (the pool's application_name)."""
+    async def open_worker_transactions(self, client_ports: set[int] | None = None) -> int:
+        """Worker sessions inside a transaction that is not committing right now (the pool's
+        application_name), of every worker or of the one whose connections use `client_ports`.
+        Frozen or killed there, the worker's transaction is rolled back."""
         return int(
             await self.value(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
                 " AND application_name = 'ledgerflow' AND xact_start IS NOT NULL"
-                " AND state <> 'idle'",
+                " AND state <> 'idle' AND NOT (state = 'active' AND query ILIKE 'commit%')"
+                " AND ($2::int[] IS NULL OR client_port = ANY($2::int[]))",
                 self.database_name,
+                sorted(client_ports) if client_ports is not None else None,
             )
         )
 
@@ -426,9 +430,9 @@ class Observer:
 
         value = await self.value(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND classid = $1::oid AND objid = $2::oid AND objsubid = 1",
-            str(RELAY_LOCK_KEY >> 32),
-            str(RELAY_LOCK_KEY & 0xFFFF_FFFF),
+            " AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1",
+            RELAY_LOCK_KEY >> 32,
+            RELAY_LOCK_KEY & 0xFFFF_FFFF,
         )
         return int(value) if value is not None else None
 
@@ -465,10 +469,8 @@ class Report:
     started: float = field(default_factory=time.monotonic)
     elapsed_s: float = 0.0
 
-    def fault(self, kind: str, recovery_s: float | None = None) -> None:
-        self.faults[kind] += 1
-        if recovery_s is not None:
-            self.recovery_s[kind].append(round(recovery_s, 2))
+    def recovered(self, kind: str, seconds: float) -> None:
+        self.recovery_s[kind].append(round(seconds, 2))
 
     @property
     def ok(self) -> bool:
@@ -501,7 +503,7 @@ async def measure_recovery(
     workload: Workload, report: Report, kind: str, healed_at: float, timeout_s: float = 120.0
 ) -> None:
     """Record, under `kind`, the time from `healed_at` (monotonic) until every command published
-    before it has its outcome. Run as a task beside the load."""
+    before it has its outcome. Run as a task beside the load; the caller counts the fault."""
     upto = len(workload.sent)
     deadline = healed_at + timeout_s
     while workload.unanswered(upto):
@@ -509,7 +511,7 @@ async def measure_recovery(
             report.problems.append(f"{kind}: not recovered {timeout_s:.0f} s after healing")
             return
         await asyncio.sleep(0.1)
-    report.fault(kind, time.monotonic() - healed_at)
+    report.recovered(kind, time.monotonic() - healed_at)
 
 
 async def drain(

@@ -140,6 +140,7 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
             size_max=settings.db_pool_size_max,
             statement_timeout_ms=settings.statement_timeout_ms,
             lock_timeout_ms=settings.lock_timeout_ms,
+            idle_in_transaction_timeout_ms=settings.idle_in_transaction_timeout_ms,
         )
         metrics.watch_pool(state.pool)
         metrics.set_build_info("worker")

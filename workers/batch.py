@@ -40,6 +40,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
     asyncpg.LockNotAvailableError,
+    # The server ended a session that sat idle in its transaction (the worker was frozen).
+    asyncpg.IdleInTransactionSessionTimeoutError,
 )
 
 

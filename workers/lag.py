@@ -29,6 +29,9 @@ log = logging.getLogger("ledgerflow.lag")
 
 REQUEST_TIMEOUT_MS = 10_000
 ERROR_LOG_INTERVAL_S = 60.0  # one warning a minute while Kafka is unreachable, not one a round
+# Lag numbers older than this many rounds (and at least STALE_AFTER_MIN_S) are withdrawn.
+STALE_ROUNDS = 3
+STALE_AFTER_MIN_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +82,21 @@ class LagMonitor:
         """Measure every `interval_s` until `stop` is set; failures are counted, never raised."""
         last_error_log = -ERROR_LOG_INTERVAL_S
         loop = asyncio.get_running_loop()
+        last_measured = loop.time()
+        stale_after_s = max(STALE_ROUNDS * self.interval_s, STALE_AFTER_MIN_S)
         try:
             while not stop.is_set():
                 try:
                     await self.measure()
+                    last_measured = loop.time()
                 except Exception as error:  # Kafka away or a group not there yet: next round
                     metrics.LAG_MEASUREMENT_ERRORS.labels(type(error).__name__).inc()
-                    # A number we could not measure is not shown as if it were current: the
-                    # series vanish, and "lag unknown" can alert.
-                    metrics.CONSUMER_LAG.clear()
-                    metrics.CONSUMER_COMMITTED_OFFSET.clear()
+                    if loop.time() - last_measured > stale_after_s:
+                        # A number we can no longer measure is not shown as if it were current:
+                        # the series vanish, and "lag unknown" can alert. One failed round
+                        # (a coordinator moving) keeps the last numbers.
+                        metrics.CONSUMER_LAG.clear()
+                        metrics.CONSUMER_COMMITTED_OFFSET.clear()
                     await self._close()
                     if loop.time() - last_error_log >= ERROR_LOG_INTERVAL_S:
                         last_error_log = loop.time()

@@ -200,11 +200,14 @@ class _CommandLatencyMiddleware(BaseMiddleware[Any, Any]):
         if msg.committed is AckStatus.NACKED:
             return result
         records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        flow = self._flow_of_topic.get(records[0].topic) if records else None
+        if flow is None:
+            return result
+        latency = COMMAND_LATENCY.labels(flow)  # a subscriber's batch holds one topic
         now_ms = time.time() * 1000
         for record in records:
-            flow = self._flow_of_topic.get(record.topic)
-            if flow is not None and record.timestamp is not None:
-                COMMAND_LATENCY.labels(flow).observe(max(0.0, (now_ms - record.timestamp) / 1000))
+            if record.timestamp is not None:
+                latency.observe(max(0.0, (now_ms - record.timestamp) / 1000))
         return result
 
 

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     db_pool_size_max: int = Field(default=4, ge=1, le=32)
     statement_timeout_ms: int = Field(default=30_000, ge=100, le=120_000)
     lock_timeout_ms: int = Field(default=5_000, ge=10, le=60_000)
+    # A worker silent inside a transaction this long (frozen, partitioned) loses its session and
+    # its row locks; like the Kafka session timeout (10 s) after which its partitions move on.
+    idle_in_transaction_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     db_retries_max: int = Field(default=8, ge=0, le=100)
     relay_batch_rows_max: int = Field(default=1000, ge=1, le=5000)
 

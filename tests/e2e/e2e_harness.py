@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 # Report lines of the session's scenarios, repeated in pytest's terminal summary (conftest).
 REPORT_LINES: list[str] = []
 WALLETS = 24
-LOAD_RATE_PER_S = 120.0
+LOAD_RATE_PER_S = 100.0
 DRAIN_TIMEOUT_S = 120.0
 
 
@@ -56,7 +56,9 @@ class Scenario:
         await asyncio.sleep(seconds)
 
     def recovery(self, kind: str, healed_at: float | None = None) -> asyncio.Task[None]:
-        """Measure, beside the load, how long until everything sent so far is answered."""
+        """Count a fault and measure, beside the load, how long until everything sent so far
+        is answered."""
+        self.report.faults[kind] += 1
         task = asyncio.create_task(
             measure_recovery(
                 self.workload, self.report, kind, healed_at or time.monotonic(), DRAIN_TIMEOUT_S

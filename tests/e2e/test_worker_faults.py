@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import TYPE_CHECKING
 
 import pytest
 from e2e_harness import assert_ok, metric, scenario
 
-from testkit.faults import kill_worker_at, probe_until, terminate, thaw
+from testkit.faults import kill_worker_at, local_ports, probe_until, terminate, thaw
+from testkit.plugin import wait_until
 from workers.app import GRACEFUL_TIMEOUT_S, SESSION_TIMEOUT_MS
 
 if TYPE_CHECKING:
@@ -19,10 +21,12 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.e2e
 
-KILLS = ("in_transaction", "after_db_commit") * 2
+KILLS = ("in_transaction", "after_db_commit")
 # A SIGTERMed worker drains its in-flight batch for at most GRACEFUL_TIMEOUT_S, then exits.
 EXIT_BOUND_S = GRACEFUL_TIMEOUT_S + 5
+CLEAN_EXIT = (0, -signal.SIGTERM)
 FROZEN_MAX_S = SESSION_TIMEOUT_MS / 1000 + 30
+PAST_SESSION_TIMEOUT_S = SESSION_TIMEOUT_MS / 1000 + 2
 
 
 async def test_kill9_worker_mid_batch(
@@ -33,60 +37,72 @@ async def test_kill9_worker_mid_batch(
     async with scenario("kill9-worker", fault_stack, fault_template, tmp_path, seed) as s:
         s.start_load()
         worker = s.pipeline.worker
-        moments = []
-        redelivery_due = 0
+        kills = []
         for wanted in KILLS:
             await s.load_for(s.rng.uniform(0.3, 1.5))
             kill = await kill_worker_at(worker, s.observer, s.workload, wanted, s.rng)
             killed_at = time.monotonic()
-            moments.append(kill.moment)
-            redelivery_due += kill.applied_not_committed
+            kills.append(kill)
             worker = await s.start("worker", "all")
             # Recovered: every command sent before the kill answered (includes the restart).
             await s.recovery(f"kill9_{kill.moment}", killed_at)
-        s.report.notes["kill_moments"] = ",".join(moments)
+        redelivery_due = sum(k.applied_not_committed for k in kills)
+        s.report.notes["kill_moments"] = ",".join(k.moment for k in kills)
         s.report.notes["redelivery_due"] = redelivery_due
         report = await s.finish()
     assert_ok(report)
-    assert "in_transaction" in moments
-    assert "after_db_commit" in moments
+    assert any(k.in_transaction for k in kills), "no kill inside a batch transaction"
+    assert redelivery_due > 0, "no kill between a DB commit and its offset commit"
     # Commands committed in PostgreSQL but not in Kafka were delivered again and replayed.
-    assert report.redelivered >= redelivery_due > 0
+    assert report.redelivered >= redelivery_due
 
 
 async def test_sigstop_worker_past_session_timeout(
     fault_stack: FaultStack, fault_template: str, tmp_path: Path, seed: int
 ) -> None:
-    """Freeze one of two workers inside a batch transaction for longer than the session
-    timeout: the group gives its partitions to the other worker, which must carry on. Then the
-    zombie wakes up and finishes its batch: its late writes must change nothing."""
+    """Freeze one of two workers for longer than the session timeout, first inside a batch
+    transaction (holding wallet row locks), then at a random moment (maybe holding a fetched
+    batch): the group gives its partitions to the other worker, which must carry on while the
+    zombie sleeps. Then the zombie wakes up and finishes what it was doing: its late writes must
+    change nothing."""
     async with scenario(
         "sigstop-worker", fault_stack, fault_template, tmp_path, seed, workers=2
     ) as s:
         zombie, survivor = s.pipeline.workers
         s.start_load()
-        await s.load_for(2)
+        taken_over = []
+        for moment in ("in_transaction", "random"):
+            await s.load_for(s.rng.uniform(1.0, 2.0))
 
-        async def in_transaction() -> bool:
-            return await s.observer.open_worker_transactions() > 0
+            async def found(moment: str = moment) -> bool:
+                if moment == "random":
+                    return True
+                ports = local_ports(zombie.process.pid)
+                return await s.observer.open_worker_transactions(ports) > 0
 
-        await probe_until(zombie, in_transaction, s.rng)
-        frozen_at = time.monotonic()
-        # Taken over: every command sent so far is answered while the zombie is still frozen.
-        takeover = s.recovery("sigstop_takeover", frozen_at)
-        done, _ = await asyncio.wait([takeover], timeout=FROZEN_MAX_S)
-        taken_over = bool(done)
-        await s.load_for(max(0.0, SESSION_TIMEOUT_MS / 1000 + 2 - (time.monotonic() - frozen_at)))
-        thaw(zombie)
-        s.report.notes["frozen_s"] = round(time.monotonic() - frozen_at, 1)
-        s.recovery("sigcont_rejoin")
-        await s.load_for(3)
+            await probe_until(zombie, found, s.rng)
+            frozen_at = time.monotonic()
+            # Taken over: everything sent so far is answered while the zombie is still frozen.
+            takeover = s.recovery(f"sigstop_takeover_{moment}", frozen_at)
+            done, _ = await asyncio.wait([takeover], timeout=FROZEN_MAX_S)
+            taken_over.append(bool(done))
+            await s.load_for(max(0.0, PAST_SESSION_TIMEOUT_S - (time.monotonic() - frozen_at)))
+            thaw(zombie)
+            s.report.notes[f"frozen_s_{moment}"] = round(time.monotonic() - frozen_at, 1)
+            thawed_at = time.monotonic()
+            await wait_until(
+                lambda: zombie.get("/readyz")[0] == 200,
+                timeout_s=FROZEN_MAX_S,
+                message="the zombie rejoined the group",
+            )
+            s.report.recovered("sigcont_rejoin", time.monotonic() - thawed_at)
+        s.report.notes["zombie_commit_failures"] = metric(
+            zombie, "ledgerflow_offset_commit_failures_total"
+        )
         report = await s.finish()
-        commit_failures = metric(zombie, "ledgerflow_offset_commit_failures_total")
-        s.report.notes["zombie_commit_failures"] = commit_failures
         assert survivor.process.poll() is None
     assert_ok(report)
-    assert taken_over, "the second worker did not take over while the first was frozen"
+    assert all(taken_over), "the second worker did not take over while the first was frozen"
 
 
 async def test_sigterm_worker_during_load(
@@ -102,7 +118,8 @@ async def test_sigterm_worker_during_load(
             await s.load_for(s.rng.uniform(1.0, 3.0))
             code, took = await terminate(worker, EXIT_BOUND_S)
             exits.append(round(took, 1))
-            assert code == 0, f"worker exited {code} after {took:.1f} s: {worker.log_tail()}"
+            # uvicorn re-raises SIGTERM after its graceful shutdown: -15 is a clean exit too.
+            assert code in CLEAN_EXIT, f"worker exited {code} after {took:.1f} s"
             stopped_at = time.monotonic()
             assert await s.observer.applied_beyond_committed(s.workload) == 0
             worker = await s.start("worker", "all")

@@ -133,11 +133,14 @@ async def test_logs_are_json_with_ids_and_outcomes_and_never_pii_or_secrets(
                 authorization=bearer,
                 correlation_id=correlation,
             ),
-            # The same phone number again: rejected, phone_number_taken.
-            await publish(p.producer, onboarding(), ONBOARDING, p.prefix, authorization=bearer),
         ]
         for rec in sent:
             await p.results.wait_for(event_id_of(rec), timeout_s=TIMEOUT_S)
+        # The same phone number again, once Alice has it: rejected, phone_number_taken.
+        sent.append(
+            await publish(p.producer, onboarding(), ONBOARDING, p.prefix, authorization=bearer)
+        )
+        await p.results.wait_for(event_id_of(sent[2]), timeout_s=TIMEOUT_S)
         more = [
             await publish(p.producer, cashin(a, 50_000), CASHIN, p.prefix, authorization=bearer),
         ]
