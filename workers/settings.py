@@ -93,7 +93,7 @@ class Settings(BaseSettings):
 
     # Who asked (docs/security.md). `required` in every deployment; `off` only where a test
     # or benchmark says so.
-    auth_mode: AuthMode = AuthMode.OFF
+    auth_mode: AuthMode = AuthMode.REQUIRED
     auth_jwks_file: str | None = None
     auth_jwks_url: str | None = None
     auth_issuer: str = "https://identity.ledgerflow.local"
