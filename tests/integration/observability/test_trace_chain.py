@@ -25,6 +25,7 @@ from testkit.commands import onboarding
 from testkit.plugin import wait_until
 from workers import tracing
 from workers.app import build_worker_app
+from workers.auth import AuthMode
 from workers.relay import Relay
 from workers.settings import Settings
 from workers.topics import ensure_topics, topic_specs
@@ -68,6 +69,7 @@ async def in_process(
         bootstrap, topic_specs(prefix, PARTITIONS, PARTITIONS, 1), replication_factor=1
     )
     settings = Settings(
+        auth_mode=AuthMode.OFF,
         database_url=SecretStr(database.app_url),
         kafka_bootstrap_servers=bootstrap,
         topic_prefix=prefix,
