@@ -69,6 +69,7 @@ PROCESS = (
 # Faults that can join another one (they need no probe of PostgreSQL or Kafka and no long wait).
 JOINERS = ("kill9_worker", "kill9_active_relay", "poison", "storm")
 COMBINED_SHARE = 0.35
+WORKER_FAULTS = ("kill9_worker", "sigstop_worker", "sigterm_worker")
 
 
 @dataclass(slots=True)
@@ -90,7 +91,9 @@ class Chaos:
     def draw(self) -> list[str]:
         first = self.rng.choice(INFRA + PROCESS)
         if self.rng.random() < COMBINED_SHARE:
-            second = self.rng.choice([k for k in JOINERS if k != first])
+            # One fault per worker slot at a time: two would both replace the same worker.
+            taken = {first} | (set(WORKER_FAULTS) if first in WORKER_FAULTS else set())
+            second = self.rng.choice([k for k in JOINERS if k not in taken])
             return [first, second]
         return [first]
 
@@ -99,12 +102,20 @@ class Chaos:
         infra = any(k in INFRA for k in kinds)
         kinds = sorted(kinds, key=lambda k: k not in INFRA)
         heals: list[tuple[float, Heal]] = []
-        for kind in kinds:
-            self.report.faults[kind] += 1
-            heals.append(await self.breakers()[kind](probe=not infra))
-        await asyncio.sleep(max(down for down, _ in heals))  # the faults' own duration
-        for _, heal in heals:
-            await heal()
+        errors: list[BaseException] = []
+        try:
+            for kind in kinds:
+                self.report.faults[kind] += 1
+                heals.append(await self.breakers()[kind](probe=not infra))
+            await asyncio.sleep(max(down for down, _ in heals))  # the faults' own duration
+        finally:
+            for _, heal in heals:  # whatever broke is healed, even if the next fault failed
+                try:
+                    await heal()
+                except Exception as error:
+                    errors.append(error)
+        if errors:
+            raise errors[0]
         label = "+".join(kinds)
         self._recoveries.append(
             asyncio.create_task(
@@ -269,15 +280,17 @@ async def run_chaos(
     workers: int = 2,
     say: Callable[[str], None] = print,
 ) -> Report:
-    """The whole soak run on a stack of its own, removed afterwards."""
+    """The whole soak run on a stack of its own, removed afterwards (the processes' logs are
+    kept when a check failed)."""
     # SIGTERM cancels the run like Ctrl-C does, so the stack of its own is still taken down.
     main = asyncio.current_task()
     assert main is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-    root = Path(tempfile.mkdtemp(prefix="ledgerflow-chaos-"))
+    root = Path(tempfile.mkdtemp(prefix="ledgerflow-chaos-"))  # the processes' logs
     say(f"chaos: seed={seed} minutes={minutes} interval={interval_s}s rate={rate_per_s}/s")
-    say(f"chaos: starting PostgreSQL and Kafka of its own under {root}")
-    stack = await FaultStack.start(root)
+    stack = await FaultStack.start()
+    say(f"chaos: PostgreSQL and Kafka of its own in {stack.settings.stack_dir}, logs in {root}")
+    report: Report | None = None
     try:
         template = await build_template(stack.postgres)
         async with running_pipeline(
@@ -288,10 +301,14 @@ async def run_chaos(
             workers=workers,
             fault_poison_marker=POISON_MARKER,
         ) as p:
-            return await _soak(stack, p, seed, minutes, interval_s, rate_per_s, say)
+            report = await _soak(stack, p, seed, minutes, interval_s, rate_per_s, say)
     finally:
         await stack.close()
-        shutil.rmtree(root, ignore_errors=True)
+        if report is not None and report.ok:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            say(f"chaos: the processes' logs are kept in {root / 'logs'}")
+    return report
 
 
 async def _soak(

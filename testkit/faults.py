@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +26,7 @@ from cli.processes import free_port
 from stack import StackSettings, down_async, up_async
 from stack import kafka_broker as stack_kafka
 from stack import postgres as stack_postgres
-from stack.process import descendants, remove_file, stop_process
+from stack.process import descendants, pid_alive, remove_file, stop_process
 from testkit.plugin import KafkaServer, PostgresServer
 
 if TYPE_CHECKING:
@@ -52,15 +53,21 @@ class FaultStack:
     _frozen: list[int] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, root: Path, kafka_heap_mb: int = KAFKA_HEAP_MB) -> FaultStack:
+    async def start(cls, kafka_heap_mb: int = KAFKA_HEAP_MB) -> FaultStack:
+        """A new stack in `.stack/fault-stacks/<pid>-<id>` (after stopping orphans, see there)."""
+        await reap_orphans()
         settings = StackSettings(
-            dir=root / ".stack",
+            dir=_home() / f"{os.getpid()}-{uuid.uuid4().hex[:8]}",
             postgres_port=free_port(),
             kafka_port=free_port(),
             kafka_controller_port=free_port(),
             kafka_heap_mb=kafka_heap_mb,
         )
-        await up_async(settings)
+        try:
+            await up_async(settings)
+        except BaseException:
+            await _take_down(settings.stack_dir)  # whichever service did start
+            raise
         return cls(
             settings,
             PostgresServer(admin_url=stack_postgres.admin_url(settings), source="embedded"),
@@ -69,12 +76,7 @@ class FaultStack:
 
     async def close(self) -> None:
         self.resume_postgres()
-        await down_async(self.settings)
-        user = stack_postgres.os_user(self.settings, create=False)
-        pg_root = stack_postgres.paths(self.settings, user).root
-        # As root the cluster may live in /var/tmp (see stack.postgres.paths): remove it too.
-        if not pg_root.is_relative_to(self.settings.stack_dir):
-            shutil.rmtree(pg_root, ignore_errors=True)
+        await _take_down(self.settings.stack_dir)
 
     # -- Kafka ---------------------------------------------------------------------------------
 
@@ -122,6 +124,39 @@ class FaultStack:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target, signal.SIGCONT)
         self._frozen.clear()
+
+
+# Fault stacks live beside the shared stack, in `.stack/fault-stacks/<pid>-<id>`, named after
+# the process that started them. A run killed outright (SIGKILL, a CI timeout) cannot stop its
+# stack; the next start finds it by its dead owner and stops and removes it.
+def _home() -> Path:
+    return StackSettings().stack_dir / "fault-stacks"
+
+
+async def _take_down(stack_dir: Path) -> None:
+    """Stop both services of a fault stack and remove its files, also its PostgreSQL folder
+    when that lives elsewhere (as root it may be in /var/tmp, see stack.postgres.paths)."""
+    settings = StackSettings(dir=stack_dir)
+    await down_async(settings)
+    user = stack_postgres.os_user(settings, create=False)
+    pg_root = stack_postgres.paths(settings, user).root
+    if not pg_root.is_relative_to(settings.stack_dir):
+        shutil.rmtree(pg_root, ignore_errors=True)
+    shutil.rmtree(stack_dir, ignore_errors=True)
+
+
+async def reap_orphans() -> list[Path]:
+    """Stop and remove the fault stacks whose starting process is gone; returns their folders."""
+    reaped: list[Path] = []
+    if not _home().is_dir():
+        return reaped
+    for stack_dir in sorted(_home().iterdir()):
+        owner = stack_dir.name.split("-", 1)[0]
+        if owner.isdigit() and pid_alive(int(owner)):
+            continue
+        await _take_down(stack_dir)
+        reaped.append(stack_dir)
+    return reaped
 
 
 # --------------------------------------------------------------------------------------------

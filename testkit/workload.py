@@ -50,6 +50,9 @@ PUBLISH_GIVE_UP_S = 180.0  # a command the broker has not taken in 3 minutes fai
 PUBLISH_RETRY_S = 0.25
 OBSERVE_TIMEOUT_S = 10.0  # one look at Kafka or PostgreSQL
 DRAIN_POLL_S = 0.25
+# Commands looked at by the probes (the last ones published): older ones are committed long
+# before a probe runs, and a soak publishes tens of thousands.
+PROBE_WINDOW = 20_000
 READ_LOG_TIMEOUT_S = 60.0
 
 FUNDING = 200_000  # minor units cashed in to every wallet at setup
@@ -251,6 +254,14 @@ class Workload:
             1 for s in entries if not s.poison and not self.results.by_command_key.get(s.key)
         )
 
+    def first_unanswered(self, start: int, upto: int) -> int:
+        """The index of the first command in [start, upto) without an outcome (upto: none).
+        Waiting callers resume from it, so a long run is scanned once, not once per poll."""
+        answered = self.results.by_command_key
+        while start < upto and (self.sent[start].poison or answered.get(self.sent[start].key)):
+            start += 1
+        return start
+
 
 # --------------------------------------------------------------------------------------------
 # Looking at the system from outside.
@@ -412,11 +423,12 @@ class Observer:
         """Commands committed in PostgreSQL whose offsets Kafka has not got yet: the window
         between a batch's DB commit and its offset commit (a crash there means redelivery)."""
         beyond: list[tuple[str, str]] = []
+        recent = workload.sent[-PROBE_WINDOW:]
         for flow in FLOWS:
             committed = await self.committed(flow)
             beyond += [
                 (flow.name, s.key)
-                for s in workload.sent
+                for s in recent
                 if s.flow is flow
                 and s.offset is not None
                 and s.partition is not None
@@ -506,7 +518,8 @@ async def measure_recovery(
     before it has its outcome. Run as a task beside the load; the caller counts the fault."""
     upto = len(workload.sent)
     deadline = healed_at + timeout_s
-    while workload.unanswered(upto):
+    waiting = 0
+    while (waiting := workload.first_unanswered(waiting, upto)) < upto:
         if time.monotonic() > deadline:
             report.problems.append(f"{kind}: not recovered {timeout_s:.0f} s after healing")
             return
@@ -523,19 +536,20 @@ async def drain(
     started = time.monotonic()
     deadline = started + timeout_s
     took: dict[str, float] = {}
-    waiting = "outcomes"
 
     async def done(name: str, holds: Callable[[], Awaitable[bool]]) -> None:
-        nonlocal waiting
-        waiting = name
         while not await holds():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"drain: {name} not reached within {timeout_s:.0f} s")
             await asyncio.sleep(DRAIN_POLL_S)
         took[name] = round(time.monotonic() - started, 2)
 
+    waiting = 0
+
     async def answered() -> bool:
-        return workload.unanswered() == 0
+        nonlocal waiting
+        waiting = workload.first_unanswered(waiting, len(workload.sent))
+        return waiting == len(workload.sent)
 
     async def outbox_empty() -> bool:
         return await observer.outbox_pending() == 0
@@ -635,6 +649,8 @@ async def verify(workload: Workload, observer: Observer, report: Report) -> Repo
     results = workload.results
     report.commands = len(workload.sent)
     report.publishes = workload.publishes
+    if workload.resends:
+        report.notes["producer_resends"] = workload.resends
 
     # 1. Exactly one outcome per command (repeats share one CloudEvents id); poison: none.
     first_event: dict[str, dict[str, Any]] = {}

@@ -27,8 +27,8 @@ SEED_ENV = "LEDGERFLOW_E2E_SEED"
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FaultStack]:
-    faults = await FaultStack.start(tmp_path_factory.mktemp("e2e-stack"))
+async def fault_stack() -> AsyncIterator[FaultStack]:
+    faults = await FaultStack.start()
     try:
         yield faults
     finally:

@@ -16,7 +16,7 @@ from testkit.pipeline import running_pipeline
 from testkit.workload import Observer, Report, Workload, drain, measure_recovery, verify
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
     from cli.processes import ManagedProcess
@@ -71,8 +71,9 @@ class Scenario:
         """Another process on the pipeline, started off the event loop (it waits until ready)."""
         return await asyncio.to_thread(self.pipeline.start, *args)
 
-    async def finish(self) -> Report:
-        """Stop the load, drain (bounded), run every check, print and keep the report line."""
+    async def finish(self, drained: Callable[[], Awaitable[None]] | None = None) -> Report:
+        """Stop the load, drain (bounded), run every check, print and keep the report line.
+        `drained` runs once the system is drained, before the report (to add notes)."""
         await self.stop_load()
         try:
             took = await drain(self.workload, self.observer, DRAIN_TIMEOUT_S)
@@ -81,6 +82,8 @@ class Scenario:
             self.report.problems.append(str(error))
         for task in self._recoveries:
             await task
+        if drained is not None:
+            await drained()
         await verify(self.workload, self.observer, self.report)
         line = self.report.line()
         print(line)

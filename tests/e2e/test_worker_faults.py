@@ -82,7 +82,9 @@ async def test_sigstop_worker_past_session_timeout(
 
             await probe_until(zombie, found, s.rng)
             frozen_at = time.monotonic()
-            # Taken over: everything sent so far is answered while the zombie is still frozen.
+            # Taken over: everything sent until a second after the freeze (about half of it into
+            # the zombie's partitions) is answered while the zombie is still frozen.
+            await s.load_for(1)
             takeover = s.recovery(f"sigstop_takeover_{moment}", frozen_at)
             done, _ = await asyncio.wait([takeover], timeout=FROZEN_MAX_S)
             taken_over.append(bool(done))
