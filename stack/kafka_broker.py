@@ -238,8 +238,15 @@ def client_options(settings: StackSettings, principal: str = kafka_acls.ADMIN) -
 
 
 def _new_cluster_id() -> str:
-    """Kafka's cluster-id format: a UUID in URL-safe base64 without padding (22 characters)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+    """Kafka's cluster-id format: a UUID in URL-safe base64 without padding (22 characters).
+
+    Never starting with '-', as Kafka's own Uuid.randomUuid ensures: the storage tool's argument
+    parser would take such an id for an option (a 1-in-64 failure of `stack up`).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def format_storage(settings: StackSettings, libs: Path, p: KafkaPaths) -> bool:
@@ -256,7 +263,7 @@ def format_storage(settings: StackSettings, libs: Path, p: KafkaPaths) -> bool:
         shutil.rmtree(p.data)
     elif formatted:
         return False
-    if not p.cluster_id.is_file():
+    if not p.cluster_id.is_file() or p.cluster_id.read_text(encoding="ascii").startswith("-"):
         p.cluster_id.write_text(_new_cluster_id(), encoding="ascii")
     cluster_id = p.cluster_id.read_text(encoding="ascii").strip()
     scram: list[str] = []

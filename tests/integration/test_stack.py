@@ -246,3 +246,10 @@ def test_kafka_jars_are_fetched_once() -> None:
     assert time.monotonic() - started < 0.5  # cached: a marker read, no Maven
     assert (libs / COMPLETE_MARKER).is_file()
     assert (libs / f"kafka_2.13-{settings.kafka_version}.jar").is_file()
+
+
+def test_cluster_ids_never_look_like_options() -> None:
+    from stack.kafka_broker import _new_cluster_id  # noqa: PLC0415 - private on purpose
+
+    ids = [_new_cluster_id() for _ in range(2_000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
