@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
+from cli.results import topic_partitions
 from contracts.topics import FLOWS
 from workers.kafka_security import kafka_client_options
 from workers.settings import Settings
@@ -56,7 +56,7 @@ async def read_dead_letters(
 ) -> list[Letter]:
     """Every message currently in the topics (up to `limit`), without joining a group."""
     security = security or {}
-    partitions = await _partitions(bootstrap, topics, security)
+    partitions = await topic_partitions(bootstrap, topics, security)
     if not partitions:
         return []
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **security)
@@ -83,23 +83,6 @@ async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -
         if await consumer.position(tp) < end:
             return True
     return False
-
-
-async def _partitions(
-    bootstrap: str, topics: list[str], security: dict[str, Any]
-) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security)
-    await admin.start()
-    try:
-        described = await admin.describe_topics(topics)
-    finally:
-        await admin.close()
-    return [
-        TopicPartition(t["topic"], p["partition"])
-        for t in described
-        if t["error_code"] == 0
-        for p in t["partitions"]
-    ]
 
 
 def _topics(settings: Settings, flow: str | None) -> list[str]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts.codec import KafkaRecord, encode_command
 from contracts.topics import FLOWS
@@ -26,6 +26,24 @@ if TYPE_CHECKING:
 
 ASSIGNMENT_TIMEOUT_S = 30.0
 ID_FIELDS = tuple(flow.id_field for flow in FLOWS)
+
+
+async def topic_partitions(
+    bootstrap: str, topics: list[str], security: dict[str, Any]
+) -> list[TopicPartition]:
+    """Every partition of the topics that exist (no consumer group needed)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(t["topic"], p["partition"])
+        for t in described
+        if t["error_code"] == 0
+        for p in t["partitions"]
+    ]
 
 
 @dataclass(slots=True)
@@ -47,27 +65,27 @@ class ResultCollector:
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self, *, from_end: bool = False) -> None:
-        """Read from the beginning, or (from_end) only what is published after this returns."""
+        """Read from the beginning, or (from_end) only what is published after this returns.
+
+        Partitions are assigned by hand, without a consumer group: no heartbeats, so a test
+        that blocks its event loop for a while cannot lose the collector's place.
+        """
         topics = [
             self.topic_prefix + t for f in self.flows for t in (f.completed_topic, f.rejected_topic)
         ]
-        # A group of its own, so Kafka assigns every partition of every result topic to us.
+        partitions = await topic_partitions(self.bootstrap_servers, topics, self.security)
+        if len({tp.topic for tp in partitions}) < len(topics):
+            raise RuntimeError(f"result topics missing: {topics}")
         self._consumer = AIOKafkaConsumer(
-            *topics,
-            bootstrap_servers=self.bootstrap_servers,
-            group_id=f"ledgerflow.results.{uuid.uuid4().hex}",
-            auto_offset_reset="latest" if from_end else "earliest",
-            enable_auto_commit=False,
-            **self.security,
+            bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False, **self.security
         )
         await self._consumer.start()
-        deadline = time.monotonic() + ASSIGNMENT_TIMEOUT_S
-        while len(self._consumer.assignment()) < len(topics):
-            if time.monotonic() > deadline:
-                await self._consumer.stop()
-                raise TimeoutError(f"result topics not assigned: {topics}")
-            await asyncio.sleep(0.05)
-        for tp in self._consumer.assignment():  # pin positions before any command is published
+        self._consumer.assign(partitions)
+        if from_end:
+            await self._consumer.seek_to_end(*partitions)
+        else:
+            await self._consumer.seek_to_beginning(*partitions)
+        for tp in partitions:  # pin positions before any command is published
             await self._consumer.position(tp)
         self._task = asyncio.create_task(self._run())
 
