@@ -73,11 +73,13 @@ def owner_of(person: RequestOnboarding) -> str:
     return f"user-{person.customer_id}"
 
 
-async def _fund_wallets(app_url: str, wallets: int) -> tuple[list[uuid.UUID], dict[uuid.UUID, str]]:
+async def _fund_wallets(
+    app_url: str, wallets: int, topic_prefix: str
+) -> tuple[list[uuid.UUID], dict[uuid.UUID, str]]:
     """Open wallets owned by `owner_of(person)` and fund them, straight in the ledger (setup)."""
     pool = await create_pool(app_url, size_max=1)
     try:
-        writer = LedgerWriter(pool, {"basic": TierLimits()})
+        writer = LedgerWriter(pool, {"basic": TierLimits()}, topic_prefix=topic_prefix)
         people = [onboarding() for _ in range(wallets)]
         for start in range(0, wallets, SETUP_BATCH):
             chunk = people[start : start + SETUP_BATCH]
@@ -105,8 +107,9 @@ async def run_e2e(
     database = f"ledgerflow_bench_e2e_{'naive' if naive else 'batched'}"
     await create_bench_database(owner_url, database)
     bench_app_url = with_database(app_url, database)
-    ids, owners = await _fund_wallets(bench_app_url, wallets)
     prefix = f"bench{uuid.uuid4().hex[:8]}."
+    # Setup results go to this run's topics too: the relay must never wait on a missing topic.
+    ids, owners = await _fund_wallets(bench_app_url, wallets, prefix)
     await ensure_topics(bootstrap_servers, topic_specs(prefix, 6, 6, 1), 1)
     log_dir = Path(tempfile.mkdtemp(prefix="ledgerflow-bench-"))
     # Signed like production: each sender's session token (verified once, then cached).

@@ -27,7 +27,7 @@ from ledger_db.unit_of_work import create_pool
 from workers import http, metrics, tracing
 from workers.auth import Authenticator, AuthMode
 from workers.batch import BatchProcessor, DeadLetter, is_transient
-from workers.kafka_io import commit_offsets, idempotent_producer, send_dead_letters
+from workers.kafka_io import commit_offsets, idempotent_producer, rewind, send_dead_letters
 from workers.kafka_security import faststream_security, kafka_client_options
 from workers.lag import LagMonitor, Watched
 from workers.settings import pii_vault
@@ -281,7 +281,9 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
                 "batch failed, will retry",
                 extra={"flow": flow.name, "error_class": type(error).__name__, "attempt": failures},
             )
-            await msg.nack()  # rewind every partition of the batch to its first record
+            # Rewind every partition of the batch still ours to its first record (FastStream's
+            # nack stops at the first revoked partition and would skip the rest).
+            rewind(cast("AIOKafkaConsumer", msg.consumer), records)
             await asyncio.sleep(min(FAILURE_BACKOFF_MAX_S, 0.05 * 2 ** min(failures + 1, 10)))
             return
         state.failures[flow.name] = 0

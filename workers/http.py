@@ -37,11 +37,22 @@ async def healthz(scope: Scope, receive: Receive, send: Send) -> None:  # noqa: 
 def readyz(check: Callable[[], Awaitable[str | None]]) -> ASGIApp:
     """Ready when `check` returns None within the timeout; its string says what is missing."""
 
+    # The check runs as a task that is waited for, never cancelled: cancelling an asyncpg query
+    # opens a new connection to send the cancel request, which hangs while the database is
+    # unreachable — exactly when the answer matters. One check runs at a time.
+    pending: list[asyncio.Task[str | None]] = []
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:  # noqa: ARG001
-        try:
-            problem = await asyncio.wait_for(check(), READINESS_TIMEOUT_S)
-        except (TimeoutError, OSError) as error:
-            problem = f"readiness check failed: {type(error).__name__}"
+        if not pending or pending[0].done():
+            pending[:] = [asyncio.ensure_future(check())]
+        task = pending[0]
+        done, _ = await asyncio.wait({task}, timeout=READINESS_TIMEOUT_S)
+        if not done:
+            problem: str | None = "readiness check timed out (database or broker unresponsive)"
+        elif task.exception() is not None:
+            problem = f"readiness check failed: {type(task.exception()).__name__}"
+        else:
+            problem = task.result()
         if problem is None:
             await _respond(send, 200, b"ready\n")
         else:

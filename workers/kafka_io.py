@@ -64,3 +64,26 @@ async def commit_offsets(consumer: AIOKafkaConsumer, records: Sequence[Record]) 
     except (CommitFailedError, IllegalStateError, KafkaError):
         return False
     return True
+
+
+def rewind(consumer: AIOKafkaConsumer, records: Sequence[Record]) -> int:
+    """Seek every still-assigned partition of a failed batch back to its first record.
+
+    Partition by partition, so one partition revoked meanwhile (a rebalance) cannot stop the
+    others from being rewound: skipping a rewind would let the next batch commit past records
+    that were never applied. Returns the partitions rewound.
+    """
+    first: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        first[tp] = min(first.get(tp, record.offset), record.offset)
+    assigned = consumer.assignment()
+    rewound = 0
+    for tp, offset in first.items():
+        if tp in assigned:
+            try:
+                consumer.seek(tp, offset)
+            except (IllegalStateError, KafkaError, AssertionError):
+                continue
+            rewound += 1
+    return rewound

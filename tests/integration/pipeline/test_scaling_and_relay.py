@@ -27,7 +27,7 @@ async def fund(p: Pipeline, wallets: int, amount: int) -> list[Any]:
     pool = await create_pool(p.database.app_url, size_max=1)
     try:
         people = [onboarding() for _ in range(wallets)]
-        writer = LedgerWriter(pool, {"basic": TierLimits()})
+        writer = LedgerWriter(pool, {"basic": TierLimits()}, topic_prefix=p.prefix)
         await apply_all(writer, *people)
         await apply_all(writer, *[cashin(wallet_of(x), amount) for x in people])
     finally:
