@@ -17,6 +17,7 @@ from ledger_db.apply import Incoming, LedgerWriter, Outcome
 from workers import metrics, tracing
 from workers.auth import Authenticator, Refusal
 from workers.logging import log_outcomes
+from workers.records import Record, header
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -53,23 +54,6 @@ class InjectedFault(RuntimeError):  # noqa: N818 - named for what it is: a test 
     """Raised by the fault-injection test hook; never raised in a normal deployment."""
 
 
-class Record(Protocol):
-    """The parts of a Kafka record we use (aiokafka's ConsumerRecord has them)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
-
-
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     topic: str
@@ -80,13 +64,6 @@ class DeadLetter:
 
 class DeadLetterSink(Protocol):
     async def __call__(self, letters: Sequence[DeadLetter]) -> None: ...
-
-
-def header(record: Record, name: str) -> str | None:
-    for key, value in record.headers or ():
-        if key.lower() == name:
-            return value.decode("utf-8", "replace")
-    return None
 
 
 def dead_letter(
@@ -122,7 +99,7 @@ class BatchProcessor:
         traceparent = tracing.outbox_traceparent(record)
         if self.authenticator is None or not isinstance(parsed, ValidCommand):
             return Incoming(parsed, traceparent, record.key)
-        verdict = self.authenticator.verify(header(record, "authorization"), parsed)
+        verdict = self.authenticator.verify(header(record.headers, "authorization"), parsed)
         if isinstance(verdict, Refusal):
             metrics.UNAUTHORIZED.labels(self.flow.name).inc()
             return Incoming(parsed, traceparent, record.key, refused=verdict.detail)

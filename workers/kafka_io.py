@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
     from aiokafka import AIOKafkaConsumer
 
-    from workers.batch import DeadLetter, Record
+    from workers.batch import DeadLetter
+    from workers.records import Record
 
 PRODUCER_REQUEST_BYTES_MAX = 1024 * 1024
 PRODUCER_LINGER_MS = 2

@@ -37,6 +37,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from workers.records import Record, header
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
@@ -78,17 +80,6 @@ class _BatchSpans:
 _BATCH: contextvars.ContextVar[_BatchSpans | None] = contextvars.ContextVar(
     "ledgerflow_batch_spans", default=None
 )
-
-
-class _Record(Protocol):
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 class _OutboxRow(Protocol):
@@ -181,13 +172,6 @@ def enabled() -> bool:
 # Context helpers.
 
 
-def header(headers: Sequence[tuple[str, bytes]] | None, name: str = TRACEPARENT) -> str | None:
-    for key, value in headers or ():
-        if key.lower() == name:
-            return value.decode("utf-8", "replace")
-    return None
-
-
 def context_of(traceparent: str | None) -> Context:
     """The context a W3C traceparent names; an empty one (a new trace) when absent or invalid."""
     if not traceparent:
@@ -224,7 +208,7 @@ class _TracingMiddleware(BaseMiddleware[Any, Any]):
         records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
         topic = records[0].topic if records else ""
         flow = self._flow_of_topic.get(topic, topic)
-        parents = [context_of(header(record.headers)) for record in records]
+        parents = [context_of(header(record.headers, TRACEPARENT)) for record in records]
         links = [
             Link(span_context)
             for span_context in (
@@ -298,7 +282,7 @@ def middleware(flow_of_topic: Mapping[str, str]) -> Any:
     return build
 
 
-def outbox_traceparent(record: _Record) -> str | None:
+def outbox_traceparent(record: Record) -> str | None:
     """The context a command's result event continues: its process span's when tracing, else
     the command's own `traceparent`, unchanged."""
     spans = _BATCH.get()
@@ -306,7 +290,7 @@ def outbox_traceparent(record: _Record) -> str | None:
         span = spans.by_record.get((record.topic, record.partition, record.offset))
         if span is not None:
             return traceparent_of(span)
-    return header(record.headers)
+    return header(record.headers, TRACEPARENT)
 
 
 @contextmanager
