@@ -76,6 +76,19 @@ CHECKS: dict[str, tuple[str, str]] = {
             "(SELECT 1 FROM journal_entries e WHERE e.id = r.journal_entry_id)"
         ),
     ),
+    "outgoing_totals_match_debits": (
+        "every wallet's outgoing totals (daily/monthly limits) equal its debits",
+        """
+        WITH o AS (SELECT account_id, sum(total) AS total FROM wallet_outgoing GROUP BY account_id),
+             d AS (SELECT p.account_id, -sum(p.amount) AS total FROM postings p
+                   JOIN accounts a ON a.id = p.account_id
+                   WHERE a.kind = 'wallet' AND p.amount < 0 GROUP BY p.account_id)
+        SELECT coalesce(o.account_id, d.account_id)::text AS account_id,
+               coalesce(o.total, 0)::bigint AS outgoing, coalesce(d.total, 0)::bigint AS debits
+        FROM o FULL JOIN d USING (account_id)
+        WHERE coalesce(o.total, 0) <> coalesce(d.total, 0)
+        """,
+    ),
     "records_have_outbox_rows": (
         "every recorded outcome has its result event in the outbox",
         (

@@ -37,6 +37,7 @@ from testkit.workload import Observer, Report, Workload, drain, measure_recovery
 from workers.app import GRACEFUL_TIMEOUT_S, SESSION_TIMEOUT_MS
 
 if TYPE_CHECKING:
+    import uuid
     from collections.abc import Awaitable, Callable
 
     from cli.processes import ManagedProcess
@@ -330,6 +331,7 @@ async def _soak(
     try:
         chaos.relays.append(await chaos.start_process("relay"))
         await workload.open_wallets(WALLETS)
+        await _raise_limits(observer, workload.wallets[: WALLETS * 2 // 3])
         load = asyncio.create_task(workload.run(rate_per_s, stop))
         started = time.monotonic()
         deadline = started + minutes * 60
@@ -363,3 +365,15 @@ async def _soak(
         await observer.close()
     report.elapsed_s = time.monotonic() - report.started
     return report
+
+
+async def _raise_limits(observer: Observer, wallets: list[uuid.UUID]) -> None:
+    """Move most of the soak's customers to the standard tier: at 100 commands/s the basic
+    tier's daily limit would end up refusing most of a long soak's debits, and a soak is for
+    moving money under faults. The rest stay basic, so limits still bind during faults (and the
+    audit checks their totals against the debits)."""
+    await observer.value(
+        "UPDATE customers c SET tier = 'standard' FROM accounts a"
+        " WHERE a.customer_id = c.id AND a.id = ANY($1::uuid[])",
+        wallets,
+    )

@@ -467,6 +467,7 @@ class Report:
     commands: int = 0
     publishes: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+    rejected_by: Counter[str] = field(default_factory=Counter)  # reason code -> commands
     dup_delivered: int = 0  # result events received more than once (same CloudEvents id)
     # Command records applied again after a crash or rebalance (outbox rows beyond one per
     # consumed command record): the idempotency records turned them into replays.
@@ -500,6 +501,9 @@ class Report:
         )
         notes = " ".join(f"{k}={v}" for k, v in self.notes.items())
         outcomes = "/".join(f"{k}={v}" for k, v in sorted(self.outcomes.items()))
+        if self.rejected_by:
+            reasons = ",".join(f"{k}:{v}" for k, v in self.rejected_by.most_common())
+            outcomes += f" rejected_by={{{reasons}}}"
         verdict = "OK" if self.ok else f"FAILED({len(self.problems)})"
         return (
             f"[{self.scenario}] seed={self.seed} commands={self.commands} "
@@ -667,7 +671,10 @@ async def verify(workload: Workload, observer: Observer, report: Report) -> Repo
             problems.append(f"{entry.flow.name} {entry.key}: {len(ids)} different outcomes")
         else:
             first_event[entry.key] = events[0]
-            report.outcomes[events[0]["type"].rsplit(".", 1)[1]] += 1
+            outcome = events[0]["type"].rsplit(".", 1)[1]
+            report.outcomes[outcome] += 1
+            if outcome == "rejected":
+                report.rejected_by[events[0]["data"]["reason"]] += 1
     if report.lost:
         problems.append(f"{report.lost} commands lost (no outcome, not dead-lettered)")
     by_id: Counter[str] = Counter(str(e["id"]) for e in results.events)

@@ -147,3 +147,27 @@ async def test_audit_catches_a_tampered_balance(writer: LedgerWriter, database: 
     assert not results["balances_equal_postings"].ok
     assert results["balances_equal_postings"].examples[0]["account_id"] == str(a)
     assert results["currency_totals_zero"].ok
+
+
+async def test_audit_catches_outgoing_totals_that_disagree_with_the_debits(
+    writer: LedgerWriter, database: Any
+) -> None:
+    """Limit totals counted twice (or lost) by a replay would let a wallet pass, or wrongly
+    fail, its daily limit; the audit compares them with the journal's debits."""
+    a, b = await funded(writer)
+    await apply_all(writer, transfer(a, b, 40), transfer(b, a, 7))
+    conn = await asyncpg.connect(database.admin_url)
+    try:
+        outgoing = dict(
+            await conn.fetch("SELECT account_id, sum(total) FROM wallet_outgoing GROUP BY 1")
+        )
+        assert outgoing == {a: 41, b: 7}
+        assert all(r.ok for r in await run_audit(conn))
+        await conn.execute("UPDATE wallet_outgoing SET total = total + 1 WHERE account_id = $1", b)
+        results = {r.name: r for r in await run_audit(conn)}
+    finally:
+        await conn.close()
+    broken = results["outgoing_totals_match_debits"]
+    assert not broken.ok
+    assert broken.examples == [{"account_id": str(b), "outgoing": 8, "debits": 7}]
+    assert results["balances_equal_postings"].ok
