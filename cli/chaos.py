@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Annotated
+import signal
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from testkit.workload import Report
 
 SEED_MAX = 10**6
 
@@ -35,9 +39,17 @@ def chaos(
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
     chosen = seed if seed is not None else random.SystemRandom().randrange(1, SEED_MAX)
-    report = asyncio.run(
-        run_chaos(minutes, chosen, interval_s=interval_s, rate_per_s=rate, workers=workers)
-    )
+
+    async def run() -> Report:
+        # SIGTERM cancels the run like Ctrl-C does, so its own stack is still taken down.
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+        return await run_chaos(
+            minutes, chosen, interval_s=interval_s, rate_per_s=rate, workers=workers
+        )
+
+    report = asyncio.run(run())
     print(report.line())
     for problem in report.problems[:50]:
         print(f"  problem: {problem}")

@@ -281,16 +281,37 @@ async def run_chaos(
     workers: int = 2,
     say: Callable[[str], None] = print,
 ) -> Report:
-    """The whole soak run on a stack of its own, removed afterwards (the processes' logs are
-    kept when a check failed)."""
-    # SIGTERM cancels the run like Ctrl-C does, so the stack of its own is still taken down.
-    main = asyncio.current_task()
-    assert main is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-    root = Path(tempfile.mkdtemp(prefix="ledgerflow-chaos-"))  # the processes' logs
+    """The whole soak run on a stack of its own, removed afterwards."""
     say(f"chaos: seed={seed} minutes={minutes} interval={interval_s}s rate={rate_per_s}/s")
     stack = await FaultStack.start()
-    say(f"chaos: PostgreSQL and Kafka of its own in {stack.settings.stack_dir}, logs in {root}")
+    try:
+        return await soak(
+            stack,
+            minutes,
+            seed,
+            interval_s=interval_s,
+            rate_per_s=rate_per_s,
+            workers=workers,
+            say=say,
+        )
+    finally:
+        await stack.close()
+
+
+async def soak(
+    stack: FaultStack,
+    minutes: float,
+    seed: int,
+    *,
+    interval_s: float = 10.0,
+    rate_per_s: float = 100.0,
+    workers: int = 2,
+    say: Callable[[str], None] = print,
+) -> Report:
+    """The soak on `stack` (which it crashes and restarts, and leaves running): a database and
+    topics of its own, the processes' logs kept when a check failed."""
+    root = Path(tempfile.mkdtemp(prefix="ledgerflow-chaos-"))  # the processes' logs
+    say(f"chaos: PostgreSQL and Kafka in {stack.settings.stack_dir}, logs in {root}")
     report: Report | None = None
     try:
         template = await build_template(stack.postgres)
@@ -304,7 +325,6 @@ async def run_chaos(
         ) as p:
             report = await _soak(stack, p, seed, minutes, interval_s, rate_per_s, say)
     finally:
-        await stack.close()
         if report is not None and report.ok:
             shutil.rmtree(root, ignore_errors=True)
         else:
