@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
 
@@ -229,13 +229,10 @@ async def _apply_in_transaction(
                 row["tier"],
                 row["balance"],
                 row["subject"],
+                # Read with the lock: no concurrent debit can slip past a limit.
+                row["out_today"],
+                row["out_month"],
             )
-    today = datetime.now(UTC).date()
-    if wallets:
-        # Read under the wallet locks just taken: no concurrent debit can slip past a limit.
-        for row in await conn.fetch(sql.SELECT_OUTGOING, ",".join(map(str, wallets)), today):
-            wallet = wallets[row["account_id"]]
-            wallet.out_today, wallet.out_month = row["today"], row["month"]
     phones = {
         vault.phone_index(cmd.phone_number): cmd.phone_number
         for cmd in commands
@@ -253,7 +250,7 @@ async def _apply_in_transaction(
 
     # 4. Write the ledger while the result events are encoded: PostgreSQL works on the postings
     #    on one core while Python encodes on the other. Then the answers, set-based.
-    ledger_written = asyncio.ensure_future(_write_ledger(conn, writes, book, today))
+    ledger_written = asyncio.ensure_future(_write_ledger(conn, writes, book))
     try:
         outcomes = await _answer_all(pending, writes, datetime.now(UTC))
     finally:
@@ -389,8 +386,9 @@ async def _answer_all(pending: list[_Pending], writes: _Writes, now: datetime) -
             p.event_uuid = uuid.uuid4()
             p.event_id = str(p.event_uuid)
             p.payload = _encode(_type_of(p), p.data, p.event_id, cmd, now)
-        if p.recorded:
+        if p.recorded:  # decided in this batch, so encoded just above
             assert isinstance(cmd, ValidCommand)
+            assert p.event_uuid is not None
             writes.records.append(
                 (
                     flow.name,
@@ -400,7 +398,7 @@ async def _answer_all(pending: list[_Pending], writes: _Writes, now: datetime) -
                     p.reason,
                     p.entry_id,
                     p.topic,
-                    uuid.UUID(p.event_id),
+                    p.event_uuid,
                     p.payload,
                 )
             )
@@ -527,7 +525,7 @@ async def _copy(
     await conn.copy_records_to_table(table, records=rows, columns=list(columns))
 
 
-async def _write_ledger(conn: asyncpg.Connection, w: _Writes, book: Book, today: date) -> None:
+async def _write_ledger(conn: asyncpg.Connection, w: _Writes, book: Book) -> None:
     """Customers, journal, postings, balances and outgoing totals: all the answers don't need."""
     if w.customers:
         await _copy(conn, "customers", sql.CUSTOMER_COLUMNS, w.customers)
@@ -556,14 +554,7 @@ async def _write_ledger(conn: asyncpg.Connection, w: _Writes, book: Book, today:
             ",".join(map(str, ids)),
             ",".join(["0"] * len(wallet_ids) + [str(shard)] * len(house_ids)),
             ",".join([str(w.deltas[a]) for a in ids]),
-        )
-    if book.outgoing:
-        debited = sorted(book.outgoing)
-        await conn.execute(
-            sql.ADD_OUTGOING,
-            ",".join(map(str, debited)),
-            today,
-            ",".join([str(book.outgoing[a]) for a in debited]),
+            ",".join([str(book.outgoing.get(a, 0)) for a in ids]),
         )
 
 

@@ -77,16 +77,35 @@ CHECKS: dict[str, tuple[str, str]] = {
         ),
     ),
     "outgoing_totals_match_debits": (
-        "every wallet's outgoing totals (daily/monthly limits) equal its debits",
+        "every wallet's outgoing totals for the daily/monthly limits equal its journal debits",
         """
-        WITH o AS (SELECT account_id, sum(total) AS total FROM wallet_outgoing GROUP BY account_id),
-             d AS (SELECT p.account_id, -sum(p.amount) AS total FROM postings p
-                   JOIN accounts a ON a.id = p.account_id
-                   WHERE a.kind = 'wallet' AND p.amount < 0 GROUP BY p.account_id)
-        SELECT coalesce(o.account_id, d.account_id)::text AS account_id,
-               coalesce(o.total, 0)::bigint AS outgoing, coalesce(d.total, 0)::bigint AS debits
-        FROM o FULL JOIN d USING (account_id)
-        WHERE coalesce(o.total, 0) <> coalesce(d.total, 0)
+        WITH d AS (
+            SELECT p.account_id, (e.created_at AT TIME ZONE 'UTC')::date AS day,
+                   -p.amount AS amount
+            FROM postings p
+            JOIN journal_entries e ON e.id = p.entry_id
+            JOIN balances w ON w.account_id = p.account_id AND w.kind = 'wallet'
+            WHERE p.amount < 0
+        ),
+        last AS (SELECT account_id, max(day) AS day FROM d GROUP BY account_id),
+        t AS (
+            SELECT l.account_id, l.day,
+                   sum(d.amount) FILTER (WHERE d.day = l.day) AS day_total,
+                   sum(d.amount) FILTER (
+                       WHERE date_trunc('month', d.day) = date_trunc('month', l.day)
+                   ) AS month_total
+            FROM last l JOIN d USING (account_id)
+            GROUP BY l.account_id, l.day
+        )
+        SELECT b.account_id::text AS account_id, b.out_day::text AS day,
+               b.out_day_total AS outgoing_day, coalesce(t.day_total, 0)::bigint AS debits_day,
+               b.out_month_total AS outgoing_month,
+               coalesce(t.month_total, 0)::bigint AS debits_month
+        FROM balances b LEFT JOIN t USING (account_id)
+        WHERE b.kind = 'wallet' AND (
+            b.out_day IS DISTINCT FROM t.day
+            OR b.out_day_total <> coalesce(t.day_total, 0)
+            OR b.out_month_total <> coalesce(t.month_total, 0))
         """,
     ),
     "records_have_outbox_rows": (

@@ -46,8 +46,14 @@ JOIN unnest(string_to_array($1, ','), string_to_array($2, ',')::uuid[]) AS k(flo
 # Id lists are joined as a set (unnest), never matched with `= ANY(array)`: on a table whose
 # statistics are stale (just loaded, not yet analyzed), `= ANY` can be planned as a sequential
 # scan comparing every row with every id, which took seconds per batch in the benchmark.
+# The outgoing totals count for today and this month only (UTC, PostgreSQL's clock at the
+# transaction's start: the day journal_entries.created_at will show).
 LOCK_WALLETS = """
-SELECT a.id, a.currency, a.status, c.tier, c.subject, b.balance
+SELECT a.id, a.currency, a.status, c.tier, c.subject, b.balance,
+       CASE WHEN b.out_day = (now() AT TIME ZONE 'UTC')::date
+            THEN b.out_day_total ELSE 0 END AS out_today,
+       CASE WHEN b.out_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
+            THEN b.out_month_total ELSE 0 END AS out_month
 FROM unnest(string_to_array($1, ',')::uuid[]) AS w(id)
 JOIN balances b ON b.account_id = w.id AND b.shard = 0
 JOIN accounts a ON a.id = b.account_id
@@ -55,22 +61,6 @@ JOIN customers c ON c.id = a.customer_id
 WHERE b.kind = 'wallet'
 ORDER BY b.account_id
 FOR UPDATE OF b
-"""
-
-SELECT_OUTGOING = """
-SELECT o.account_id,
-       coalesce(sum(o.total) FILTER (WHERE o.day = $2::date), 0)::bigint AS today,
-       sum(o.total)::bigint AS month
-FROM unnest(string_to_array($1, ',')::uuid[]) AS w(id)
-JOIN wallet_outgoing o ON o.account_id = w.id AND o.day >= date_trunc('month', $2::date)::date
-GROUP BY o.account_id
-"""
-
-ADD_OUTGOING = """
-INSERT INTO wallet_outgoing (account_id, day, total)
-SELECT a, $2, t FROM unnest(string_to_array($1, ',')::uuid[], string_to_array($3, ',')::bigint[])
-    AS o(a, t)
-ON CONFLICT (account_id, day) DO UPDATE SET total = wallet_outgoing.total + excluded.total
 """
 
 SELECT_TIER_LIMITS = """
@@ -101,13 +91,26 @@ ORDER BY account_id
 FOR UPDATE
 """
 
+# A wallet's debits (`d.out`, 0 for house shards and for wallets only credited) are added to
+# today's and this month's totals on the same row, which restart when the day or month changed.
 APPLY_BALANCE_DELTAS = """
-UPDATE balances b SET balance = b.balance + d.delta
+UPDATE balances b SET
+    balance = b.balance + d.delta,
+    out_day_total = CASE WHEN d.out = 0 THEN b.out_day_total
+                         WHEN b.out_day = t.day THEN b.out_day_total + d.out ELSE d.out END,
+    out_day = CASE WHEN d.out = 0 THEN b.out_day ELSE t.day END,
+    out_month_total = CASE WHEN d.out = 0 THEN b.out_month_total
+                           WHEN b.out_month = t.month THEN b.out_month_total + d.out
+                           ELSE d.out END,
+    out_month = CASE WHEN d.out = 0 THEN b.out_month ELSE t.month END
 FROM unnest(
     string_to_array($1, ',')::uuid[],
     string_to_array($2, ',')::smallint[],
-    string_to_array($3, ',')::bigint[]
-) AS d(account_id, shard, delta)
+    string_to_array($3, ',')::bigint[],
+    string_to_array($4, ',')::bigint[]
+) AS d(account_id, shard, delta, out),
+(SELECT (now() AT TIME ZONE 'UTC')::date AS day,
+        date_trunc('month', now() AT TIME ZONE 'UTC')::date AS month) AS t
 WHERE b.account_id = d.account_id AND b.shard = d.shard
 """
 

@@ -153,21 +153,54 @@ async def test_audit_catches_outgoing_totals_that_disagree_with_the_debits(
     writer: LedgerWriter, database: Any
 ) -> None:
     """Limit totals counted twice (or lost) by a replay would let a wallet pass, or wrongly
-    fail, its daily limit; the audit compares them with the journal's debits."""
+    fail, its daily limit; the audit recounts them from the journal's debits."""
     a, b = await funded(writer)
     await apply_all(writer, transfer(a, b, 40), transfer(b, a, 7))
     conn = await asyncpg.connect(database.admin_url)
     try:
-        outgoing = dict(
-            await conn.fetch("SELECT account_id, sum(total) FROM wallet_outgoing GROUP BY 1")
-        )
-        assert outgoing == {a: 41, b: 7}
+        totals = {
+            r["account_id"]: (r["out_day_total"], r["out_month_total"])
+            for r in await conn.fetch(
+                "SELECT account_id, out_day_total, out_month_total FROM balances"
+                " WHERE kind = 'wallet'"
+            )
+        }
+        assert totals == {a: (41, 41), b: (7, 7)}
         assert all(r.ok for r in await run_audit(conn))
-        await conn.execute("UPDATE wallet_outgoing SET total = total + 1 WHERE account_id = $1", b)
+        await conn.execute(
+            "UPDATE balances SET out_day_total = out_day_total + 1,"
+            " out_month_total = out_month_total + 1 WHERE account_id = $1",
+            b,
+        )
         results = {r.name: r for r in await run_audit(conn)}
     finally:
         await conn.close()
     broken = results["outgoing_totals_match_debits"]
     assert not broken.ok
-    assert broken.examples == [{"account_id": str(b), "outgoing": 8, "debits": 7}]
+    [example] = broken.examples
+    assert example["account_id"] == str(b)
+    assert (example["outgoing_day"], example["debits_day"]) == (8, 7)
+    assert (example["outgoing_month"], example["debits_month"]) == (8, 7)
     assert results["balances_equal_postings"].ok
+
+
+async def test_outgoing_totals_belong_to_wallets_and_a_day_to_its_month(
+    writer: LedgerWriter, database: Any
+) -> None:
+    a, _ = await funded(writer)
+    conn = await asyncpg.connect(database.app_url)
+    try:
+        with pytest.raises(asyncpg.CheckViolationError, match="day_in_month"):
+            await conn.execute(
+                "UPDATE balances SET out_day_total = out_month_total + 1 WHERE account_id = $1", a
+            )
+        with pytest.raises(asyncpg.CheckViolationError, match="day_in_month"):
+            await conn.execute(
+                "UPDATE balances SET out_month = (out_month - interval '1 month')::date"
+                " WHERE account_id = $1",
+                a,
+            )
+        with pytest.raises(asyncpg.CheckViolationError, match="wallet_only"):
+            await conn.execute("UPDATE balances SET out_day_total = 1 WHERE kind <> 'wallet'")
+    finally:
+        await conn.close()

@@ -37,7 +37,43 @@ async def test_two_concurrent_cash_outs_cannot_jointly_pass_the_daily_limit(
         (OutcomeKind.REJECTED, RejectReason.LIMIT_EXCEEDED.value),
     ]
     assert await pool.fetchval("SELECT balance FROM balances WHERE account_id = $1", w) == 4_400
-    assert await pool.fetchval("SELECT total FROM wallet_outgoing WHERE account_id = $1", w) == 600
+    totals = await pool.fetchrow(OUTGOING, w)
+    assert tuple(totals) == (600, 600)
+
+
+OUTGOING = "SELECT out_day_total, out_month_total FROM balances WHERE account_id = $1"
+
+
+async def test_outgoing_totals_restart_with_a_new_day_and_a_new_month(pool: asyncpg.Pool) -> None:
+    limits = {"basic:*": TierLimits(daily_out_max=1_000, monthly_out_max=1_500)}
+    writer = LedgerWriter(pool, limits)
+    person = onboarding()
+    w = wallet_of(person)
+    await apply_all(writer, person, cashin(w, 5_000))
+
+    async def out(amount: int) -> str | None:
+        [outcome] = await apply_all(writer, cashout(w, amount))
+        return outcome.reason
+
+    assert await out(600) is None
+    assert await out(600) == RejectReason.LIMIT_EXCEEDED.value  # 1,200 today
+    # The totals were written on another day of this month (the 1st has no earlier day).
+    await pool.execute(
+        "UPDATE balances SET out_day = CASE WHEN extract(day FROM out_day) = 1"
+        " THEN out_day + 1 ELSE out_day - 1 END WHERE account_id = $1",
+        w,
+    )
+    assert await out(600) is None  # today restarts at 0
+    assert tuple(await pool.fetchrow(OUTGOING, w)) == (600, 1_200)
+    assert await out(400) == RejectReason.LIMIT_EXCEEDED.value  # 1,600 this month
+    # ... and in an earlier month.
+    await pool.execute(
+        "UPDATE balances SET out_month = (out_month - interval '1 month')::date,"
+        " out_day = (out_month - interval '1 month')::date WHERE account_id = $1",
+        w,
+    )
+    assert await out(400) is None
+    assert tuple(await pool.fetchrow(OUTGOING, w)) == (400, 400)
 
 
 async def test_set_tier_raises_the_limit(pool: asyncpg.Pool, database: object) -> None:
