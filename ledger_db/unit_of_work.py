@@ -7,6 +7,7 @@ of `run_in_transaction`, so they commit together or not at all.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 T = TypeVar("T")
+
+log = logging.getLogger("ledgerflow.db")
 
 # Retrying repeats the whole transaction with the same commands, which is safe: nothing of a
 # failed attempt was committed. A unique violation means another transaction decided one of our
@@ -31,12 +34,29 @@ RETRYABLE: dict[type[BaseException], str] = {
 BACKOFF_BASE_S = 0.005
 BACKOFF_MAX_S = 0.5
 
+# A writer frozen in the middle of a COPY (a paused or partitioned worker, PostgreSQL waiting for
+# the rest of its rows) keeps its row locks with no timeout to end it: the session is not idle in
+# transaction, and PostgreSQL does not act on a statement_timeout while it waits for COPY data
+# from its client. The next writer whose lock wait times out ends such sessions of the same
+# application once they have been silent as long as a silent transaction may be
+# (idle_in_transaction_session_timeout); their transactions roll back, nothing of them is lost.
+END_STUCK_COPIES = """
+SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND application_name = current_setting('application_name')
+  AND state = 'active' AND wait_event = 'ClientRead' AND query ILIKE 'copy %'
+  AND current_setting('idle_in_transaction_session_timeout') NOT IN ('0', '')
+  AND query_start
+      < clock_timestamp() - current_setting('idle_in_transaction_session_timeout')::interval
+"""
+
 
 @dataclass(slots=True)
 class RetryStats:
     """Retries by cause, for metrics and tests."""
 
     by_cause: Counter[str] = field(default_factory=Counter)
+    stuck_sessions_ended: int = 0  # writers frozen mid-COPY whose locks were in the way
 
     @property
     def total(self) -> int:
@@ -99,7 +119,17 @@ async def run_in_transaction(
             if attempt >= retries_max:
                 raise
             attempt += 1
+            ended = await _end_stuck_copies(pool) if cause == "lock_timeout" else 0
             if stats is not None:
                 stats.by_cause[cause] += 1
+                stats.stuck_sessions_ended += ended
             ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt)
             await asyncio.sleep(random.uniform(0, ceiling))  # jitter, not crypto
+
+
+async def _end_stuck_copies(pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as conn:
+        ended = int(await conn.fetchval(END_STUCK_COPIES))
+    if ended:
+        log.warning("ended database sessions stuck in a COPY", extra={"sessions": ended})
+    return ended

@@ -120,10 +120,13 @@ class BatchProcessor:
         if letters:
             await self.dead_letters(letters)
             metrics.DEAD_LETTERS.labels(self.flow.command_topic).inc(len(letters))
-        retries_before = dict(self.writer.retry_stats.by_cause)
+        stats = self.writer.retry_stats
+        retries_before = dict(stats.by_cause)
+        ended_before = stats.stuck_sessions_ended
         with tracing.ledger_transaction(self.flow.name, len(incoming)):
             outcomes = await self.writer.apply(incoming)
-        for cause, count in self.writer.retry_stats.by_cause.items():
+        metrics.STUCK_SESSIONS_ENDED.inc(stats.stuck_sessions_ended - ended_before)
+        for cause, count in stats.by_cause.items():
             if count > retries_before.get(cause, 0):
                 metrics.DB_RETRIES.labels(cause).inc(count - retries_before.get(cause, 0))
         for outcome in outcomes:

@@ -61,6 +61,11 @@ DB_RETRIES = Counter(
     "Batch transactions retried, by cause (deadlock, serialization, unique_violation, ...).",
     ["cause"],
 )
+STUCK_SESSIONS_ENDED = Counter(
+    "ledgerflow_db_stuck_sessions_ended",
+    "Sessions of a frozen writer (stuck in a COPY, holding row locks) ended by a writer whose "
+    "lock wait timed out.",
+)
 BATCH_FAILURES = Counter(
     "ledgerflow_batch_failures",
     "Batches that failed and will be redelivered, by error class.",
