@@ -196,6 +196,17 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
 
             await wait_until(counted, timeout_s=TIMEOUT_S, message="Prometheus saw the workload")
 
+            # A second wave after Prometheus has scraped every series once: a series first seen
+            # with its final value has no increase, so rate() of it is 0 and a quantile NaN.
+            wave = [
+                await publish(p.producer, transfer(a, b, 7 + i), TRANSFER, p.prefix)
+                for i in range(5)
+            ]
+            for rec in wave:
+                await p.results.wait_for(event_id_of(rec), timeout_s=TIMEOUT_S)
+            commands += len(wave)
+            await wait_until(counted, timeout_s=TIMEOUT_S, message="Prometheus saw the second wave")
+
             empty: list[str] = []
 
             def every_query_has_data() -> bool:
