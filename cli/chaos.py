@@ -33,7 +33,7 @@ def chaos(
     workers: Annotated[int, typer.Option(min=1, max=6, help="Worker processes.")] = 2,
 ) -> None:
     """Soak test: combined faults every ~10 s under load, then every invariant is checked."""
-    from testkit.chaos import run_chaos  # noqa: PLC0415 - development extras, see module doc
+    from testkit.chaos import soak  # noqa: PLC0415 - development extras, see module doc
 
     # The clients retry through every injected outage; their warnings would bury the report.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -45,8 +45,8 @@ def chaos(
         main = asyncio.current_task()
         assert main is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-        return await run_chaos(
-            minutes, chosen, interval_s=interval_s, rate_per_s=rate, workers=workers
+        return await soak(  # on a stack of its own
+            None, minutes, chosen, interval_s=interval_s, rate_per_s=rate, workers=workers
         )
 
     report = asyncio.run(run())

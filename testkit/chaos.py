@@ -272,34 +272,8 @@ class Chaos:
                 await self._replace_worker(index)
 
 
-async def run_chaos(
-    minutes: float,
-    seed: int,
-    *,
-    interval_s: float = 10.0,
-    rate_per_s: float = 100.0,
-    workers: int = 2,
-    say: Callable[[str], None] = print,
-) -> Report:
-    """The whole soak run on a stack of its own, removed afterwards."""
-    say(f"chaos: seed={seed} minutes={minutes} interval={interval_s}s rate={rate_per_s}/s")
-    stack = await FaultStack.start()
-    try:
-        return await soak(
-            stack,
-            minutes,
-            seed,
-            interval_s=interval_s,
-            rate_per_s=rate_per_s,
-            workers=workers,
-            say=say,
-        )
-    finally:
-        await stack.close()
-
-
 async def soak(
-    stack: FaultStack,
+    stack: FaultStack | None,
     minutes: float,
     seed: int,
     *,
@@ -308,27 +282,33 @@ async def soak(
     workers: int = 2,
     say: Callable[[str], None] = print,
 ) -> Report:
-    """The soak on `stack` (which it crashes and restarts, and leaves running): a database and
-    topics of its own, the processes' logs kept when a check failed."""
+    """The soak on `stack`, which it crashes and restarts and leaves running, or (None) on a
+    stack of its own, removed afterwards. A database and topics of its own; the processes' logs
+    are kept when a check failed."""
+    say(f"chaos: seed={seed} minutes={minutes} interval={interval_s}s rate={rate_per_s}/s")
     root = Path(tempfile.mkdtemp(prefix="ledgerflow-chaos-"))  # the processes' logs
-    say(f"chaos: PostgreSQL and Kafka in {stack.settings.stack_dir}, logs in {root}")
     report: Report | None = None
-    try:
-        template = await build_template(stack.postgres)
-        async with running_pipeline(
-            stack.postgres,
-            stack.kafka,
-            template,
-            root / "logs",
-            workers=workers,
-            fault_poison_marker=POISON_MARKER,
-        ) as p:
-            report = await _soak(stack, p, seed, minutes, interval_s, rate_per_s, say)
-    finally:
-        if report is not None and report.ok:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            say(f"chaos: the processes' logs are kept in {root / 'logs'}")
+    async with contextlib.AsyncExitStack() as owned:
+        if stack is None:
+            stack = await FaultStack.start()
+            owned.push_async_callback(stack.close)
+        say(f"chaos: PostgreSQL and Kafka in {stack.settings.stack_dir}, logs in {root}")
+        try:
+            template = await build_template(stack.postgres)
+            async with running_pipeline(
+                stack.postgres,
+                stack.kafka,
+                template,
+                root / "logs",
+                workers=workers,
+                fault_poison_marker=POISON_MARKER,
+            ) as p:
+                report = await _soak(stack, p, seed, minutes, interval_s, rate_per_s, say)
+        finally:
+            if report is not None and report.ok:
+                shutil.rmtree(root, ignore_errors=True)
+            else:
+                say(f"chaos: the processes' logs are kept in {root / 'logs'}")
     return report
 
 

@@ -13,8 +13,6 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import SecretStr
@@ -23,7 +21,6 @@ from cli.results import ResultCollector, event_id_of, publish
 from contracts.topics import ONBOARDING
 from testkit.commands import onboarding
 from testkit.plugin import wait_until
-from workers import tracing
 from workers.app import build_worker_app
 from workers.auth import AuthMode
 from workers.relay import Relay
@@ -43,19 +40,6 @@ def parse(traceparent: str) -> tuple[int, int]:
     version, trace_id, span_id, _flags = traceparent.split("-")
     assert version == "00"
     return int(trace_id, 16), int(span_id, 16)
-
-
-@pytest.fixture
-def exporter() -> Any:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider)
-    try:
-        yield exporter
-    finally:
-        tracing.install(None)
-        provider.shutdown()
 
 
 @pytest.fixture
