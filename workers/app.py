@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
+from aiokafka import TopicPartition
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
@@ -26,8 +27,10 @@ from ledger_db.rules import TierLimits
 from ledger_db.unit_of_work import create_pool
 from workers import http, metrics, tracing
 from workers.auth import Authenticator, AuthMode
-from workers.batch import BatchProcessor, DeadLetter, is_transient
-from workers.kafka_io import commit_offsets, idempotent_producer, rewind, send_dead_letters
+from workers.batch import BatchProcessor, BatchResult, PoisonUnproven
+from workers.dead_letters import DeadLetter, send_dead_letters
+from workers.failures import is_infrastructure
+from workers.kafka_io import commit_offsets, idempotent_producer, rewind
 from workers.kafka_security import faststream_security, kafka_client_options
 from workers.lag import LagMonitor, Watched
 from workers.settings import pii_vault
@@ -104,12 +107,19 @@ class WorkerState:
     producer: AIOKafkaProducer | None = None
     processors: dict[str, BatchProcessor] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
-    # Non-transient failures per record (topic, partition, offset), by flow.
+    # Suspect failures per record (topic, partition, offset), by flow, and when the earliest
+    # of them first failed (time.monotonic()).
     suspects: dict[str, Counter[tuple[str, int, int]]] = field(default_factory=dict)
+    suspect_since: dict[str, float] = field(default_factory=dict)
+    # When a batch of the flow last applied commands (time.monotonic()): proof that the
+    # infrastructure works, so a record failing alone is the record's fault.
+    applied_at: dict[str, float] = field(default_factory=dict)
+    # Partitions paused because their dead letter was refused, by flow.
+    held: dict[str, set[TopicPartition]] = field(default_factory=dict)
 
-    async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+    async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
         assert self.producer is not None
-        await send_dead_letters(self.producer, letters)
+        return await send_dead_letters(self.producer, letters)
 
 
 def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastStream:
@@ -202,6 +212,10 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
                 return "no partitions assigned yet"
         if any(state.failures.values()):
             return "batches are failing: " + ", ".join(k for k, v in state.failures.items() if v)
+        if any(state.held.values()):
+            return "dead letters refused, partitions held: " + ", ".join(
+                f"{tp.topic}[{tp.partition}]" for tps in state.held.values() for tp in sorted(tps)
+            )
         return None
 
     return AsgiFastStream(
@@ -254,6 +268,7 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
             records = (records,)
         started = time.perf_counter()
         processor = state.processors[flow.name]
+        consumer = cast("AIOKafkaConsumer", msg.consumer)  # FastStream types it as a protocol
         # Counted per record, not per flow: after a rewind the next batch may hold only other
         # partitions' records, and its success must not reset the poison message's count.
         suspects = state.suspects.setdefault(flow.name, Counter())
@@ -262,36 +277,90 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
             if any(suspects[p] >= POISON_ATTEMPTS_MAX for p in positions):
                 # The batch failed again and again, not for the infrastructure: find the poison
                 # message(s) one by one and dead-letter them, so the partition moves on.
-                await processor.process_isolating(records)
+                since = state.suspect_since.get(flow.name, started)
+                result = await processor.process_isolating(
+                    records, flow_applied_since=state.applied_at.get(flow.name, 0.0) > since
+                )
             else:
-                await processor.process(records)
+                result = await processor.process(records)
         except Exception as error:
-            failures = state.failures.get(flow.name, 0)
-            # Infrastructure outages retry forever (not-ready meanwhile); anything else counts
-            # towards isolating the batch.
-            state.failures[flow.name] = (
-                min(failures + 1, POISON_ATTEMPTS_MAX - 1) if is_transient(error) else failures + 1
-            )
-            if not is_transient(error):
-                if len(suspects) > SUSPECTS_MAX:
-                    suspects.clear()
-                suspects.update(positions)
-            metrics.BATCH_FAILURES.labels(flow.name, type(error).__name__).inc()
-            log.warning(
-                "batch failed, will retry",
-                extra={"flow": flow.name, "error_class": type(error).__name__, "attempt": failures},
-            )
-            # Rewind every partition of the batch still ours to its first record (FastStream's
-            # nack stops at the first revoked partition and would skip the rest).
-            rewind(cast("AIOKafkaConsumer", msg.consumer), records)
-            await asyncio.sleep(min(FAILURE_BACKOFF_MAX_S, 0.05 * 2 ** min(failures + 1, 10)))
+            await _failed(state, flow, consumer, records, error)
             return
         state.failures[flow.name] = 0
-        for position in positions:
-            suspects.pop(position, None)
-        consumer = cast("AIOKafkaConsumer", msg.consumer)  # FastStream types it as a protocol
+        if result.outcomes:
+            state.applied_at[flow.name] = time.monotonic()
+        for record in result.handled:
+            suspects.pop((record.topic, record.partition, record.offset), None)
+        if not suspects:
+            state.suspect_since.pop(flow.name, None)
         metrics.ASSIGNED_PARTITIONS.labels(flow.name).set(len(consumer.assignment()))
-        if not await commit_offsets(consumer, records):
+        if result.handled and not await commit_offsets(consumer, result.handled):
             metrics.OFFSET_COMMIT_FAILURES.labels(flow.name).inc()
+        if result.held:
+            _hold(state, flow, consumer, result)
         metrics.BATCH_DURATION.labels(flow.name).observe(time.perf_counter() - started)
         metrics.LAST_PROCESSED.labels(flow.name).set(time.time())
+
+
+async def _failed(
+    state: WorkerState,
+    flow: Flow,
+    consumer: AIOKafkaConsumer,
+    records: Sequence[Any],
+    error: Exception,
+) -> None:
+    """Rewind the batch and wait before it comes again. The infrastructure's faults retry for
+    as long as they last (not ready meanwhile); suspect ones count toward isolating records."""
+    failures = state.failures.get(flow.name, 0)
+    infrastructure = is_infrastructure(error)
+    # Outages retry quickly (recovery within a second of the fault healing); a record that
+    # failed alone with nothing to compare it with backs off to the ceiling.
+    quick = infrastructure and not isinstance(error, PoisonUnproven)
+    state.failures[flow.name] = (
+        min(failures + 1, POISON_ATTEMPTS_MAX - 1) if quick else failures + 1
+    )
+    if not infrastructure:
+        suspects = state.suspects.setdefault(flow.name, Counter())
+        if len(suspects) > SUSPECTS_MAX:
+            suspects.clear()
+        suspects.update((r.topic, r.partition, r.offset) for r in records)
+        state.suspect_since.setdefault(flow.name, time.monotonic())
+    metrics.BATCH_FAILURES.labels(flow.name, type(error).__name__).inc()
+    log.warning(
+        "batch failed, will retry",
+        extra={
+            "flow": flow.name,
+            "error_class": type(error).__name__,
+            "attempt": failures,
+            "infrastructure": infrastructure,
+        },
+    )
+    # Rewind every partition of the batch still ours to its first record (FastStream's nack
+    # stops at the first revoked partition and would skip the rest).
+    rewind(consumer, records)
+    await asyncio.sleep(min(FAILURE_BACKOFF_MAX_S, 0.05 * 2 ** min(failures + 1, 10)))
+
+
+def _hold(state: WorkerState, flow: Flow, consumer: AIOKafkaConsumer, result: BatchResult) -> None:
+    """Pause the partitions whose dead letter was refused, at the refused record, and try them
+    again later; the consumer goes on with every other partition."""
+    held = state.held.setdefault(flow.name, set())
+    assigned = consumer.assignment()
+    for (topic, partition), offset in result.held.items():
+        tp = TopicPartition(topic, partition)
+        if tp not in assigned:
+            continue  # revoked meanwhile: the new owner reads it from the committed offset
+        consumer.seek(tp, offset)
+        consumer.pause(tp)
+        held.add(tp)
+    metrics.PARTITIONS_HELD.labels(flow.name).set(len(held))
+
+    def resume() -> None:
+        for tp in list(held):
+            if tp in consumer.assignment():
+                consumer.resume(tp)
+            held.discard(tp)
+        metrics.PARTITIONS_HELD.labels(flow.name).set(len(held))
+
+    # Loud meanwhile (metric, alert, not ready), never a silent spin; only these partitions wait.
+    asyncio.get_running_loop().call_later(state.settings.held_partition_retry_s, resume)

@@ -6,16 +6,15 @@ in-memory test broker and in benchmarks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
-
-import asyncpg
-from aiokafka.errors import KafkaError
 
 from contracts.parsing import InvalidCommand, Unattributable, ValidCommand, parse_command
 from ledger_db.apply import Incoming, LedgerWriter, Outcome
 from workers import metrics, tracing
 from workers.auth import Authenticator, Refusal
+from workers.dead_letters import DeadLetter, dead_letter
+from workers.failures import InfrastructureFault, is_infrastructure
 from workers.logging import log_outcomes
 from workers.records import Record, header
 
@@ -24,61 +23,44 @@ if TYPE_CHECKING:
 
     from contracts.topics import Flow
 
-ERROR_HEADER_CHARS_MAX = 1_000
-
-# Failures of the infrastructure, not of a message: retried with backoff for as long as they
-# last, never dead-lettered (a PostgreSQL outage must not empty the topic into the DLQ).
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    KafkaError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.QueryCanceledError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.LockNotAvailableError,
-    # The server ended a session that sat idle in its transaction (the worker was frozen).
-    asyncpg.IdleInTransactionSessionTimeoutError,
-)
-
-
-def is_transient(error: BaseException) -> bool:
-    return isinstance(error, TRANSIENT_ERRORS)
-
 
 class InjectedFault(RuntimeError):  # noqa: N818 - named for what it is: a test hook's fault
     """Raised by the fault-injection test hook; never raised in a normal deployment."""
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
+class PoisonUnproven(InfrastructureFault):
+    """Records failed one by one, but nothing else of their flow applied meanwhile: without that
+    proof the infrastructure, not the records, is presumed at fault, and they wait."""
 
 
 class DeadLetterSink(Protocol):
-    async def __call__(self, letters: Sequence[DeadLetter]) -> None: ...
+    async def __call__(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+        """Write the letters; return those refused even truncated."""
+        ...
 
 
-def dead_letter(
-    record: Record, reason: Unattributable, topic_prefix: str, flow: Flow
-) -> DeadLetter:
-    """The original bytes, unchanged, with the error and where they came from."""
-    headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("x-error")]
-    headers += [
-        ("x-error", reason.error[:ERROR_HEADER_CHARS_MAX].encode()),
-        ("x-error-class", reason.error_class.encode()),
-        ("x-original-topic", record.topic.encode()),
-        ("x-original-partition", str(record.partition).encode()),
-        ("x-original-offset", str(record.offset).encode()),
-    ]
-    return DeadLetter(topic_prefix + flow.dlq_topic, record.key, record.value, headers)
+Position = tuple[str, int]  # (topic, partition)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    # Records applied or dead-lettered: their offsets may be committed.
+    handled: list[Record] = field(default_factory=list)
+    # Partitions whose dead letter was refused, with the offset to consume again from: that
+    # record and those after it in its partition were not applied.
+    held: dict[Position, int] = field(default_factory=dict)
+
+    def merge(self, other: BatchResult) -> None:
+        self.outcomes += other.outcomes
+        self.handled += other.handled
+        for position, offset in other.held.items():
+            self.held[position] = min(offset, self.held.get(position, offset))
+
+
+def _held_back(record: Record, held: dict[Position, int]) -> bool:
+    offset = held.get((record.topic, record.partition))
+    return offset is not None and record.offset >= offset
 
 
 @dataclass(slots=True)
@@ -105,9 +87,13 @@ class BatchProcessor:
             return Incoming(parsed, traceparent, record.key, refused=verdict.detail)
         return Incoming(parsed, traceparent, record.key, subject=verdict.subject)
 
-    async def process(self, records: Sequence[Record]) -> list[Outcome]:
-        """Dead letters are published before the transaction; offsets are committed after it."""
-        incoming: list[Incoming] = []
+    async def process(self, records: Sequence[Record]) -> BatchResult:
+        """Dead letters are written before the transaction; offsets are committed after it.
+
+        A record whose dead letter is refused holds back its partition from that offset on;
+        the other partitions of the batch are applied as usual.
+        """
+        parsed_records: list[tuple[Record, Incoming | None]] = []
         letters: list[DeadLetter] = []
         for record in records:
             if self.poison_marker and self.poison_marker in (record.value or b""):
@@ -115,11 +101,28 @@ class BatchProcessor:
             parsed = parse_command(self.flow, record.value, max_bytes=self.message_bytes_max)
             if isinstance(parsed, Unattributable):
                 letters.append(dead_letter(record, parsed, self.topic_prefix, self.flow))
+                parsed_records.append((record, None))
                 continue
-            incoming.append(self._incoming(parsed, record))
+            parsed_records.append((record, self._incoming(parsed, record)))
+        result = BatchResult()
         if letters:
-            await self.dead_letters(letters)
-            metrics.DEAD_LETTERS.labels(self.flow.command_topic).inc(len(letters))
+            result.held = await self._write_dead_letters(letters)
+        kept = [(r, item) for r, item in parsed_records if not _held_back(r, result.held)]
+        incoming = [item for _, item in kept if item is not None]
+        result.outcomes = await self._apply(incoming, len(records))
+        result.handled = [r for r, _ in kept]
+        return result
+
+    async def _write_dead_letters(self, letters: list[DeadLetter]) -> dict[Position, int]:
+        refused = await self.dead_letters(letters)
+        metrics.DEAD_LETTERS.labels(self.flow.command_topic).inc(len(letters) - len(refused))
+        held: dict[Position, int] = {}
+        for letter in refused:
+            position = (letter.source_topic, letter.source_partition)
+            held[position] = min(letter.source_offset, held.get(position, letter.source_offset))
+        return held
+
+    async def _apply(self, incoming: list[Incoming], records: int) -> list[Outcome]:
         stats = self.writer.retry_stats
         retries_before = dict(stats.by_cause)
         ended_before = stats.stuck_sessions_ended
@@ -133,25 +136,56 @@ class BatchProcessor:
             metrics.COMMANDS.labels(self.flow.name, outcome.kind.value, outcome.reason or "").inc()
         log_outcomes(self.flow, incoming, outcomes)
         tracing.annotate_outcomes(incoming, outcomes)
-        metrics.BATCH_SIZE.labels(self.flow.name).observe(len(records))
+        metrics.BATCH_SIZE.labels(self.flow.name).observe(records)
         return outcomes
 
-    async def process_isolating(self, records: Sequence[Record]) -> int:
-        """After a batch failed for reasons other than the infrastructure: apply its records one
-        at a time, in order, and dead-letter each that still fails, with the error. Transient
-        errors propagate (the caller rewinds and retries). Returns the records dead-lettered."""
-        dead = 0
+    async def process_isolating(
+        self, records: Sequence[Record], *, flow_applied_since: bool = False
+    ) -> BatchResult:
+        """After a batch failed again and again for a suspect reason: apply its records one at
+        a time, in order. A record that still fails is dead-lettered, with the error, only when
+        it failed alone while others applied — here, or elsewhere in the flow since it first
+        failed (`flow_applied_since`). Otherwise the fault is presumed the infrastructure's:
+        `PoisonUnproven` is raised and the caller waits and retries. Infrastructure errors
+        propagate (the caller rewinds and retries)."""
+        result = BatchResult()
+        failed: list[tuple[Record, Exception]] = []
+        applied = 0
         for record in records:
+            if _held_back(record, result.held):
+                continue
             try:
-                await self.process([record])
+                one = await self.process([record])
             except Exception as error:
-                if is_transient(error):
+                if is_infrastructure(error):
                     raise
-                reason = Unattributable(
+                failed.append((record, error))
+                continue
+            applied += len(one.outcomes)
+            result.merge(one)
+        if not failed:
+            return result
+        if not (applied or flow_applied_since):
+            first = failed[0][1]
+            raise PoisonUnproven(
+                f"{len(failed)} record(s) failed alone and nothing else of the flow applied: "
+                f"{type(first).__name__}"
+            ) from None
+        letters = [
+            dead_letter(
+                record,
+                Unattributable(
                     error=f"processing failed: {type(error).__name__}: {error}",
                     error_class=f"processing_{type(error).__name__}",
-                )
-                await self.dead_letters([dead_letter(record, reason, self.topic_prefix, self.flow)])
-                metrics.DEAD_LETTERS.labels(self.flow.command_topic).inc()
-                dead += 1
-        return dead
+                ),
+                self.topic_prefix,
+                self.flow,
+            )
+            for record, error in failed
+        ]
+        held = await self._write_dead_letters(letters)
+        result.merge(BatchResult(held=held))
+        # A refused letter holds back its partition from its record on: those come again.
+        handled = [*result.handled, *(r for r, _ in failed)]
+        result.handled = [r for r in handled if not _held_back(r, result.held)]
+        return result

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
 
     from aiokafka import AIOKafkaConsumer
 
-    from workers.batch import DeadLetter
     from workers.records import Record
 
 PRODUCER_REQUEST_BYTES_MAX = 1024 * 1024
@@ -36,16 +35,6 @@ def idempotent_producer(
         max_request_size=PRODUCER_REQUEST_BYTES_MAX,
         request_timeout_ms=30_000,
     )
-
-
-async def send_dead_letters(producer: AIOKafkaProducer, letters: Sequence[DeadLetter]) -> None:
-    """Every letter acknowledged by the broker before the batch's offsets may be committed."""
-    futures = [
-        await producer.send(letter.topic, letter.value, key=letter.key, headers=letter.headers)
-        for letter in letters
-    ]
-    for future in futures:
-        await future
 
 
 def next_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:

@@ -81,6 +81,21 @@ DEAD_LETTERS = Counter(
     "Messages sent to a dead-letter topic, by original topic.",
     ["topic"],
 )
+DEAD_LETTERS_TRUNCATED = Counter(
+    "ledgerflow_dead_letters_truncated",
+    "Dead letters refused whole and written truncated (value cut, error kept), by original topic.",
+    ["topic"],
+)
+DEAD_LETTERS_REFUSED = Counter(
+    "ledgerflow_dead_letters_refused",
+    "Dead letters refused even truncated (ACL, broker): their partition is held back.",
+    ["topic", "error_class"],
+)
+PARTITIONS_HELD = Gauge(
+    "ledgerflow_partitions_held",
+    "Partitions paused because a dead letter of theirs could not be written, by flow.",
+    ["flow"],
+)
 OFFSET_COMMIT_FAILURES = Counter(
     "ledgerflow_offset_commit_failures",
     "Offset commits that failed (e.g. after a rebalance); redelivery is harmless.",
@@ -147,6 +162,8 @@ def initialize_flow(flow: str, command_topic: str) -> None:
     for outcome, reason in _BASE_OUTCOMES:
         COMMANDS.labels(flow, outcome, reason)
     DEAD_LETTERS.labels(command_topic)
+    DEAD_LETTERS_TRUNCATED.labels(command_topic)
+    PARTITIONS_HELD.labels(flow).set(0)
     for cause in RETRYABLE.values():
         DB_RETRIES.labels(cause)
     BATCH_SIZE.labels(flow)

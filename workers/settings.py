@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     # its row locks; like the Kafka session timeout (10 s) after which its partitions move on.
     idle_in_transaction_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     db_retries_max: int = Field(default=8, ge=0, le=100)
+    # A partition whose dead letter the broker refused even truncated (an ACL, say) is paused
+    # this long before the letter is tried again; the other partitions go on meanwhile.
+    held_partition_retry_s: float = Field(default=30.0, ge=0.1, le=3_600.0)
     relay_batch_rows_max: int = Field(default=1000, ge=1, le=5000)
 
     # Basic-tier limits, in minor units of the wallet's currency.

@@ -23,15 +23,17 @@ from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 from pydantic import SecretStr
 
 import stack
+from cli.dlq_cmd import read_dead_letters
 from cli.processes import ledgerflow_env, start_process
 from cli.results import ResultCollector, event_id_of, publish
-from contracts.topics import ONBOARDING
+from contracts.topics import CASHIN, ONBOARDING, TRANSFER
 from ledger_db.migrate import migrate
 from ledger_db.unit_of_work import create_pool
 from stack import StackError, StackSettings, kafka_acls, kafka_broker, tls
 from stack import postgres as stack_postgres
 from stack.settings import APP_PASSWORD, OWNER_PASSWORD
-from testkit.commands import onboarding
+from testkit.commands import cashin, onboarding, record, transfer, wallet_of
+from testkit.plugin import wait_until
 from workers.kafka_security import kafka_client_options
 from workers.settings import Settings
 from workers.topics import ensure_topics, topic_specs
@@ -275,3 +277,80 @@ def test_scram_argument_carries_no_password() -> None:
     assert argument.startswith('SCRAM-SHA-512=[name=svc,salt="')
     assert "hunter2" not in argument
     assert f"iterations={kafka_acls.SCRAM_ITERATIONS}]" in argument
+
+
+async def test_a_dead_letter_refused_by_acl_holds_back_only_its_partition(
+    secure: SecureStack, tmp_path: Path
+) -> None:
+    """The worker may not write the transfer dead-letter topic (its ACL is missing). An
+    unparseable transfer's letter is refused even truncated: its partition is paused at that
+    record (metric, not ready, the alert's series), the other partition keeps flowing, and once
+    the ACL exists the letter is written and the held partition goes on."""
+    prefix = f"acl{uuid.uuid4().hex[:8]}."
+    dlq = prefix + TRANSFER.dlq_topic
+    admin = kafka_client_options(secure.sasl(kafka_acls.ADMIN))
+    acls = kafka_acls.service_acls(prefix)
+    denied = [a for a in acls if a.resource_name == dlq and a.principal == kafka_acls.WORKER]
+    assert denied
+    await kafka_acls.create_acls(secure.bootstrap, [a for a in acls if a not in denied], admin)
+    await ensure_topics(secure.bootstrap, topic_specs(prefix, PARTITIONS, PARTITIONS, 1), 1, admin)
+    e = secure.endpoints
+    env = ledgerflow_env(
+        e.app_database_url, secure.bootstrap, prefix, auth_mode="off", held_partition_retry_s="1"
+    ) | stack.env_vars(secure.settings, show_secrets=True, kafka_principal=kafka_acls.WORKER)
+    relay_env = env | stack.env_vars(
+        secure.settings, show_secrets=True, kafka_principal=kafka_acls.RELAY
+    )
+    worker = start_process(["worker", "all"], env, tmp_path)
+    relay = start_process(["relay"], relay_env, tmp_path)
+    api = kafka_client_options(secure.sasl(kafka_acls.API))
+    results = ResultCollector(secure.bootstrap, prefix, security=api)
+    producer = AIOKafkaProducer(bootstrap_servers=secure.bootstrap, enable_idempotence=True, **api)
+    try:
+        await results.start(from_end=True)
+        await producer.start()
+        alice, bob = onboarding(), onboarding()
+        for command, flow in ((alice, ONBOARDING), (bob, ONBOARDING)):
+            rec = await publish(producer, command, flow, prefix)
+            await results.wait_for(event_id_of(rec), timeout_s=RESULT_TIMEOUT_S)
+        a, b = wallet_of(alice), wallet_of(bob)
+        rec = await publish(producer, cashin(a, 10_000), CASHIN, prefix)
+        await results.wait_for(event_id_of(rec), timeout_s=RESULT_TIMEOUT_S)
+
+        topic = prefix + TRANSFER.command_topic
+        await producer.send_and_wait(topic, b"not json at all", key=b"k", partition=0)
+        held_back = transfer(a, b, 11)
+        await producer.send_and_wait(topic, record(held_back).value, key=b"k", partition=0)
+        flowing = [transfer(a, b, 5) for _ in range(5)]
+        for command in flowing:
+            await producer.send_and_wait(topic, record(command).value, key=b"k", partition=1)
+        for command in flowing:
+            [event] = await results.wait_for_key(
+                str(command.transfer_id), timeout_s=RESULT_TIMEOUT_S
+            )
+            assert event["type"] == "transfer.completed", event
+
+        def refused() -> bool:
+            _, text = worker.get("/metrics")
+            return "ledgerflow_dead_letters_refused_total{" in text and (
+                'ledgerflow_partitions_held{flow="transfer"} 1.0' in text
+            )
+
+        await wait_until(refused, timeout_s=RESULT_TIMEOUT_S, message="partition held")
+        status, body = worker.get("/readyz")
+        assert status == 503, body
+        assert "dead letters refused" in body, body
+        assert str(held_back.transfer_id) not in results.by_command_key
+        assert worker.process.poll() is None
+
+        await kafka_acls.create_acls(secure.bootstrap, denied, admin)
+        [event] = await results.wait_for_key(str(held_back.transfer_id), timeout_s=RESULT_TIMEOUT_S)
+        assert event["type"] == "transfer.completed", event
+        [letter] = await read_dead_letters(secure.bootstrap, [dlq], limit=5, security=admin)
+        assert letter.value == b"not json at all"
+        await wait_until(lambda: worker.get("/readyz")[0] == 200, timeout_s=RESULT_TIMEOUT_S)
+    finally:
+        await producer.stop()
+        await results.stop()
+        worker.stop()
+        relay.stop()
