@@ -6,6 +6,7 @@ from cli import chaos, demo, ledger_cmd, ops
 from cli.bench import bench_app
 from cli.contracts_cmd import contracts_app
 from cli.dlq_cmd import dlq_app
+from cli.outbox_cmd import outbox_app
 from cli.stack_cmd import stack_app
 
 app = typer.Typer(no_args_is_help=True, help="Ledgerflow: the money core of the wallet.")
@@ -17,6 +18,7 @@ app.add_typer(ledger_cmd.pii_app, name="pii")
 app.add_typer(bench_app, name="bench")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(outbox_app, name="outbox")
 app.command()(demo.demo)
 app.command()(ops.migrate)
 app.command()(ops.worker)

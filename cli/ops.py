@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 from typing import Annotated
 
+import asyncpg
 import typer
 import uvicorn
 from rich.console import Console
 
 from contracts.topics import flow_by_name
+from ledger_db.content_hash import keying_state
 from ledger_db.migrate import migrate as apply_migrations
 from workers import logging as json_logs
 from workers import tracing
@@ -18,7 +22,7 @@ from workers.app import FLOW_NAMES, build_worker_app, watched_group
 from workers.kafka_security import kafka_client_options
 from workers.lag import LagMonitor
 from workers.relay import build_relay_app
-from workers.settings import Settings
+from workers.settings import Settings, content_hash_key, http_port
 from workers.topics import ensure_topics, topic_specs
 
 console = Console()
@@ -59,11 +63,57 @@ def topics_ensure() -> None:
         console.print(f"  created {name}")
 
 
-def migrate() -> None:
-    """Apply the ledger's SQL migrations (safe to run twice, and from two processes at once)."""
+def migrate(
+    key_content_hashes: Annotated[
+        bool,
+        typer.Option(
+            "--key-content-hashes",
+            help="Key the content hashes at rest (HMAC under LEDGERFLOW_CONTENT_HASH_KEY) and "
+            "re-key old rows. Only once no worker older than release 0.2 runs: those compare "
+            "plain hashes (docs/decisions/migrations.md).",
+        ),
+    ] = False,
+) -> None:
+    """Apply the ledger's SQL migrations and data steps (safe to run twice, and concurrently)."""
     settings = Settings()
-    applied = asyncio.run(apply_migrations(settings.migration_database_url.get_secret_value()))
+    dsn = settings.migration_database_url.get_secret_value()
+    key = content_hash_key(settings)
+    if key.is_dev:
+        console.print("[yellow]content hashes are keyed with the public development key[/yellow]")
+
+    async def run() -> tuple[list[str], str]:
+        applied = await apply_migrations(
+            dsn, content_hash_key=key, key_content_hashes_now=key_content_hashes
+        )
+        conn = await asyncpg.connect(dsn)
+        try:
+            return applied, (await keying_state(conn)).describe()
+        finally:
+            await conn.close()
+
+    applied, keying = asyncio.run(run())
     console.print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
+    console.print(f"content hashes: {keying}")
+
+
+def checked_http_port(settings: Settings, kind: str) -> int:
+    """The process' HTTP port, checked free before anything starts. uvicorn binds only after
+    the app's startup: a worker would join its consumer groups (rebalancing them), then exit 3
+    with a bare errno line. A port taken between this check and uvicorn's bind still exits 3."""
+    host, port = settings.http_host, http_port(settings, kind)
+    if port == 0:  # any free port: nothing to check
+        return port
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as error:
+        reason = "port in use" if error.errno == errno.EADDRINUSE else str(error)
+        raise SystemExit(
+            f"ledgerflow {kind}: cannot serve HTTP on {host}:{port} ({reason}); set "
+            "LEDGERFLOW_HTTP_PORT to a free port (each process on a host needs its own)"
+        ) from None
+    return port
 
 
 def worker(
@@ -75,6 +125,7 @@ def worker(
     if unknown:
         raise typer.BadParameter(f"unknown worker {', '.join(sorted(unknown))}")
     settings = Settings()
+    port = checked_http_port(settings, "worker" if name == "all" else f"worker-{name}")
     configure_logging(settings, "ledgerflow-worker")
     app = build_worker_app(settings, names)
     try:
@@ -84,7 +135,7 @@ def worker(
                 # log_config=None: uvicorn logs through our handler instead of its own.
                 run_extra_options={
                     "host": settings.http_host,
-                    "port": settings.http_port,
+                    "port": port,
                     "log_config": None,
                 },
             )
@@ -96,6 +147,7 @@ def worker(
 def relay() -> None:
     """Run the outbox relay until SIGTERM (one is active; others wait as standbys)."""
     settings = Settings()
+    port = checked_http_port(settings, "relay")
     configure_logging(settings, "ledgerflow-relay")
     # Every flow's lag, measured here too: it must be reported when no worker runs.
     lag = LagMonitor(
@@ -110,12 +162,15 @@ def relay() -> None:
         settings.relay_batch_rows_max,
         lag,
         kafka_client_options(settings),
+        topic_prefix=settings.topic_prefix,
+        quarantine_attempts=settings.relay_quarantine_attempts,
+        retention_s=settings.outbox_retention_s,
     )
     try:
         uvicorn.run(
             app,
             host=settings.http_host,
-            port=settings.http_port,
+            port=port,
             log_level="warning",
             log_config=None,
         )

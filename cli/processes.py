@@ -102,13 +102,21 @@ class ManagedProcess:
 
 
 def start_process(
-    args: Sequence[str], env: Mapping[str, str], log_dir: Path, *, wait: bool = True
+    args: Sequence[str],
+    env: Mapping[str, str],
+    log_dir: Path,
+    *,
+    wait: bool = True,
+    default_port: int | None = None,
 ) -> ManagedProcess:
-    """Start `ledgerflow ARGS` (e.g. ["worker", "all"] or ["relay"]) on a free HTTP port."""
-    port = free_port()
+    """Start `ledgerflow ARGS` (e.g. ["worker", "all"] or ["relay"]) on a free HTTP port, or,
+    given `default_port`, with no LEDGERFLOW_HTTP_PORT: on its kind's default, that port."""
+    port = default_port or free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{'-'.join(args)}-{port}.log"
-    full_env = dict(env) | {"LEDGERFLOW_HTTP_PORT": str(port)}
+    full_env = {k: v for k, v in env.items() if k != "LEDGERFLOW_HTTP_PORT"}
+    if not default_port:
+        full_env["LEDGERFLOW_HTTP_PORT"] = str(port)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "cli", *args],

@@ -9,9 +9,10 @@ outbox rows set-based with `unnest`. Business rejections are outcomes, not error
 from __future__ import annotations
 
 import asyncio
+import hmac
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
 
@@ -27,6 +28,7 @@ from contracts.events import (
 )
 from contracts.parsing import InvalidCommand, ValidCommand
 from ledger_db import sql
+from ledger_db.content_hash import DEV_CONTENT_HASH_KEY, ContentHashKey
 from ledger_db.pii import DEV_VAULT, PiiVault
 from ledger_db.rules import (
     HOUSE_KINDS,
@@ -43,7 +45,7 @@ from ledger_db.rules import (
 from ledger_db.unit_of_work import RetryStats, run_in_transaction
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     import asyncpg
     from pydantic import BaseModel
@@ -94,6 +96,7 @@ class Outcome:
 @dataclass(frozen=True, slots=True)
 class _Stored:
     content_hash: bytes
+    keyed: bool  # content_hash is HMAC-SHA-256 of the plain hash (ledger_db/content_hash.py)
     topic: str
     event_id: str
     payload: bytes
@@ -113,6 +116,11 @@ class _Writes:
     outbox: list[tuple[Any, ...]] = field(default_factory=list)
 
 
+def database_clock() -> datetime | None:
+    """None: PostgreSQL's clock_timestamp(), read once the batch's wallet rows are locked."""
+    return None
+
+
 @dataclass(slots=True)
 class LedgerWriter:
     """Applies batches to one database. Holds only configuration and a cache of house accounts."""
@@ -123,6 +131,10 @@ class LedgerWriter:
     retries_max: int = 8
     retry_stats: RetryStats = field(default_factory=RetryStats)
     vault: PiiVault = DEV_VAULT
+    content_hash_key: ContentHashKey = DEV_CONTENT_HASH_KEY
+    # The instant whose UTC day and month the outgoing totals count for; tests pin it to race
+    # a batch across midnight.
+    clock: Callable[[], datetime | None] = database_clock
     _house_currencies: set[str] = field(default_factory=set)
 
     async def apply(self, batch: Sequence[Incoming]) -> list[Outcome]:
@@ -132,9 +144,7 @@ class LedgerWriter:
         await self._ensure_house_accounts(_currencies(batch))
 
         async def work(conn: asyncpg.Connection) -> list[Outcome]:
-            return await _apply_in_transaction(
-                conn, batch, self.limits, self.topic_prefix, self.vault
-            )
+            return await _apply_in_transaction(conn, batch, self)
 
         return await run_in_transaction(
             self.pool, work, retries_max=self.retries_max, stats=self.retry_stats
@@ -192,36 +202,45 @@ async def load_tier_limits(pool: asyncpg.Pool) -> dict[str, TierLimits]:
 
 
 async def _apply_in_transaction(
-    conn: asyncpg.Connection,
-    batch: Sequence[Incoming],
-    limits: Mapping[str, TierLimits],
-    topic_prefix: str,
-    vault: PiiVault,
+    conn: asyncpg.Connection, batch: Sequence[Incoming], writer: LedgerWriter
 ) -> list[Outcome]:
+    topic_prefix, vault, content_key = writer.topic_prefix, writer.vault, writer.content_hash_key
     valid = [item.command for item in batch if isinstance(item.command, ValidCommand)]
     commands = [cast("LedgerCommand", cmd.data) for cmd in valid]
 
-    # 1. What was decided before, by key.
+    # 1. What was decided before, by key, and whether records are written keyed.
     stored: dict[tuple[str, str], _Stored | _Pending] = {}
+    write_key: ContentHashKey | None = None
     if valid:
         rows = await conn.fetch(
             sql.SELECT_IDEMPOTENCY_RECORDS,
             ",".join([cmd.flow.name for cmd in valid]),
             ",".join([cmd.idempotency_key for cmd in valid]),
         )
+        if content_key.writes_keyed(rows[0]["key_check"]):
+            write_key = content_key
         for row in rows:
+            if row["flow"] is None:
+                continue  # the key check's row, no record with it
             stored[(row["flow"], str(row["key"]))] = _Stored(
                 bytes(row["content_hash"]),
+                row["content_hash_keyed"],
                 row["result_topic"],
                 str(row["result_event_id"]),
                 bytes(row["result_payload"]),
             )
 
-    # 2. Lock the wallets the batch touches, in ascending id order (no deadlock cycles).
+    # 2. Lock the wallets the batch touches, in ascending id order (no deadlock cycles), and
+    #    read the clock's day under the locks.
     wallets: dict[uuid.UUID, Wallet] = {}
+    today: date | None = None
     wallet_ids = _touched_wallets(commands)
     if wallet_ids:
-        for row in await conn.fetch(sql.LOCK_WALLETS, ",".join(map(str, wallet_ids))):
+        rows = await conn.fetch(sql.LOCK_WALLETS, ",".join(map(str, wallet_ids)), writer.clock())
+        today = rows[0]["clock_day"]
+        for row in rows:
+            if row["id"] is None:
+                continue  # the clock's row: none of the wallets exists yet
             wallets[row["id"]] = Wallet(
                 row["id"],
                 row["currency"],
@@ -232,6 +251,7 @@ async def _apply_in_transaction(
                 # Read with the lock: no concurrent debit can slip past a limit.
                 row["out_today"],
                 row["out_month"],
+                row["out_day"],
             )
     phones = {
         vault.phone_index(cmd.phone_number): cmd.phone_number
@@ -242,17 +262,19 @@ async def _apply_in_transaction(
     if phones:
         rows = await conn.fetch(sql.SELECT_TAKEN_PHONES, list(phones))
         taken = {phones[bytes(row["phone_index"])] for row in rows}
-    book = Book(wallets=wallets, taken_phone_numbers=taken, limits=limits)
+    book = Book(wallets=wallets, taken_phone_numbers=taken, limits=writer.limits, today=today)
 
     # 3. Decide every command in consumption order (pure rules, no encoding yet).
     writes = _Writes()
-    pending = [_decide(item, book, stored, writes, topic_prefix, vault) for item in batch]
+    pending = [
+        _decide(item, book, stored, writes, topic_prefix, vault, content_key) for item in batch
+    ]
 
     # 4. Write the ledger while the result events are encoded: PostgreSQL works on the postings
     #    on one core while Python encodes on the other. Then the answers, set-based.
     ledger_written = asyncio.ensure_future(_write_ledger(conn, writes, book))
     try:
-        outcomes = await _answer_all(pending, writes, datetime.now(UTC))
+        outcomes = await _answer_all(pending, writes, datetime.now(UTC), write_key)
     finally:
         await ledger_written
     await _write_answers(conn, writes)
@@ -284,6 +306,7 @@ def _decide(
     writes: _Writes,
     topic_prefix: str,
     vault: PiiVault,
+    content_key: ContentHashKey,
 ) -> _Pending:
     cmd = item.command
     flow = cmd.flow
@@ -312,12 +335,14 @@ def _decide(
         )
     previous = stored.get(key)
     if previous is not None:
-        previous_hash = (
-            previous.content_hash
-            if isinstance(previous, _Stored)
-            else cast("ValidCommand", previous.item.command).content_hash
-        )
-        if previous_hash == cmd.content_hash:
+        if isinstance(previous, _Stored):
+            # Graded by the row's own kind of hash: a row written plain (release 0.1, or before
+            # the deployment was keyed) still replays.
+            mine = content_key.keyed(cmd.content_hash) if previous.keyed else cmd.content_hash
+            same = hmac.compare_digest(previous.content_hash, mine)
+        else:  # decided earlier in this batch: both plain, in memory
+            same = cast("ValidCommand", previous.item.command).content_hash == cmd.content_hash
+        if same:
             return _Pending(
                 item, OutcomeKind.REPLAYED, None, previous.topic, message_key, replay_of=previous
             )
@@ -341,7 +366,7 @@ def _decide(
     entry_id: uuid.UUID | None = None
     if isinstance(decision, MoneyMoved):
         entry_id = decision.entry_id
-        writes.entries.append((entry_id, flow.name, cmd.idempotency_key))
+        writes.entries.append((entry_id, flow.name, cmd.idempotency_key, decision.out_day))
         for seq, posting in enumerate(decision.postings):
             writes.postings.append(
                 (entry_id, seq, posting.account_id, posting.currency, posting.amount)
@@ -371,8 +396,13 @@ def _decide(
 _ENCODE_CHUNK = 64
 
 
-async def _answer_all(pending: list[_Pending], writes: _Writes, now: datetime) -> list[Outcome]:
-    """Encode each result event once (replays reuse the original bytes and id), in order."""
+async def _answer_all(
+    pending: list[_Pending], writes: _Writes, now: datetime, write_key: ContentHashKey | None
+) -> list[Outcome]:
+    """Encode each result event once (replays reuse the original bytes and id), in order.
+
+    Records store the content hash keyed under `write_key`, or plain while it is None.
+    """
     outcomes: list[Outcome] = []
     for index, p in enumerate(pending):
         if index % _ENCODE_CHUNK == _ENCODE_CHUNK - 1:
@@ -393,7 +423,10 @@ async def _answer_all(pending: list[_Pending], writes: _Writes, now: datetime) -
                 (
                     flow.name,
                     cmd.idempotency_key,
-                    cmd.content_hash,
+                    write_key.keyed(cmd.content_hash)
+                    if write_key is not None
+                    else cmd.content_hash,
+                    write_key is not None,
                     p.kind.value,
                     p.reason,
                     p.entry_id,
@@ -549,12 +582,14 @@ async def _write_ledger(conn: asyncpg.Connection, w: _Writes, book: Book) -> Non
         if house_ids:
             await conn.execute(sql.LOCK_HOUSE_SHARDS, house_ids, shard)
         ids = wallet_ids + house_ids
+        assert book.today is not None, "money moves only in a batch that locked its wallets"
         await conn.execute(
             sql.APPLY_BALANCE_DELTAS,
             ",".join(map(str, ids)),
             ",".join(["0"] * len(wallet_ids) + [str(shard)] * len(house_ids)),
             ",".join([str(w.deltas[a]) for a in ids]),
             ",".join([str(book.outgoing.get(a, 0)) for a in ids]),
+            book.today,
         )
 
 

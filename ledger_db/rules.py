@@ -19,6 +19,7 @@ from contracts.events import RejectReason, Tier
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+    from datetime import date
     from uuid import UUID
 
 # Fixed forever: account and entry ids derive from it, so every replica computes the same ids.
@@ -52,7 +53,7 @@ def new_journal_entry_id() -> UUID:
 
 @dataclass(frozen=True, slots=True)
 class TierLimits:
-    """Bounds in minor units; None means unbounded."""
+    """Bounds in minor units; None means unbounded. A tier without limits moves no money."""
 
     single_amount_max: int | None = None
     balance_max: int | None = None
@@ -69,9 +70,11 @@ class Wallet:
     balance: int
     # The identity-provider subject bound at onboarding; None for wallets opened unauthenticated.
     owner: str | None = None
-    # Debited so far today and this month (UTC), for the daily and monthly limits.
+    # Debited so far on the wallet's current day and month (UTC), for the daily and monthly
+    # limits, and that day: the later of the row's and the clock's, read under the row's lock.
     out_today: int = 0
     out_month: int = 0
+    out_day: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,8 @@ class MoneyMoved:
     entry_id: UUID
     postings: tuple[Posting, ...]
     balance_after: int
+    # The day whose outgoing totals the wallet debit counted toward; None when no wallet is debited.
+    out_day: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,8 @@ class Book:
     new_customers: list[CustomerOpened] = field(default_factory=list)
     # Debits per wallet decided in this batch, to add to today's outgoing totals.
     outgoing: dict[UUID, int] = field(default_factory=dict)
+    # The clock's UTC day read under the batch's locks: the current day of a wallet opened here.
+    today: date | None = None
 
     def refuse_owner(self, command: LedgerCommand, subject: str | None) -> str | None:
         """Why `subject` may not debit the wallet the command names (None: it may).
@@ -173,6 +180,7 @@ class Book:
             tier=Tier.BASIC.value,
             balance=0,
             owner=subject,
+            out_day=self.today,
         )
         if wallet.id in self.wallets:
             # Only reachable if a customer row exists without its idempotency record.
@@ -271,7 +279,10 @@ class Book:
         return wallet
 
     def _over_single_limit(self, wallet: Wallet, amount: int) -> Rejected | None:
-        bound = self._limits(wallet).single_amount_max
+        limits = self._limits(wallet)
+        if isinstance(limits, Rejected):
+            return limits
+        bound = limits.single_amount_max
         if bound is not None and amount > bound:
             return Rejected(
                 RejectReason.LIMIT_EXCEEDED,
@@ -282,7 +293,10 @@ class Book:
     def _over_balance_limit(
         self, wallet: Wallet, credit: int, role: str = "wallet"
     ) -> Rejected | None:
-        bound = self._limits(wallet).balance_max
+        limits = self._limits(wallet, role)
+        if isinstance(limits, Rejected):
+            return limits
+        bound = limits.balance_max
         if bound is not None and wallet.balance + credit > bound:
             return Rejected(
                 RejectReason.LIMIT_EXCEEDED,
@@ -292,6 +306,8 @@ class Book:
 
     def _over_period_limits(self, wallet: Wallet, debit: int) -> Rejected | None:
         limits = self._limits(wallet)
+        if isinstance(limits, Rejected):
+            return limits
         if limits.daily_out_max is not None and wallet.out_today + debit > limits.daily_out_max:
             return Rejected(
                 RejectReason.LIMIT_EXCEEDED,
@@ -308,17 +324,28 @@ class Book:
             )
         return None
 
-    def _limits(self, wallet: Wallet) -> TierLimits:
-        """Per (tier, currency), then the tier's '*' row, then the tier; unbounded otherwise."""
-        return (
+    def _limits(self, wallet: Wallet, role: str = "wallet") -> TierLimits | Rejected:
+        """Per (tier, currency), then the tier's '*' row, then the tier. None of them: refused.
+
+        Fails closed: a tier whose limits row is missing (a typo, a tier added without its row)
+        must not become a tier without limits.
+        """
+        limits = (
             self.limits.get(f"{wallet.tier}:{wallet.currency}")
             or self.limits.get(f"{wallet.tier}:*")
             or self.limits.get(wallet.tier)
-            or TierLimits()
         )
+        if limits is None:
+            return Rejected(
+                RejectReason.LIMIT_EXCEEDED,
+                f"no limits are configured for the {role}'s {wallet.tier} tier in "
+                f"{wallet.currency}: nothing moves until they are",
+            )
+        return limits
 
     def _post(self, postings: tuple[Posting, ...], first: Wallet) -> MoneyMoved:
         assert_balanced(postings)
+        out_day: date | None = None
         for posting in postings:
             wallet = self.wallets.get(posting.account_id)
             if wallet is not None:
@@ -328,4 +355,5 @@ class Book:
                     wallet.out_today -= posting.amount
                     wallet.out_month -= posting.amount
                     self.outgoing[wallet.id] = self.outgoing.get(wallet.id, 0) - posting.amount
-        return MoneyMoved(new_journal_entry_id(), postings, first.balance)
+                    out_day = wallet.out_day
+        return MoneyMoved(new_journal_entry_id(), postings, first.balance, out_day)

@@ -17,12 +17,13 @@ CUSTOMER_PII_COLUMNS = (
 )
 WALLET_ACCOUNT_COLUMNS = ("id", "kind", "currency", "customer_id")
 BALANCE_COLUMNS = ("account_id", "kind", "shard", "balance")
-ENTRY_COLUMNS = ("id", "flow", "idempotency_key")
+ENTRY_COLUMNS = ("id", "flow", "idempotency_key", "out_day")
 POSTING_COLUMNS = ("entry_id", "seq", "account_id", "currency", "amount")
 IDEMPOTENCY_RECORD_COLUMNS = (
     "flow",
     "key",
     "content_hash",
+    "content_hash_keyed",
     "outcome",
     "reason",
     "journal_entry_id",
@@ -34,11 +35,17 @@ OUTBOX_COLUMNS = ("event_id", "topic", "key", "payload", "traceparent")
 
 # Large id lists travel as one comma-separated text parameter: asyncpg type-checks every element
 # of an array parameter in Python, which costs more than PostgreSQL's string_to_array.
+# Also the deployment's content-hash key check (None: records are written plain; see
+# ledger_db/content_hash.py), on a first row that always comes, with the records if any.
 SELECT_IDEMPOTENCY_RECORDS = """
-SELECT r.flow, r.key, r.content_hash, r.result_topic, r.result_event_id, r.result_payload
-FROM idempotency_records r
-JOIN unnest(string_to_array($1, ','), string_to_array($2, ',')::uuid[]) AS k(flow, key)
-  ON r.flow = k.flow AND r.key = k.key
+WITH keying AS MATERIALIZED (SELECT content_hash_key_check() AS key_check)
+SELECT keying.key_check, r.flow, r.key, r.content_hash, r.content_hash_keyed, r.result_topic,
+       r.result_event_id, r.result_payload
+FROM keying LEFT JOIN (
+    idempotency_records r
+    JOIN unnest(string_to_array($1, ','), string_to_array($2, ',')::uuid[]) AS k(flow, key)
+      ON r.flow = k.flow AND r.key = k.key
+) ON true
 """
 
 # ORDER BY before FOR UPDATE: rows are locked in ascending id order, so two batches touching
@@ -46,21 +53,35 @@ JOIN unnest(string_to_array($1, ','), string_to_array($2, ',')::uuid[]) AS k(flo
 # Id lists are joined as a set (unnest), never matched with `= ANY(array)`: on a table whose
 # statistics are stale (just loaded, not yet analyzed), `= ANY` can be planned as a sequential
 # scan comparing every row with every id, which took seconds per batch in the benchmark.
-# The outgoing totals count for today and this month only (UTC, PostgreSQL's clock at the
-# transaction's start: the day journal_entries.created_at will show).
+# The outgoing totals count for the wallet's current day and month (UTC), which never go back:
+# the later of the row's own day and the clock, read once every row is locked ($2, or
+# clock_timestamp() when NULL). A transaction's start (now()) would not do: a batch begun before
+# midnight that commits after another batch rolled the row over would write the old day back and
+# reset the total. The first row always comes and carries the clock's day, for the wallets the
+# batch opens; APPLY_BALANCE_DELTAS gets it back and applies the same rule.
 LOCK_WALLETS = """
-SELECT a.id, a.currency, a.status, c.tier, c.subject, b.balance,
-       CASE WHEN b.out_day = (now() AT TIME ZONE 'UTC')::date
-            THEN b.out_day_total ELSE 0 END AS out_today,
-       CASE WHEN b.out_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
-            THEN b.out_month_total ELSE 0 END AS out_month
-FROM unnest(string_to_array($1, ',')::uuid[]) AS w(id)
-JOIN balances b ON b.account_id = w.id AND b.shard = 0
-JOIN accounts a ON a.id = b.account_id
-JOIN customers c ON c.id = a.customer_id
-WHERE b.kind = 'wallet'
-ORDER BY b.account_id
-FOR UPDATE OF b
+WITH locked AS MATERIALIZED (
+    SELECT a.id, a.currency, a.status, c.tier, c.subject, b.balance,
+           b.out_day, b.out_day_total, b.out_month, b.out_month_total
+    FROM unnest(string_to_array($1, ',')::uuid[]) AS w(id)
+    JOIN balances b ON b.account_id = w.id AND b.shard = 0
+    JOIN accounts a ON a.id = b.account_id
+    JOIN customers c ON c.id = a.customer_id
+    WHERE b.kind = 'wallet'
+    ORDER BY b.account_id
+    FOR UPDATE OF b
+),
+clock AS MATERIALIZED (
+    SELECT (coalesce($2::timestamptz, clock_timestamp()) AT TIME ZONE 'UTC')::date AS day
+    FROM (SELECT count(*) AS n FROM locked) AS every_row_locked
+    WHERE every_row_locked.n >= 0
+)
+SELECT clock.day AS clock_day, l.id, l.currency, l.status, l.tier, l.subject, l.balance,
+       greatest(l.out_day, clock.day) AS out_day,
+       CASE WHEN l.out_day >= clock.day THEN l.out_day_total ELSE 0 END AS out_today,
+       CASE WHEN l.out_month >= date_trunc('month', clock.day)::date
+            THEN l.out_month_total ELSE 0 END AS out_month
+FROM clock LEFT JOIN locked l ON true
 """
 
 SELECT_TIER_LIMITS = """
@@ -92,25 +113,25 @@ FOR UPDATE
 """
 
 # A wallet's debits (`d.out`, 0 for house shards and for wallets only credited) are added to
-# today's and this month's totals on the same row, which restart when the day or month changed.
+# its current day's and month's totals on the same row: the later of the row's and the clock's
+# ($5, LOCK_WALLETS' clock_day), which restart when the clock passed the row's day or month.
 APPLY_BALANCE_DELTAS = """
 UPDATE balances b SET
     balance = b.balance + d.delta,
     out_day_total = CASE WHEN d.out = 0 THEN b.out_day_total
-                         WHEN b.out_day = t.day THEN b.out_day_total + d.out ELSE d.out END,
-    out_day = CASE WHEN d.out = 0 THEN b.out_day ELSE t.day END,
+                         WHEN b.out_day >= t.day THEN b.out_day_total + d.out ELSE d.out END,
+    out_day = CASE WHEN d.out = 0 THEN b.out_day ELSE greatest(b.out_day, t.day) END,
     out_month_total = CASE WHEN d.out = 0 THEN b.out_month_total
-                           WHEN b.out_month = t.month THEN b.out_month_total + d.out
+                           WHEN b.out_month >= t.month THEN b.out_month_total + d.out
                            ELSE d.out END,
-    out_month = CASE WHEN d.out = 0 THEN b.out_month ELSE t.month END
+    out_month = CASE WHEN d.out = 0 THEN b.out_month ELSE greatest(b.out_month, t.month) END
 FROM unnest(
     string_to_array($1, ',')::uuid[],
     string_to_array($2, ',')::smallint[],
     string_to_array($3, ',')::bigint[],
     string_to_array($4, ',')::bigint[]
 ) AS d(account_id, shard, delta, out),
-(SELECT (now() AT TIME ZONE 'UTC')::date AS day,
-        date_trunc('month', now() AT TIME ZONE 'UTC')::date AS month) AS t
+(SELECT $5::date AS day, date_trunc('month', $5::date)::date AS month) AS t
 WHERE b.account_id = d.account_id AND b.shard = d.shard
 """
 

@@ -33,7 +33,7 @@ from workers.failures import is_infrastructure
 from workers.kafka_io import commit_offsets, idempotent_producer, rewind
 from workers.kafka_security import faststream_security, kafka_client_options
 from workers.lag import LagMonitor, Watched
-from workers.settings import pii_vault
+from workers.settings import content_hash_key, pii_vault
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -67,9 +67,15 @@ def group_id(flow: Flow) -> str:
 
 
 def tier_limits(settings: Settings, table: dict[str, TierLimits]) -> dict[str, TierLimits]:
-    """The tier_limits table, with LEDGERFLOW_BASIC_* applied over the basic tier when set."""
+    """The tier_limits table, with LEDGERFLOW_BASIC_* applied over the basic tier when set.
+
+    Without a basic row there is nothing to apply them over: the tier fails closed
+    (ledger_db/rules.py), rather than becoming a row with only these two bounds.
+    """
     limits = dict(table)
-    basic = limits.get("basic:*", TierLimits())
+    basic = limits.get("basic:*")
+    if basic is None:
+        return limits
     if "basic_single_amount_max" in settings.model_fields_set:
         basic = replace(basic, single_amount_max=settings.basic_single_amount_max)
     if "basic_balance_max" in settings.model_fields_set:
@@ -93,6 +99,8 @@ def authenticator(settings: Settings) -> Authenticator | None:
         jwks_url=settings.auth_jwks_url,
         leeway_s=settings.auth_leeway_s,
         max_token_age_s=settings.auth_max_token_age_s,
+        jwks_cache_s=settings.auth_jwks_cache_s,
+        jwks_refresh_min_s=settings.auth_jwks_refresh_min_s,
     )
 
 
@@ -165,12 +173,16 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
         vault = pii_vault(settings)
         if vault.active_key_id == DEV_KEY_ID:
             log.warning("personal data is encrypted with the public development key")
+        content_key = content_hash_key(settings)
+        if content_key.is_dev:
+            log.warning("content hashes are keyed with the public development key")
         writer = LedgerWriter(
             state.pool,
             tier_limits(settings, table),
             settings.topic_prefix,
             settings.db_retries_max,
             vault=vault,
+            content_hash_key=content_key,
         )
         verifier = authenticator(settings)
         for flow in flows:

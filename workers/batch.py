@@ -93,6 +93,12 @@ class BatchProcessor:
         A record whose dead letter is refused holds back its partition from that offset on;
         the other partitions of the batch are applied as usual.
         """
+        if self.authenticator is not None:
+            # Any key fetch happens here, once per batch, so verifying each record stays
+            # synchronous; an unreadable provider raises IdentityProviderUnavailable (waits).
+            await self.authenticator.ensure_keys(
+                header(r.headers, "authorization") for r in records
+            )
         parsed_records: list[tuple[Record, Incoming | None]] = []
         letters: list[DeadLetter] = []
         for record in records:

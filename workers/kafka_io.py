@@ -16,14 +16,20 @@ if TYPE_CHECKING:
 
 PRODUCER_REQUEST_BYTES_MAX = 1024 * 1024
 PRODUCER_LINGER_MS = 2
+PRODUCER_REQUEST_TIMEOUT_MS = 30_000
 
 
 def idempotent_producer(
-    bootstrap_servers: str, client_id: str, security: Mapping[str, Any] | None = None
+    bootstrap_servers: str,
+    client_id: str,
+    security: Mapping[str, Any] | None = None,
+    *,
+    request_timeout_ms: int = PRODUCER_REQUEST_TIMEOUT_MS,
 ) -> AIOKafkaProducer:
     """acks=all and idempotence: a retried send never duplicates or reorders within a partition.
 
-    `security`: workers.kafka_security.kafka_client_options(settings).
+    `security`: workers.kafka_security.kafka_client_options(settings). `request_timeout_ms` also
+    bounds how long a record waits for a partition leader before its send fails.
     """
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
@@ -33,7 +39,7 @@ def idempotent_producer(
         acks="all",
         linger_ms=PRODUCER_LINGER_MS,
         max_request_size=PRODUCER_REQUEST_BYTES_MAX,
-        request_timeout_ms=30_000,
+        request_timeout_ms=request_timeout_ms,
     )
 
 

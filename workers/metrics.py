@@ -76,6 +76,11 @@ UNAUTHORIZED = Counter(
     "Commands refused because their token failed verification (answered `unauthorized`).",
     ["flow"],
 )
+JWKS_FETCHES = Counter(
+    "ledgerflow_jwks_fetches",
+    "Fetches of the identity provider's signing keys (JWKS), by outcome.",
+    ["outcome"],
+)
 DEAD_LETTERS = Counter(
     "ledgerflow_dead_letters",
     "Messages sent to a dead-letter topic, by original topic.",
@@ -126,9 +131,24 @@ LAG_MEASUREMENT_ERRORS = Counter(
     "Consumer lag measurements that failed, by error class.",
     ["error_class"],
 )
-OUTBOX_PENDING = Gauge("ledgerflow_outbox_pending_rows", "Outbox rows not yet published.")
+OUTBOX_PENDING = Gauge(
+    "ledgerflow_outbox_pending_rows", "Outbox rows not yet published (quarantined ones aside)."
+)
 OUTBOX_OLDEST_AGE = Gauge(
-    "ledgerflow_outbox_oldest_pending_age_seconds", "Age of the oldest unpublished outbox row."
+    "ledgerflow_outbox_oldest_pending_age_seconds",
+    "Age of the oldest unpublished outbox row (quarantined ones aside).",
+)
+OUTBOX_QUARANTINED = Gauge(
+    "ledgerflow_outbox_quarantined_rows",
+    "Outbox rows quarantined: not published until `ledgerflow outbox retry`.",
+)
+RELAY_QUARANTINED = Counter(
+    "ledgerflow_relay_quarantined",
+    "Outbox rows the relay quarantined, by result topic and error class.",
+    ["topic", "error_class"],
+)
+OUTBOX_PRUNED = Counter(
+    "ledgerflow_outbox_pruned", "Published outbox rows deleted after their retention period."
 )
 RELAY_PUBLISHED = Counter("ledgerflow_relay_published", "Events published by the relay.")
 RELAY_ERRORS = Counter(

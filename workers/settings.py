@@ -18,8 +18,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from ledger_db.content_hash import DEV_CONTENT_HASH_KEY_TEXT, ContentHashKey
 from ledger_db.pii import DEV_INDEX_KEY, DEV_KEY_ID, DEV_KEYRING, PiiVault
-from workers.auth import AuthMode
+from workers.auth import JWKS_CACHE_S, JWKS_REFRESH_MIN_S, AuthMode
 from workers.kafka_security import check_kafka_security
 from workers.secret_files import SecretFileSource
 
@@ -29,6 +30,17 @@ if TYPE_CHECKING:
 # Embedded-stack defaults; deliberately not 5432/9092 so a machine's own services don't collide.
 DEFAULT_POSTGRES_PORT = 55432
 DEFAULT_KAFKA_PORT = 59092
+# Each process kind has its own HTTP port, so `worker all`, `relay`, the API and one worker per
+# flow run side by side on one host with no settings; LEDGERFLOW_HTTP_PORT, when set, wins.
+DEFAULT_HTTP_PORTS: dict[str, int] = {
+    "worker": 8080,  # `ledgerflow worker all`
+    "relay": 8081,
+    "api": 8082,  # reserved for the HTTP read API
+    "worker-onboarding": 8083,
+    "worker-cashin": 8084,
+    "worker-transfer": 8085,
+    "worker-cashout": 8086,
+}
 
 
 class Settings(BaseSettings):
@@ -89,6 +101,11 @@ class Settings(BaseSettings):
     # this long before the letter is tried again; the other partitions go on meanwhile.
     held_partition_retry_s: float = Field(default=30.0, ge=0.1, le=3_600.0)
     relay_batch_rows_max: int = Field(default=1000, ge=1, le=5000)
+    # An outbox row that fails this many publication attempts for a reason of its own (missing
+    # topic, ACL, too large; never a broker outage) is quarantined, with every later row of its
+    # key (docs/decisions/outbox-relay.md). Published rows are deleted after the retention.
+    relay_quarantine_attempts: int = Field(default=6, ge=1, le=1_000)
+    outbox_retention_s: int = Field(default=7 * 24 * 3_600, ge=1, le=366 * 24 * 3_600)
 
     # Basic-tier limits, in minor units of the wallet's currency.
     basic_single_amount_max: int = Field(default=1_000_000, ge=1, le=10**15)
@@ -103,6 +120,10 @@ class Settings(BaseSettings):
     auth_audience: str = "ledgerflow"
     auth_leeway_s: int = Field(default=300, ge=0, le=3_600)  # consumer lag allowed past exp
     auth_max_token_age_s: int = Field(default=3_600, ge=60, le=86_400)
+    # The JWKS is fetched again when older than this, and at most once per refresh interval
+    # however many unknown key ids arrive (workers/auth.py).
+    auth_jwks_cache_s: float = Field(default=JWKS_CACHE_S, ge=1.0, le=86_400.0)
+    auth_jwks_refresh_min_s: float = Field(default=JWKS_REFRESH_MIN_S, ge=0.1, le=3_600.0)
 
     # Personal data at rest (ledger_db/pii.py): `id:base64key[,…]`, the id of the key new data is
     # encrypted with, and the HMAC key of the phone-number index. The defaults are public
@@ -110,6 +131,9 @@ class Settings(BaseSettings):
     pii_keys: SecretStr = SecretStr(DEV_KEYRING)
     pii_active_key_id: str = DEV_KEY_ID
     pii_index_key: SecretStr = SecretStr(DEV_INDEX_KEY)
+    # HMAC key of the content hashes at rest (ledger_db/content_hash.py), url-safe base64 of 32+
+    # bytes; the workers and `ledgerflow migrate` need the same one. The default is public.
+    content_hash_key: SecretStr = SecretStr(DEV_CONTENT_HASH_KEY_TEXT)
 
     # Test hook for fault-injection tests: commands containing this text fail like a bug would.
     # Empty (off) in every real deployment.
@@ -129,9 +153,9 @@ class Settings(BaseSettings):
     # How often consumer lag is measured (committed offsets and high watermarks from Kafka).
     lag_interval_ms: int = Field(default=5_000, ge=100, le=300_000)
 
-    # HTTP (/metrics, /healthz, /readyz).
+    # HTTP (/metrics, /healthz, /readyz). No port: the process kind's own (DEFAULT_HTTP_PORTS).
     http_host: str = "127.0.0.1"
-    http_port: int = Field(default=8080, ge=0, le=65535)
+    http_port: int | None = Field(default=None, ge=0, le=65535)
 
     @classmethod
     def settings_customise_sources(
@@ -176,12 +200,22 @@ def with_query(url: SecretStr, params: Mapping[str, str | Path | None]) -> Secre
     return SecretStr(urlunsplit(parts._replace(query=urlencode(query))))
 
 
+def http_port(settings: Settings, kind: str) -> int:
+    """LEDGERFLOW_HTTP_PORT when set, else the default of the process kind (`worker`, `relay`,
+    `api`, `worker-<flow>`)."""
+    return settings.http_port if settings.http_port is not None else DEFAULT_HTTP_PORTS[kind]
+
+
 def pii_vault(settings: Settings) -> PiiVault:
     return PiiVault.from_text(
         settings.pii_keys.get_secret_value(),
         settings.pii_active_key_id,
         settings.pii_index_key.get_secret_value(),
     )
+
+
+def content_hash_key(settings: Settings) -> ContentHashKey:
+    return ContentHashKey.from_text(settings.content_hash_key.get_secret_value())
 
 
 @lru_cache(maxsize=1)

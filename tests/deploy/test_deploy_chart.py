@@ -366,7 +366,11 @@ def test_workers_require_tokens_and_real_personal_data_keys(
             env = env_of(container)
             assert env["LEDGERFLOW_AUTH_MODE"]["value"] == "required", flow
             assert env["LEDGERFLOW_AUTH_JWKS_URL"]["value"].startswith("https://"), flow
-            for name in ("LEDGERFLOW_PII_KEYS", "LEDGERFLOW_PII_INDEX_KEY"):
+            for name in (
+                "LEDGERFLOW_PII_KEYS",
+                "LEDGERFLOW_PII_INDEX_KEY",
+                "LEDGERFLOW_CONTENT_HASH_KEY",
+            ):
                 assert "secretKeyRef" in env[name]["valueFrom"], (flow, name)
 
 
@@ -403,6 +407,11 @@ def test_migration_job_is_a_pre_install_and_pre_upgrade_hook_with_the_owner_url(
         env = env_of(container)
         assert "secretKeyRef" in env["LEDGERFLOW_MIGRATION_DATABASE_URL"]["valueFrom"]
         assert "LEDGERFLOW_DATABASE_URL" not in env, "the Job needs only the owner role"
+        # migrate's data step keys content hashes with the workers' key; topics needs none.
+        if container["args"] == ["migrate"]:
+            assert "secretKeyRef" in env["LEDGERFLOW_CONTENT_HASH_KEY"]["valueFrom"]
+        else:
+            assert "LEDGERFLOW_CONTENT_HASH_KEY" not in env
     # A hook runs before the release's ServiceAccount exists: it must bring its own, as a hook.
     account = pod_spec(job)["serviceAccountName"]
     (hook_account,) = [
@@ -412,6 +421,14 @@ def test_migration_job_is_a_pre_install_and_pre_upgrade_hook_with_the_owner_url(
     assert int(hook_account["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
         job["metadata"]["annotations"]["helm.sh/hook-weight"]
     )
+
+
+def test_migration_keys_content_hashes_only_when_asked(helm: Path) -> None:
+    """Keying an existing deployment waits for the upgrade after 0.2's (older workers compare
+    plain hashes): a value the operator sets, never the default."""
+    (job,) = helm_template(helm, "--set", "migration.keyContentHashes=true").of_kind("Job")
+    steps = [c["args"] for c in containers(job)]
+    assert steps == [["migrate", "--key-content-hashes"], ["topics", "ensure"]]
 
 
 def test_replication_factor(rendered_default: Rendered, rendered_production: Rendered) -> None:

@@ -227,6 +227,18 @@ Call with (dict "root" $ "name" $name "worker" $worker); returns YAML, read it w
       name: {{ $pii | quote }}
       key: {{ $key | quote }}
 {{- end }}
+{{ include "ledgerflow.contentHashKeyEnv" . }}
+{{- end }}
+
+{{/* The HMAC key of the content hashes at rest: the workers and the migration (which re-keys
+old rows) need the same one. */}}
+{{- define "ledgerflow.contentHashKeyEnv" -}}
+{{- $v := .Values -}}
+- name: LEDGERFLOW_CONTENT_HASH_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "pii.existingSecret: name the existing Secret holding the personal-data keys" $v.pii.existingSecret | quote }}
+      key: {{ required "pii.contentHashKeyKey: the Secret's key holding LEDGERFLOW_CONTENT_HASH_KEY" $v.pii.contentHashKeyKey | quote }}
 {{- end }}
 
 {{/* The TLS Secrets as read-only files (volumes and mounts). */}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -117,8 +118,33 @@ async def test_customers_set_tier(database: Any) -> None:
         await apply_all(LedgerWriter(pool, {}), person)
         ledgerflow(env, "customers", "set-tier", str(person.customer_id), "standard")
         tier = await pool.fetchval("SELECT tier FROM customers WHERE id = $1", person.customer_id)
+        # On record, for the audit's limits check (a lowered tier explains totals above it).
+        change = await pool.fetchrow(
+            "SELECT old_tier, new_tier FROM customer_tier_changes WHERE customer_id = $1",
+            person.customer_id,
+        )
     finally:
         await pool.close()
     assert tier == "standard"
+    assert change is not None
+    assert tuple(change) == ("basic", "standard")
     unknown = ledgerflow(env, "customers", "set-tier", str(person.customer_id), "gold", check=False)
     assert unknown.returncode != 0
+
+
+async def test_migrate_keys_content_hashes_only_when_asked_and_never_with_the_dev_key(
+    database: Any,
+) -> None:
+    env = env_for(database)
+    assert b"plain SHA-256" in ledgerflow(env, "migrate").stdout
+    refused = ledgerflow(env, "migrate", "--key-content-hashes", check=False)
+    assert refused.returncode != 0
+    assert b"public development key" in refused.stderr + refused.stdout
+    keyed = env_for(
+        database, LEDGERFLOW_CONTENT_HASH_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode()
+    )
+    assert (
+        b"keyed (HMAC-SHA-256), every row"
+        in ledgerflow(keyed, "migrate", "--key-content-hashes").stdout
+    )
+    assert b"keyed (HMAC-SHA-256), every row" in ledgerflow(keyed, "migrate").stdout

@@ -196,10 +196,17 @@ async def test_outgoing_totals_belong_to_wallets_and_a_day_to_its_month(
             )
         with pytest.raises(asyncpg.CheckViolationError, match="day_in_month"):
             await conn.execute(
-                "UPDATE balances SET out_month = (out_month - interval '1 month')::date"
+                "UPDATE balances SET out_month = (out_month + interval '1 month')::date"
                 " WHERE account_id = $1",
                 a,
             )
+        # Never back to an earlier day or month (0004): 40001, so a stale writer retries.
+        for earlier in (
+            "out_day = out_day - 1",
+            "out_month = (out_month - interval '1 year')::date",
+        ):
+            with pytest.raises(asyncpg.SerializationError, match="would move them back"):
+                await conn.execute(f"UPDATE balances SET {earlier} WHERE account_id = $1", a)
         with pytest.raises(asyncpg.CheckViolationError, match="wallet_only"):
             await conn.execute("UPDATE balances SET out_day_total = 1 WHERE kind <> 'wallet'")
     finally:

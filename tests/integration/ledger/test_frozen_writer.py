@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from ledger_db.apply import LedgerWriter, OutcomeKind
+from ledger_db.rules import TierLimits
 from ledger_db.sql import LOCK_WALLETS
 from ledger_db.unit_of_work import create_pool
 from testkit.commands import apply_all, cashin, cashout, onboarding, wallet_of
@@ -38,7 +39,7 @@ async def test_a_writer_frozen_mid_copy_is_ended_by_the_next_one(database: Any) 
     frozen = await pool.acquire()
     forever = asyncio.Event()
     try:
-        writer = LedgerWriter(pool, {})
+        writer = LedgerWriter(pool, {"basic": TierLimits()})
         person = onboarding()
         w = wallet_of(person)
         await apply_all(writer, person, cashin(w, 1_000))
@@ -46,7 +47,7 @@ async def test_a_writer_frozen_mid_copy_is_ended_by_the_next_one(database: Any) 
         # The frozen writer: wallet row locked, then a COPY whose rows never come.
         transaction = frozen.transaction()
         await transaction.start()
-        await frozen.fetch(LOCK_WALLETS, str(w))
+        await frozen.fetch(LOCK_WALLETS, str(w), None)
 
         async def rows() -> AsyncIterator[tuple[Any, ...]]:
             await forever.wait()

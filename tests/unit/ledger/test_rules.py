@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 import pytest
@@ -197,3 +198,74 @@ def test_daily_and_monthly_outgoing_limits() -> None:
     assert isinstance(over_month, Rejected)
     assert "monthly" in over_month.detail
     assert ledger.outgoing == {a.id: 1_000}
+
+
+def _cash_in(w: Wallet, amount: int) -> ConfirmCashIn:
+    return ConfirmCashIn(
+        cashin_id=uuid.uuid4(),
+        wallet_account_id=w.id,
+        amount=amount,
+        currency=w.currency,
+        bank_reference="REF-1",
+    )
+
+
+def _standard(balance: int = 0) -> Wallet:
+    return Wallet(uuid.uuid4(), "EUR", "open", "standard", balance)
+
+
+@pytest.mark.parametrize("flow", ["cashin", "transfer_out", "transfer_in", "cashout"])
+def test_a_tier_without_limits_fails_closed(flow: str) -> None:
+    """LIMITS configure only `basic`: a standard wallet has no limits row, which must refuse, not
+    move money without bounds (DESIGN §7). Transfers are refused on either side."""
+    basic, standard = wallet(500), _standard(500)
+    ledger = book(basic, standard)
+    cmd = {
+        "cashin": _cash_in(standard, 1),
+        "transfer_out": transfer(standard, basic, 1),
+        "transfer_in": transfer(basic, standard, 1),
+        "cashout": cashout(standard, 1),
+    }[flow]
+    decision = ledger.decide(cmd)
+    assert isinstance(decision, Rejected)
+    assert decision.reason is RejectReason.LIMIT_EXCEEDED
+    assert "no limits are configured" in decision.detail
+    assert "standard tier in EUR" in decision.detail
+    assert (basic.balance, standard.balance) == (500, 500), "a rejection moves nothing"
+    assert ledger.outgoing == {}
+
+
+def test_limits_are_looked_up_by_currency_then_the_tiers_star_row() -> None:
+    limits = {
+        "standard:USD": TierLimits(single_amount_max=10),
+        "standard:*": TierLimits(single_amount_max=100),
+    }
+    eur, usd = _standard(), Wallet(uuid.uuid4(), "USD", "open", "standard", 0)
+    ledger = Book({eur.id: eur, usd.id: usd}, set(), limits)
+    assert isinstance(ledger.decide(_cash_in(eur, 100)), MoneyMoved)  # '*': 100
+    refused = ledger.decide(_cash_in(usd, 11))  # its own currency's row first: 10
+    assert isinstance(refused, Rejected)
+    assert "single-amount limit of 10" in refused.detail
+    # An unbounded row (every bound None) is a configured tier: it allows anything.
+    ledger.limits = {"standard:*": TierLimits()}
+    assert isinstance(ledger.decide(_cash_in(usd, 10**12)), MoneyMoved)
+
+
+def test_a_debit_records_the_wallets_day_and_an_opened_wallet_starts_on_the_clocks() -> None:
+    today, ahead = dt.date(2027, 3, 15), dt.date(2027, 3, 16)
+    a, b = wallet(500), wallet(0)
+    a.out_day = ahead  # the row is on a later day than the clock: it wins
+    ledger = Book({a.id: a, b.id: b}, set(), LIMITS, today=today)
+    moved = ledger.decide(transfer(a, b, 10))
+    assert isinstance(moved, MoneyMoved)
+    assert moved.out_day == ahead
+    cash_in = ledger.decide(_cash_in(b, 10))
+    assert isinstance(cash_in, MoneyMoved)
+    assert cash_in.out_day is None, "no wallet debited"
+    opened = ledger.decide(
+        RequestOnboarding(
+            customer_id=uuid.uuid4(), full_name="Ada", phone_number="+4915112345670", currency="EUR"
+        )
+    )
+    assert isinstance(opened, CustomerOpened)
+    assert opened.wallet.out_day == today

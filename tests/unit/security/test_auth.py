@@ -19,15 +19,17 @@ def issuer() -> Issuer:
 
 
 @pytest.fixture
-def verifier(issuer: Issuer, tmp_path: Path) -> Authenticator:
+async def verifier(issuer: Issuer, tmp_path: Path) -> Authenticator:
     jwks = issuer.write_jwks(tmp_path / "jwks.json")
-    return Authenticator(
+    authenticator = Authenticator(
         issuer=issuer.issuer,
         audience=issuer.audience,
         jwks_file=str(jwks),
         leeway_s=60,
         max_token_age_s=600,
     )
+    await authenticator.ensure_keys([issuer.bearer("first-batch")])  # as a batch does
+    return authenticator
 
 
 def a_transfer() -> ValidCommand:
