@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from itertools import count
 from typing import TYPE_CHECKING
 
@@ -95,6 +96,18 @@ def flow_of(command: BaseModel) -> Flow:
 def record(command: BaseModel, **kwargs: object) -> KafkaRecord:
     """The Kafka record an upstream producer would send for `command`."""
     return encode_command(flow_of(command), command, **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass
+class ConsumedRecord:
+    """A record as a consumer hands it over (workers.records.Record), for tests without Kafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def parsed(command: BaseModel) -> ValidCommand:

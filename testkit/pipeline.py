@@ -16,6 +16,10 @@ from aiokafka import AIOKafkaProducer
 
 from cli.processes import ManagedProcess, free_port, ledgerflow_env, start_process
 from cli.results import ResultCollector, event_id_of, publish
+from ledger_db.apply import LedgerWriter
+from ledger_db.rules import TierLimits
+from ledger_db.unit_of_work import create_pool
+from testkit.commands import apply_all, cashin, onboarding, wallet_of
 from testkit.plugin import (
     create_test_database,
     delete_topics_with_prefix,
@@ -55,6 +59,20 @@ class Pipeline:
         process = start_process(list(args), self.env, self.log_dir)
         self.extra.append(process)
         return process
+
+
+async def fund_wallets(p: Pipeline, wallets: int, amount: int) -> list[Any]:
+    """Open and fund wallets directly in the ledger (a test's setup, not under test); their
+    result events go through the pipeline's outbox like any other."""
+    pool = await create_pool(p.database.app_url, size_max=1)
+    try:
+        people = [onboarding() for _ in range(wallets)]
+        writer = LedgerWriter(pool, {"basic": TierLimits()}, topic_prefix=p.prefix)
+        await apply_all(writer, *people)
+        await apply_all(writer, *[cashin(wallet_of(x), amount) for x in people])
+    finally:
+        await pool.close()
+    return [wallet_of(x) for x in people]
 
 
 @asynccontextmanager
@@ -124,6 +142,7 @@ __all__ = [
     "ResultCollector",
     "event_id_of",
     "free_port",
+    "fund_wallets",
     "ledgerflow_env",
     "publish",
     "running_pipeline",

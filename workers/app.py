@@ -291,7 +291,11 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
                 # message(s) one by one and dead-letter them, so the partition moves on.
                 since = state.suspect_since.get(flow.name, started)
                 result = await processor.process_isolating(
-                    records, flow_applied_since=state.applied_at.get(flow.name, 0.0) > since
+                    records,
+                    flow_applied_since=state.applied_at.get(flow.name, 0.0) > since,
+                    alone_long_enough=all(
+                        suspects[p] >= 2 * POISON_ATTEMPTS_MAX for p in positions
+                    ),
                 )
             else:
                 result = await processor.process(records)
@@ -331,7 +335,8 @@ async def _failed(
     state.failures[flow.name] = (
         min(failures + 1, POISON_ATTEMPTS_MAX - 1) if quick else failures + 1
     )
-    if not infrastructure:
+    # An unproven verdict counts on: a lone record on an idle flow is judged in the end.
+    if not infrastructure or isinstance(error, PoisonUnproven):
         suspects = state.suspects.setdefault(flow.name, Counter())
         if len(suspects) > SUSPECTS_MAX:
             suspects.clear()

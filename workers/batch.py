@@ -146,13 +146,20 @@ class BatchProcessor:
         return outcomes
 
     async def process_isolating(
-        self, records: Sequence[Record], *, flow_applied_since: bool = False
+        self,
+        records: Sequence[Record],
+        *,
+        flow_applied_since: bool = False,
+        alone_long_enough: bool = False,
     ) -> BatchResult:
         """After a batch failed again and again for a suspect reason: apply its records one at
         a time, in order. A record that still fails is dead-lettered, with the error, only when
         it failed alone while others applied — here, or elsewhere in the flow since it first
-        failed (`flow_applied_since`). Otherwise the fault is presumed the infrastructure's:
-        `PoisonUnproven` is raised and the caller waits and retries. Infrastructure errors
+        failed (`flow_applied_since`), or when it is the only record that fails and nothing else
+        came to compare it with for as many more attempts (`alone_long_enough`, a record on an
+        idle flow). Otherwise — several records all failing alone — the fault is presumed the
+        infrastructure's (a bad deploy, a half-migrated schema): `PoisonUnproven` is raised and
+        the caller waits and retries. Infrastructure errors
         propagate (the caller rewinds and retries)."""
         result = BatchResult()
         failed: list[tuple[Record, Exception]] = []
@@ -171,7 +178,7 @@ class BatchProcessor:
             result.merge(one)
         if not failed:
             return result
-        if not (applied or flow_applied_since):
+        if not (applied or flow_applied_since or (len(failed) == 1 and alone_long_enough)):
             first = failed[0][1]
             raise PoisonUnproven(
                 f"{len(failed)} record(s) failed alone and nothing else of the flow applied: "

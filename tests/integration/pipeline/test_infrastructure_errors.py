@@ -13,10 +13,10 @@ import asyncpg
 import pytest
 
 from cli.dlq_cmd import read_dead_letters
-from contracts.topics import CASHIN, FLOWS, ONBOARDING, TRANSFER
+from contracts.topics import FLOWS, TRANSFER
 from ledger_db.audit import run_audit
-from testkit.commands import cashin, onboarding, transfer, wallet_of
-from testkit.pipeline import event_id_of, publish, running_pipeline
+from testkit.commands import transfer
+from testkit.pipeline import fund_wallets, publish, running_pipeline
 from testkit.plugin import wait_until
 
 if TYPE_CHECKING:
@@ -29,17 +29,6 @@ pytestmark = pytest.mark.integration
 LOAD_INTERVAL_S = 0.02  # ~50 transfers/s while the fault lasts
 FAULT_TRANSFERS_MIN = 40
 WAIT_S = 60.0
-
-
-async def _funded_pair(p: Pipeline) -> tuple[Any, Any]:
-    alice, bob = onboarding(), onboarding()
-    for command, flow in ((alice, ONBOARDING), (bob, ONBOARDING)):
-        await p.results.wait_for(event_id_of(await publish(p.producer, command, flow, p.prefix)))
-    a, b = wallet_of(alice), wallet_of(bob)
-    await p.results.wait_for(
-        event_id_of(await publish(p.producer, cashin(a, 1_000_000), CASHIN, p.prefix))
-    )
-    return a, b
 
 
 def _failures(p: Pipeline, error_class: str) -> float:
@@ -57,7 +46,7 @@ async def _fault_under_load(
     repair: Callable[[asyncpg.Connection], Awaitable[None]],
     error_class: str,
 ) -> None:
-    a, b = await _funded_pair(p)
+    a, b = await fund_wallets(p, 2, 1_000_000)
     keys: list[str] = []
     stop = asyncio.Event()
 

@@ -24,13 +24,11 @@ from prometheus_client import REGISTRY
 
 from cli.dlq_cmd import read_dead_letters
 from contracts.topics import CASHIN, ONBOARDING, TRANSFER
-from ledger_db.apply import LedgerWriter
 from ledger_db.audit import run_audit
 from ledger_db.outbox import HELD_ERROR, fetch_pending, list_quarantined, retry_quarantined
-from ledger_db.rules import TierLimits
 from ledger_db.unit_of_work import create_pool
-from testkit.commands import apply_all, cashin, onboarding, transfer, wallet_of
-from testkit.pipeline import ResultCollector, publish, running_pipeline
+from testkit.commands import cashin, onboarding, transfer
+from testkit.pipeline import ResultCollector, fund_wallets, publish, running_pipeline
 from testkit.plugin import create_topics, wait_until
 from workers.kafka_io import idempotent_producer
 from workers.relay import HELD_ERROR_CLASS, Relay
@@ -39,7 +37,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
 
-    from testkit.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -290,19 +287,6 @@ OTHERS = 6
 ANSWERED_DURING_FAULT = 150  # other flows' commands answered while the topic is gone
 
 
-async def fund(p: Pipeline, wallets: int, amount: int) -> list[Any]:
-    """Open and fund wallets directly in the ledger (setup, not under test)."""
-    pool = await create_pool(p.database.app_url, size_max=1)
-    try:
-        people = [onboarding() for _ in range(wallets)]
-        writer = LedgerWriter(pool, {"basic": TierLimits()}, topic_prefix=p.prefix)
-        await apply_all(writer, *people)
-        await apply_all(writer, *[cashin(wallet_of(x), amount) for x in people])
-    finally:
-        await pool.close()
-    return [wallet_of(x) for x in people]
-
-
 def ledgerflow(env: dict[str, str], *args: str) -> bytes:
     done = subprocess.run(
         [sys.executable, "-m", "cli", *args], env=env, capture_output=True, timeout=60, check=False
@@ -332,8 +316,8 @@ async def test_a_result_topic_deleted_under_load(
     async with running_pipeline(
         postgres, kafka, ledgerflow_db_template, tmp_path, relay_quarantine_attempts="3"
     ) as p:
-        senders = [str(w) for w in await fund(p, SENDERS, 1_000_000)]
-        others = await fund(p, OTHERS, 1_000_000)
+        senders = [str(w) for w in await fund_wallets(p, SENDERS, 1_000_000)]
+        others = await fund_wallets(p, OTHERS, 1_000_000)
         completed = p.prefix + TRANSFER.completed_topic
         sent: list[Sent] = []
         stop_load = asyncio.Event()

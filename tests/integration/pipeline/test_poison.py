@@ -10,7 +10,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from cli.dlq_cmd import read_dead_letters
 from contracts.topics import CASHIN, ONBOARDING, TRANSFER
 from testkit.commands import cashin, onboarding, record, transfer, wallet_of
-from testkit.pipeline import event_id_of, publish, running_pipeline
+from testkit.pipeline import event_id_of, fund_wallets, publish, running_pipeline
 from workers.dead_letters import TRUNCATED_VALUE_BYTES_MAX
 from workers.kafka_io import PRODUCER_REQUEST_BYTES_MAX
 
@@ -66,15 +66,7 @@ async def test_a_dead_letter_too_large_to_write_whole_is_written_truncated(
     async with running_pipeline(postgres, kafka, ledgerflow_db_template, tmp_path) as p:
         topic = p.prefix + TRANSFER.command_topic
         await p.producer.send_and_wait(topic, value, key=key, headers=headers, partition=0)
-        alice, bob = onboarding(), onboarding()
-        for command, flow in ((alice, ONBOARDING), (bob, ONBOARDING)):
-            await p.results.wait_for(
-                event_id_of(await publish(p.producer, command, flow, p.prefix))
-            )
-        a, b = wallet_of(alice), wallet_of(bob)
-        await p.results.wait_for(
-            event_id_of(await publish(p.producer, cashin(a, 1_000), CASHIN, p.prefix))
-        )
+        a, b = await fund_wallets(p, 2, 1_000)
         after = transfer(a, b, 30)
         await p.producer.send_and_wait(
             topic, record(after).value, key=key, headers=headers, partition=0

@@ -10,29 +10,14 @@ import asyncpg
 import pytest
 
 from contracts.topics import ONBOARDING, TRANSFER
-from ledger_db.apply import LedgerWriter
 from ledger_db.audit import run_audit
 from ledger_db.outbox import pending_stats
-from ledger_db.rules import TierLimits
 from ledger_db.unit_of_work import create_pool
-from testkit.commands import apply_all, cashin, onboarding, transfer, wallet_of
-from testkit.pipeline import Pipeline, publish, running_pipeline
+from testkit.commands import transfer
+from testkit.pipeline import fund_wallets, publish, running_pipeline
 from testkit.plugin import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-async def fund(p: Pipeline, wallets: int, amount: int) -> list[Any]:
-    """Open and fund wallets directly in the ledger (setup, not under test)."""
-    pool = await create_pool(p.database.app_url, size_max=1)
-    try:
-        people = [onboarding() for _ in range(wallets)]
-        writer = LedgerWriter(pool, {"basic": TierLimits()}, topic_prefix=p.prefix)
-        await apply_all(writer, *people)
-        await apply_all(writer, *[cashin(wallet_of(x), amount) for x in people])
-    finally:
-        await pool.close()
-    return [wallet_of(x) for x in people]
 
 
 def assigned(worker: Any) -> int:
@@ -55,7 +40,7 @@ async def test_two_workers_split_the_partitions_and_totals_hold(
         workers=2,
         worker_args=("worker", "transfer"),
     ) as p:
-        wallets = await fund(p, 20, 10_000)
+        wallets = await fund_wallets(p, 20, 10_000)
         # The group settles to three partitions each (the second join rebalanced the first).
         await wait_until(
             lambda: sorted(assigned(w) for w in p.workers) == [3, 3],
@@ -89,7 +74,7 @@ async def test_relay_restart_publishes_everything_in_per_key_order(
     postgres: Any, kafka: Any, ledgerflow_db_template: str, tmp_path: Any
 ) -> None:
     async with running_pipeline(postgres, kafka, ledgerflow_db_template, tmp_path) as p:
-        wallets = await fund(p, 4, 1_000_000)
+        wallets = await fund_wallets(p, 4, 1_000_000)
         p.relay.stop()
         sent: dict[Any, list[str]] = {w: [] for w in wallets}
         for i in range(200):

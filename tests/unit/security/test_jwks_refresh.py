@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from cli.identity import Issuer
 from contracts.topics import ONBOARDING
 from ledger_db.unit_of_work import RetryStats
-from testkit.commands import onboarding, parsed, record
+from testkit.commands import ConsumedRecord, onboarding, parsed, record
 from workers.auth import (
     Authenticator,
     FetchOutcome,
@@ -243,16 +243,6 @@ async def test_verified_tokens_need_no_fetch(issuer: Issuer) -> None:
 
 
 @dataclass
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-
-@dataclass
 class NoWriter:
     retry_stats: RetryStats = field(default_factory=RetryStats)
     applied: int = 0
@@ -281,7 +271,7 @@ async def test_an_unreadable_provider_fails_the_batch_as_the_infrastructures(
         no_dead_letters,
         authenticator=authenticator,
     )
-    records = [Rec("onboarding.requested", 0, 1, kafka.key, kafka.value, headers)]
+    records = [ConsumedRecord("onboarding.requested", 0, 1, kafka.key, kafka.value, headers)]
     with pytest.raises(IdentityProviderUnavailable) as raised:
         await batch.process(records)
     assert is_infrastructure(raised.value)

@@ -13,7 +13,7 @@ import pytest
 from contracts.topics import TRANSFER
 from ledger_db.apply import Incoming, Outcome, OutcomeKind
 from ledger_db.unit_of_work import RetryStats
-from testkit.commands import record, transfer
+from testkit.commands import ConsumedRecord, record, transfer
 from workers.batch import BatchProcessor, InjectedFault, PoisonUnproven
 from workers.dead_letters import (
     TRUNCATED_VALUE_BYTES_MAX,
@@ -22,16 +22,6 @@ from workers.dead_letters import (
 )
 
 MARKER = "POISON-7f3a"
-
-
-@dataclass
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -68,13 +58,17 @@ class FakeSink:
         return refused
 
 
-def rec(partition: int, offset: int, *, note: str | None = None, value: bytes | None = None) -> Rec:
+def rec(
+    partition: int, offset: int, *, note: str | None = None, value: bytes | None = None
+) -> ConsumedRecord:
     command = transfer(uuid.uuid4(), uuid.uuid4(), 10)
     if note is not None:
         command = command.model_copy(update={"note": note})
     kafka = record(command)
     headers = [*kafka.headers, ("authorization", b"Bearer live-token")]
-    return Rec("transfer.initiated", partition, offset, kafka.key, value or kafka.value, headers)
+    return ConsumedRecord(
+        "transfer.initiated", partition, offset, kafka.key, value or kafka.value, headers
+    )
 
 
 def processor(writer: FakeWriter, sink: FakeSink) -> BatchProcessor:
@@ -102,6 +96,12 @@ async def test_a_lone_failing_record_is_not_dead_lettered_without_proof() -> Non
     with pytest.raises(PoisonUnproven):
         await processor(writer, sink).process_isolating([rec(0, 7, note=MARKER)])
     assert sink.written == []
+    # Alone for as many more attempts, with nothing to compare it with: the record's fault.
+    result = await processor(writer, sink).process_isolating(
+        [rec(0, 7, note=MARKER)], alone_long_enough=True
+    )
+    assert len(sink.written) == 1
+    sink.written.clear()
     # The same record, once the flow proved healthy elsewhere, is the record's fault.
     result = await processor(writer, sink).process_isolating(
         [rec(0, 7, note=MARKER)], flow_applied_since=True
@@ -114,8 +114,11 @@ async def test_every_record_failing_alone_means_the_infrastructure_not_the_recor
     """A bug or fault that breaks every command (a deploy gone wrong) dead-letters nothing."""
     writer = FakeWriter(error=ValueError("every command fails"))
     sink = FakeSink()
-    with pytest.raises(PoisonUnproven):
-        await processor(writer, sink).process_isolating([rec(0, i) for i in range(5)])
+    for waited in (False, True):
+        with pytest.raises(PoisonUnproven):
+            await processor(writer, sink).process_isolating(
+                [rec(0, i) for i in range(5)], alone_long_enough=waited
+            )
     assert sink.written == []
 
 
