@@ -12,12 +12,13 @@ so is every later row of its message key, whatever its topic: those are quaranti
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
 
     import asyncpg
 
@@ -168,6 +169,14 @@ def bounded_error(error_class: str, message: str) -> str:
     return text[:LAST_ERROR_CHARS_MAX]
 
 
+@asynccontextmanager
+async def _quarantine_transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """A transaction holding QUARANTINE_LOCK_KEY: the one way quarantined_at is set or cleared."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", QUARANTINE_LOCK_KEY)
+        yield
+
+
 async def record_failures(
     conn: asyncpg.Connection, failures: Sequence[tuple[int, str]], quarantine_after: int
 ) -> list[FailedRow]:
@@ -175,8 +184,7 @@ async def record_failures(
     `quarantine_after` attempts is quarantined in the same statement."""
     if not failures:
         return []
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", QUARANTINE_LOCK_KEY)
+    async with _quarantine_transaction(conn):
         rows = await conn.fetch(
             "UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.error,"
             " quarantined_at = CASE WHEN o.attempts + 1 >= $3 THEN clock_timestamp() END"
@@ -199,8 +207,7 @@ async def quarantine_held(conn: asyncpg.Connection, ids: Sequence[int]) -> list[
     Returns (id, topic) of the rows quarantined."""
     if not ids:
         return []
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", QUARANTINE_LOCK_KEY)
+    async with _quarantine_transaction(conn):
         rows = await conn.fetch(
             "UPDATE outbox o SET quarantined_at = clock_timestamp(), last_error = $2 || b.id"
             " FROM (SELECT key, min(id) AS id FROM outbox"
@@ -265,8 +272,7 @@ async def retry_quarantined(conn: asyncpg.Connection, ids: Sequence[int] | None)
     not published ahead of them; younger ones of its key stay quarantined (and keep holding the
     key). Attempts start again from zero. Returns the ids released, in order; safe to repeat.
     """
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", QUARANTINE_LOCK_KEY)
+    async with _quarantine_transaction(conn):
         if ids is None:
             rows = await conn.fetch(
                 "UPDATE outbox SET quarantined_at = NULL, attempts = 0"
