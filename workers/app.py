@@ -302,6 +302,16 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
         except Exception as error:
             await _failed(state, flow, consumer, records, error)
             return
+        if result.interrupted is not None:
+            # Isolating stopped short: keep what it applied or dead-lettered, retry the rest.
+            if result.handled and not await commit_offsets(consumer, result.handled):
+                metrics.OFFSET_COMMIT_FAILURES.labels(flow.name).inc()
+            for record in result.handled:
+                suspects.pop((record.topic, record.partition, record.offset), None)
+            done = {(r.topic, r.partition, r.offset) for r in result.handled}
+            rest = [r for r in records if (r.topic, r.partition, r.offset) not in done]
+            await _failed(state, flow, consumer, rest, result.interrupted)
+            return
         state.failures[flow.name] = 0
         if result.outcomes:
             state.applied_at[flow.name] = time.monotonic()

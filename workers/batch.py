@@ -50,6 +50,9 @@ class BatchResult:
     # Partitions whose dead letter was refused, with the offset to consume again from: that
     # record and those after it in its partition were not applied.
     held: dict[Position, int] = field(default_factory=dict)
+    # Set when isolating stopped short (an unproven poison, an infrastructure error): `handled`
+    # may still be committed, the other records are retried.
+    interrupted: Exception | None = None
 
     def merge(self, other: BatchResult) -> None:
         self.outcomes += other.outcomes
@@ -158,21 +161,34 @@ class BatchProcessor:
         failed (`flow_applied_since`), or when it is the only record that fails and nothing else
         came to compare it with for as many more attempts (`alone_long_enough`, a record on an
         idle flow). Otherwise — several records all failing alone — the fault is presumed the
-        infrastructure's (a bad deploy, a half-migrated schema): `PoisonUnproven` is raised and
-        the caller waits and retries. Infrastructure errors
-        propagate (the caller rewinds and retries)."""
+        infrastructure's (a bad deploy, a half-migrated schema) and the result says so in
+        `interrupted` (`PoisonUnproven`); so does an infrastructure error met on the way.
+
+        The caller commits `handled` even then and retries the rest, so nothing done here is
+        done twice: without proof nothing applied, and an unparseable record after a failing
+        one in its partition waits for the verdict before its dead letter is written."""
         result = BatchResult()
         failed: list[tuple[Record, Exception]] = []
+        stopped: set[Position] = set()
+        deferred: list[Record] = []
         applied = 0
         for record in records:
             if _held_back(record, result.held):
+                continue
+            if (record.topic, record.partition) in stopped and isinstance(
+                parse_command(self.flow, record.value, max_bytes=self.message_bytes_max),
+                Unattributable,
+            ):
+                deferred.append(record)  # no proof either way; its letter waits for the verdict
                 continue
             try:
                 one = await self.process([record])
             except Exception as error:
                 if is_infrastructure(error):
-                    raise
+                    result.interrupted = error
+                    return result
                 failed.append((record, error))
+                stopped.add((record.topic, record.partition))
                 continue
             applied += len(one.outcomes)
             result.merge(one)
@@ -180,10 +196,11 @@ class BatchProcessor:
             return result
         if not (applied or flow_applied_since or (len(failed) == 1 and alone_long_enough)):
             first = failed[0][1]
-            raise PoisonUnproven(
+            result.interrupted = PoisonUnproven(
                 f"{len(failed)} record(s) failed alone and nothing else of the flow applied: "
                 f"{type(first).__name__}"
-            ) from None
+            )
+            return result
         letters = [
             dead_letter(
                 record,
@@ -196,8 +213,17 @@ class BatchProcessor:
             )
             for record, error in failed
         ]
-        held = await self._write_dead_letters(letters)
-        result.merge(BatchResult(held=held))
+        try:
+            held = await self._write_dead_letters(letters)
+            result.merge(BatchResult(held=held))
+            kept = [r for r in deferred if not _held_back(r, result.held)]
+            if kept:
+                result.merge(await self.process(kept))
+        except Exception as error:
+            if not is_infrastructure(error):
+                raise
+            result.interrupted = error
+            return result
         # A refused letter holds back its partition from its record on: those come again.
         handled = [*result.handled, *(r for r, _ in failed)]
         result.handled = [r for r in handled if not _held_back(r, result.held)]

@@ -187,14 +187,28 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
                 await p.results.wait_for(event_id_of(rec), timeout_s=TIMEOUT_S)
             commands = len(sent) + len(more)
 
+            seen: list[float] = []
+
             def counted() -> bool:
+                """Each command decided once and published once, two dead letters: a dead
+                letter written twice or a command applied twice shows here."""
                 result = prometheus.query(
                     "sum(ledgerflow_commands_total) + sum(ledgerflow_dead_letters_total)"
                     " + sum(ledgerflow_relay_published_total)"
                 )
-                return bool(result) and float(result[0]["value"][1]) == 2 * commands + 2
+                if result:
+                    seen.append(float(result[0]["value"][1]))
+                return bool(seen) and seen[-1] == 2 * commands + 2
 
-            await wait_until(counted, timeout_s=TIMEOUT_S, message="Prometheus saw the workload")
+            async def wait_counted(what: str) -> None:
+                try:
+                    await wait_until(counted, timeout_s=TIMEOUT_S, message=what)
+                except TimeoutError as error:
+                    expected = 2 * commands + 2
+                    message = f"{what}: {expected} expected, seen {seen[-3:]}"
+                    raise AssertionError(message) from error
+
+            await wait_counted("Prometheus saw the workload")
 
             # A second wave after Prometheus has scraped every series once: a series first seen
             # with its final value has no increase, so rate() of it is 0 and a quantile NaN.
@@ -205,7 +219,7 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
             for rec in wave:
                 await p.results.wait_for(event_id_of(rec), timeout_s=TIMEOUT_S)
             commands += len(wave)
-            await wait_until(counted, timeout_s=TIMEOUT_S, message="Prometheus saw the second wave")
+            await wait_counted("Prometheus saw the second wave")
 
             empty: list[str] = []
 

@@ -275,6 +275,7 @@ async def test_an_unreadable_provider_fails_the_batch_as_the_infrastructures(
     with pytest.raises(IdentityProviderUnavailable) as raised:
         await batch.process(records)
     assert is_infrastructure(raised.value)
-    with pytest.raises(IdentityProviderUnavailable):
-        await batch.process_isolating(records)
+    isolated = await batch.process_isolating(records)
+    assert isinstance(isolated.interrupted, IdentityProviderUnavailable)
+    assert isolated.handled == []
     assert writer.applied == 0

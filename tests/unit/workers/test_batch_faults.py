@@ -93,8 +93,9 @@ async def test_a_poison_record_is_dead_lettered_only_while_others_apply() -> Non
 
 async def test_a_lone_failing_record_is_not_dead_lettered_without_proof() -> None:
     writer, sink = FakeWriter(), FakeSink()
-    with pytest.raises(PoisonUnproven):
-        await processor(writer, sink).process_isolating([rec(0, 7, note=MARKER)])
+    unproven = await processor(writer, sink).process_isolating([rec(0, 7, note=MARKER)])
+    assert isinstance(unproven.interrupted, PoisonUnproven)
+    assert unproven.handled == []
     assert sink.written == []
     # Alone for as many more attempts, with nothing to compare it with: the record's fault.
     result = await processor(writer, sink).process_isolating(
@@ -115,17 +116,40 @@ async def test_every_record_failing_alone_means_the_infrastructure_not_the_recor
     writer = FakeWriter(error=ValueError("every command fails"))
     sink = FakeSink()
     for waited in (False, True):
-        with pytest.raises(PoisonUnproven):
-            await processor(writer, sink).process_isolating(
-                [rec(0, i) for i in range(5)], alone_long_enough=waited
-            )
+        result = await processor(writer, sink).process_isolating(
+            [rec(0, i) for i in range(5)], alone_long_enough=waited
+        )
+        assert isinstance(result.interrupted, PoisonUnproven)
+        assert result.handled == []
     assert sink.written == []
 
 
-async def test_infrastructure_errors_propagate_from_isolation() -> None:
+async def test_an_unproven_poison_keeps_what_isolation_already_handled() -> None:
+    """Unparseable records dead-lettered before an unproven poison are kept (committed by the
+    caller), and one after it waits for the verdict: no record gets a second dead letter."""
+    writer, sink = FakeWriter(), FakeSink()
+    garbage, poison = rec(0, 40, value=b"not json"), rec(0, 41, note=MARKER)
+    other, late = rec(1, 5, value=b"also not json"), rec(0, 42, value=b"late garbage")
+    result = await processor(writer, sink).process_isolating([garbage, other, poison, late])
+    assert isinstance(result.interrupted, PoisonUnproven)
+    assert sorted((r.partition, r.offset) for r in result.handled) == [(0, 40), (1, 5)]
+    assert [x.source_offset for x in sink.written] == [40, 5]
+    again = await processor(writer, sink).process_isolating([poison, late])
+    assert isinstance(again.interrupted, PoisonUnproven)
+    assert again.handled == []
+    assert len(sink.written) == 2
+    proven = await processor(writer, sink).process_isolating([poison, late], alone_long_enough=True)
+    assert proven.interrupted is None
+    assert sorted(r.offset for r in proven.handled) == [41, 42]
+    assert sorted(x.source_offset for x in sink.written) == [5, 40, 41, 42]
+    assert writer.applied == []
+
+
+async def test_infrastructure_errors_interrupt_isolation() -> None:
     writer = FakeWriter(error=asyncpg.InsufficientPrivilegeError("permission denied"))
-    with pytest.raises(asyncpg.InsufficientPrivilegeError):
-        await processor(writer, FakeSink()).process_isolating([rec(0, 1), rec(0, 2)])
+    result = await processor(writer, FakeSink()).process_isolating([rec(0, 1), rec(0, 2)])
+    assert isinstance(result.interrupted, asyncpg.InsufficientPrivilegeError)
+    assert result.handled == []
 
 
 async def test_a_refused_dead_letter_holds_back_only_its_partition() -> None:
