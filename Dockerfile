@@ -36,6 +36,9 @@ COPY workers ./workers
 COPY cli ./cli
 COPY stack ./stack
 COPY testkit ./testkit
+COPY harness ./harness
+# The one import name: links to the folders above (docs/decisions/one-namespace.md).
+COPY ledgerflow ./ledgerflow
 RUN pip install "setuptools==84.2.1" \
     && pip install --no-deps --no-build-isolation . \
     && pip uninstall --yes setuptools pip \

@@ -23,7 +23,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy contracts ledger_db workers cli stack testkit
+	$(BIN)/mypy ledgerflow
 
 stack-up: setup
 	$(BIN)/ledgerflow stack up
@@ -31,10 +31,12 @@ stack-up: setup
 stack-down: setup
 	$(BIN)/ledgerflow stack down
 
-# Lint, types, then every test against the real PostgreSQL and Kafka the stack starts.
+# Lint, types, then every test against the real PostgreSQL and Kafka the stack starts, then
+# another team's project run from the built wheel in a fresh virtualenv outside the repository.
 test: setup lint typecheck stack-up
 	bash scripts/ensure-prometheus.sh || true  # promtool + prometheus; without them those tests skip loudly
 	$(BIN)/pytest
+	bash scripts/run-integrator-example.sh
 
 unit: setup
 	$(BIN)/pytest tests/unit

@@ -1,5 +1,5 @@
 """`python -m cli` is `ledgerflow`: child processes start without relying on the PATH."""
 
-from cli.main import app
+from ledgerflow.cli.main import app
 
 app()

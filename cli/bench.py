@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli import bench_contracts, bench_e2e, bench_ledger, bench_plot
-from workers.settings import Settings
+from ledgerflow.cli import bench_contracts, bench_e2e, bench_ledger, bench_plot
+from ledgerflow.workers.settings import Settings
 
 console = Console()
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; results go to docs/benchmarks.md.")

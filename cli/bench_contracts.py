@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from contracts.codec import encode_command
-from contracts.commands import InitiateTransfer
-from contracts.envelope import typed_envelope
-from contracts.parsing import ValidCommand, parse_command
-from contracts.topics import TRANSFER
+from ledgerflow.contracts.codec import encode_command
+from ledgerflow.contracts.commands import InitiateTransfer
+from ledgerflow.contracts.envelope import typed_envelope
+from ledgerflow.contracts.parsing import ValidCommand, parse_command
+from ledgerflow.contracts.topics import TRANSFER
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -18,18 +18,18 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from cli.bench_ledger import create_bench_database, with_database
-from cli.identity import Issuer
-from cli.processes import ManagedProcess, ledgerflow_env, start_process
-from cli.results import ResultCollector
-from contracts.codec import encode_command
-from contracts.commands import RequestOnboarding
-from contracts.topics import TRANSFER
-from ledger_db.apply import Incoming, LedgerWriter
-from ledger_db.rules import TierLimits
-from ledger_db.unit_of_work import create_pool
-from testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
-from workers.topics import ensure_topics, topic_specs
+from ledgerflow.cli.bench_ledger import create_bench_database, with_database
+from ledgerflow.contracts.codec import encode_command
+from ledgerflow.contracts.commands import RequestOnboarding
+from ledgerflow.contracts.topics import TRANSFER
+from ledgerflow.harness.identity import Issuer, customer_subject
+from ledgerflow.harness.processes import ManagedProcess, ledgerflow_env, start_process
+from ledgerflow.harness.results import ResultCollector
+from ledgerflow.ledger_db.apply import Incoming, LedgerWriter
+from ledgerflow.ledger_db.rules import TierLimits
+from ledgerflow.ledger_db.unit_of_work import create_pool
+from ledgerflow.testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
+from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 SETUP_BATCH = 2_000
 RESULT_TIMEOUT_S = 300.0
@@ -70,7 +70,7 @@ class E2EResult:
 
 
 def owner_of(person: RequestOnboarding) -> str:
-    return f"user-{person.customer_id}"
+    return customer_subject(person.customer_id)
 
 
 async def _fund_wallets(
@@ -204,7 +204,7 @@ async def run_e2e(
         for process in processes:
             process.stop()
         # Imported here: testkit.plugin imports pytest, which the container image does not ship.
-        from testkit.plugin import delete_topics_with_prefix  # noqa: PLC0415
+        from ledgerflow.testkit.plugin import delete_topics_with_prefix  # noqa: PLC0415
 
         await delete_topics_with_prefix(bootstrap_servers, prefix)
 

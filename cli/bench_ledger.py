@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from ledger_db.apply import Incoming, LedgerWriter
-from ledger_db.migrate import migrate
-from ledger_db.rules import TierLimits
-from ledger_db.unit_of_work import create_pool
-from testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
+from ledgerflow.ledger_db.apply import Incoming, LedgerWriter
+from ledgerflow.ledger_db.migrate import migrate
+from ledgerflow.ledger_db.rules import TierLimits
+from ledgerflow.ledger_db.unit_of_work import create_pool
+from ledgerflow.testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
 
 SETUP_BATCH = 2_000
 FUNDS = 10**9

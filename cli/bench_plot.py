@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-    from cli.bench_e2e import E2EResult
+    from ledgerflow.cli.bench_e2e import E2EResult
 
 
 def latency_plot(results: Sequence[E2EResult], path: Path) -> None:

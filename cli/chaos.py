@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from testkit.workload import Report
+    from ledgerflow.testkit.workload import Report
 
 SEED_MAX = 10**6
 
@@ -33,7 +33,7 @@ def chaos(
     workers: Annotated[int, typer.Option(min=1, max=6, help="Worker processes.")] = 2,
 ) -> None:
     """Soak test: combined faults every ~10 s under load, then every invariant is checked."""
-    from testkit.chaos import soak  # noqa: PLC0415 - development extras, see module doc
+    from ledgerflow.testkit.chaos import soak  # noqa: PLC0415 - development extras, see module doc
 
     # The clients retry through every injected outage; their warnings would bury the report.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-import contracts
-from contracts.schema_export import render_all
+from ledgerflow import contracts
+from ledgerflow.contracts.schema_export import render_all
 
 contracts_app = typer.Typer(
     no_args_is_help=True, help="The wire contract v1: JSON Schemas and the AsyncAPI document."

@@ -29,26 +29,25 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import stack
-from cli.identity import Issuer
-from cli.ledger_cmd import audit_report
-from cli.processes import ManagedProcess, ledgerflow_env, start_process
-from cli.results import ResultCollector
-from contracts.codec import encode_command
-from contracts.commands import (
+from ledgerflow import stack
+from ledgerflow.cli.ledger_cmd import audit_report
+from ledgerflow.contracts.codec import encode_command
+from ledgerflow.contracts.commands import (
     ApproveCashOut,
     BankAccount,
     ConfirmCashIn,
     InitiateTransfer,
     RequestOnboarding,
 )
-from contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER, Flow
-from ledger_db.audit import run_audit
-from ledger_db.migrate import migrate
-from ledger_db.queries import get_account
-from ledger_db.rules import wallet_account_id
-from workers.auth import CASHIN_SCOPE
-from workers.topics import ensure_topics, topic_specs
+from ledgerflow.contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER, Flow
+from ledgerflow.harness.identity import Issuer, Signer
+from ledgerflow.harness.processes import ManagedProcess, ledgerflow_env, start_process
+from ledgerflow.harness.results import ResultCollector
+from ledgerflow.ledger_db.audit import run_audit
+from ledgerflow.ledger_db.migrate import migrate
+from ledgerflow.ledger_db.queries import get_account
+from ledgerflow.ledger_db.rules import wallet_account_id
+from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 console = Console()
 RESULT_TIMEOUT_S = 120.0
@@ -65,26 +64,7 @@ class Traffic:
     expected: Counter[str] = field(default_factory=Counter)  # idempotency key -> answers due
     drained: int = 0
     transfer_keys: set[str] = field(default_factory=set)
-    identity: Issuer = field(default_factory=Issuer)
-    owners: dict[uuid.UUID, str] = field(default_factory=dict)  # wallet -> its owner's subject
-    tokens: dict[str, str] = field(default_factory=dict)  # subject -> its session's bearer
-
-    def bearer(self, command: BaseModel, as_subject: str | None) -> str:
-        """The token the API layer would forward: the debited wallet's owner, the customer
-        being onboarded, or the cash-in gateway's service token."""
-        if isinstance(command, ConfirmCashIn):
-            subject, scope = "cashin-gateway", CASHIN_SCOPE
-        elif isinstance(command, RequestOnboarding):
-            subject, scope = f"user-{command.customer_id}", None
-        elif isinstance(command, InitiateTransfer):
-            subject, scope = as_subject or self.owners[command.from_account_id], None
-        else:
-            assert isinstance(command, ApproveCashOut)
-            subject, scope = as_subject or self.owners[command.wallet_account_id], None
-        # One token per user session, as the API layer forwards it for many commands.
-        if subject not in self.tokens:
-            self.tokens[subject] = self.identity.bearer(subject, scope=scope)
-        return self.tokens[subject]
+    signer: Signer = field(default_factory=Signer)
 
     async def send(
         self,
@@ -94,7 +74,9 @@ class Traffic:
         value: bytes | None = None,
         as_subject: str | None = None,
     ) -> None:
-        record = encode_command(flow, command, authorization=self.bearer(command, as_subject))
+        record = encode_command(
+            flow, command, authorization=self.signer.authorization(command, as_subject)
+        )
         key = str(getattr(command, flow.id_field))
         self.sent_at.setdefault(key, time.monotonic())
         self.expected[key] += 1
@@ -133,11 +115,16 @@ def phone_number() -> str:
     return f"+49151{random.SystemRandom().randrange(10**7, 10**8)}"
 
 
+def _say_moved_ports(change: stack.ServiceChange) -> None:
+    for note in change.notes:
+        console.print(f"    [yellow]{note}[/yellow]", highlight=False)
+
+
 async def run_demo(customers: int, transfers: int, seed: int) -> bool:
     rng = random.Random(seed)
     console.rule("[bold]Ledgerflow demo")
     console.print("1/5 starting the embedded PostgreSQL and Apache Kafka …")
-    endpoints = await stack.up_async()
+    endpoints = await stack.up_async(on_progress=_say_moved_ports)
     applied = await migrate(endpoints.owner_database_url)
     console.print(f"    migrations applied: {', '.join(applied) or 'none (up to date)'}")
     created = await ensure_topics(
@@ -176,7 +163,7 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
         results = ResultCollector(endpoints.kafka_bootstrap_servers)
         await results.start(from_end=True)
         cleanup.push_async_callback(results.stop)
-        traffic = Traffic(producer, results, identity=identity)
+        traffic = Traffic(producer, results, signer=Signer(identity))
 
         with Progress(
             TextColumn("{task.description:<34}"),
@@ -204,9 +191,6 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
             )
             await traffic.drain(progress, "onboarding, phone number taken")
             wallets = [wallet_account_id(p.customer_id, p.currency) for p in people]
-            traffic.owners = {
-                w: f"user-{p.customer_id}" for w, p in zip(wallets, people, strict=True)
-            }
             for wallet in wallets:
                 await traffic.send(
                     CASHIN,

@@ -12,10 +12,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from cli.results import topic_partitions
-from contracts.topics import FLOWS
-from workers.kafka_security import kafka_client_options
-from workers.settings import Settings
+from ledgerflow.contracts.topics import FLOWS
+from ledgerflow.harness.results import topic_partitions
+from ledgerflow.workers.kafka_security import kafka_client_options
+from ledgerflow.workers.settings import Settings
 
 console = Console()
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead-letter topics.")

@@ -13,11 +13,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from contracts.events import Tier
-from ledger_db.audit import CheckResult, run_audit
-from ledger_db.pii_rotation import rotate_pii
-from ledger_db.queries import AccountView, get_account, list_accounts
-from workers.settings import Settings, pii_vault
+from ledgerflow.contracts.events import Tier
+from ledgerflow.ledger_db.audit import CheckResult, run_audit
+from ledgerflow.ledger_db.pii_rotation import rotate_pii
+from ledgerflow.ledger_db.queries import AccountView, get_account, list_accounts
+from ledgerflow.workers.settings import Settings, pii_vault
 
 console = Console()
 T = TypeVar("T")

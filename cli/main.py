@@ -2,12 +2,12 @@
 
 import typer
 
-from cli import chaos, demo, ledger_cmd, ops
-from cli.bench import bench_app
-from cli.contracts_cmd import contracts_app
-from cli.dlq_cmd import dlq_app
-from cli.outbox_cmd import outbox_app
-from cli.stack_cmd import stack_app
+from ledgerflow.cli import chaos, demo, ledger_cmd, ops
+from ledgerflow.cli.bench import bench_app
+from ledgerflow.cli.contracts_cmd import contracts_app
+from ledgerflow.cli.dlq_cmd import dlq_app
+from ledgerflow.cli.outbox_cmd import outbox_app
+from ledgerflow.cli.stack_cmd import stack_app
 
 app = typer.Typer(no_args_is_help=True, help="Ledgerflow: the money core of the wallet.")
 app.add_typer(stack_app, name="stack")

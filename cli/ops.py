@@ -13,17 +13,17 @@ import typer
 import uvicorn
 from rich.console import Console
 
-from contracts.topics import flow_by_name
-from ledger_db.content_hash import keying_state
-from ledger_db.migrate import migrate as apply_migrations
-from workers import logging as json_logs
-from workers import tracing
-from workers.app import FLOW_NAMES, build_worker_app, watched_group
-from workers.kafka_security import kafka_client_options
-from workers.lag import LagMonitor
-from workers.relay import build_relay_app
-from workers.settings import Settings, content_hash_key, http_port
-from workers.topics import ensure_topics, topic_specs
+from ledgerflow.contracts.topics import flow_by_name
+from ledgerflow.ledger_db.content_hash import keying_state
+from ledgerflow.ledger_db.migrate import migrate as apply_migrations
+from ledgerflow.workers import logging as json_logs
+from ledgerflow.workers import tracing
+from ledgerflow.workers.app import FLOW_NAMES, build_worker_app, watched_group
+from ledgerflow.workers.kafka_security import kafka_client_options
+from ledgerflow.workers.lag import LagMonitor
+from ledgerflow.workers.relay import build_relay_app
+from ledgerflow.workers.settings import Settings, content_hash_key, http_port
+from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 console = Console()
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics of the contract.")

@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledger_db.outbox import LISTED_MAX, list_quarantined, retry_quarantined
-from workers.settings import Settings
+from ledgerflow.ledger_db.outbox import LISTED_MAX, list_quarantined, retry_quarantined
+from ledgerflow.workers.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

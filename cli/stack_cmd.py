@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import stack
-from stack import ServiceChange, StackError, StackSettings
+from ledgerflow import stack
+from ledgerflow.stack import ServiceChange, StackError, StackSettings
 
 stack_app = typer.Typer(
     no_args_is_help=True,
@@ -26,6 +26,8 @@ def _print_failure(what: str, exc: StackError) -> None:
 
 
 def _report_start(change: ServiceChange) -> None:
+    for note in change.notes:
+        console.print(f"[yellow]{note}[/yellow]", markup=True, highlight=False)
     if change.changed:
         console.print(f"[green]started[/green] {change.name} (pid {change.pid})")
     else:

@@ -11,14 +11,14 @@ from uuid import uuid4
 import orjson
 from pydantic import BaseModel
 
-from contracts.envelope import (
+from ledgerflow.contracts.envelope import (
     CONTENT_TYPE,
     DATA_CONTENT_TYPE,
     SPECVERSION,
     Envelope,
     typed_envelope,
 )
-from contracts.topics import Flow
+from ledgerflow.contracts.topics import Flow
 
 CONTENT_TYPE_HEADER: Final = "content-type"
 TRACEPARENT_HEADER: Final = "traceparent"

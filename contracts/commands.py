@@ -8,8 +8,8 @@ from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from contracts.fields import PhoneNumber, Uuid
-from contracts.money import Amount, Currency, Fee
+from ledgerflow.contracts.fields import PhoneNumber, Uuid
+from ledgerflow.contracts.money import Amount, Currency, Fee
 
 FULL_NAME_MAX_CHARS: Final = 200
 NOTE_MAX_CHARS: Final = 140

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Final, Generic, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
-from contracts.fields import Timestamp
+from ledgerflow.contracts.fields import Timestamp
 
 SPECVERSION: Final = "1.0"
 CONTENT_TYPE: Final = "application/cloudevents+json"

@@ -9,8 +9,8 @@ from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from contracts.fields import Uuid
-from contracts.money import Amount, Balance, Currency, Fee
+from ledgerflow.contracts.fields import Uuid
+from ledgerflow.contracts.money import Amount, Balance, Currency, Fee
 
 # A rejection's detail is read by people and stored in every consumer: long enough for a list of
 # field errors, short enough that a hostile command cannot inflate its rejection.

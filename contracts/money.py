@@ -10,7 +10,7 @@ from typing import Annotated, Final
 from pydantic import Field, Strict
 from pydantic_core import core_schema
 
-from contracts.fields import NativeSchema
+from ledgerflow.contracts.fields import NativeSchema
 
 # 10^15 minor units is 10 trillion in a two-decimal currency: far above any wallet's limit, and
 # small enough that a sum of a few thousand such amounts still fits a PostgreSQL BIGINT.
@@ -31,7 +31,7 @@ Balance = Annotated[int, Strict(), Field(ge=0, le=MAX_BALANCE)]
 def _load_currencies() -> frozenset[str]:
     # contracts/iso4217.txt is generated from ISO 4217 list one (via pycountry's copy of it) and
     # committed, so validation needs no third-party package and changes only by a reviewed diff.
-    text = files("contracts").joinpath("iso4217.txt").read_text(encoding="ascii")
+    text = files("ledgerflow.contracts").joinpath("iso4217.txt").read_text(encoding="ascii")
     codes = frozenset(line.strip() for line in text.splitlines() if line.strip())
     assert codes, "contracts/iso4217.txt is empty"
     assert all(len(code) == 3 and code.isascii() and code.isupper() for code in codes)

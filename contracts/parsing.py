@@ -25,10 +25,10 @@ from uuid import UUID
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from contracts.envelope import ID_MAX_CHARS, SOURCE_MAX_CHARS, Envelope, typed_envelope
-from contracts.events import RejectReason
-from contracts.fields import Timestamp
-from contracts.topics import Flow
+from ledgerflow.contracts.envelope import ID_MAX_CHARS, SOURCE_MAX_CHARS, Envelope, typed_envelope
+from ledgerflow.contracts.events import RejectReason
+from ledgerflow.contracts.fields import Timestamp
+from ledgerflow.contracts.topics import Flow
 
 # DESIGN.md §1: a value larger than 64 KiB is not parsed; the bound is configurable per call.
 MAX_BYTES_DEFAULT: Final = 64 * 1024

@@ -10,9 +10,9 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
-from contracts.envelope import CONTENT_TYPE, typed_envelope
-from contracts.parsing import MAX_BYTES_DEFAULT, ErrorClass
-from contracts.topics import FLOWS, MESSAGE_TYPES, Flow, message_model
+from ledgerflow.contracts.envelope import CONTENT_TYPE, typed_envelope
+from ledgerflow.contracts.parsing import MAX_BYTES_DEFAULT, ErrorClass
+from ledgerflow.contracts.topics import FLOWS, MESSAGE_TYPES, Flow, message_model
 
 SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 ASYNCAPI_VERSION: Final = "3.0.0"

@@ -10,8 +10,13 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from contracts.commands import ApproveCashOut, ConfirmCashIn, InitiateTransfer, RequestOnboarding
-from contracts.events import (
+from ledgerflow.contracts.commands import (
+    ApproveCashOut,
+    ConfirmCashIn,
+    InitiateTransfer,
+    RequestOnboarding,
+)
+from ledgerflow.contracts.events import (
     CashInCompleted,
     CashInRejected,
     CashOutCompleted,

@@ -16,9 +16,14 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
 
-from contracts.codec import encode_event
-from contracts.commands import ApproveCashOut, ConfirmCashIn, InitiateTransfer, RequestOnboarding
-from contracts.events import (
+from ledgerflow.contracts.codec import encode_event
+from ledgerflow.contracts.commands import (
+    ApproveCashOut,
+    ConfirmCashIn,
+    InitiateTransfer,
+    RequestOnboarding,
+)
+from ledgerflow.contracts.events import (
     CashInCompleted,
     CashOutCompleted,
     OnboardingCompleted,
@@ -26,11 +31,11 @@ from contracts.events import (
     Tier,
     TransferCompleted,
 )
-from contracts.parsing import InvalidCommand, ValidCommand
-from ledger_db import sql
-from ledger_db.content_hash import DEV_CONTENT_HASH_KEY, ContentHashKey
-from ledger_db.pii import DEV_VAULT, PiiVault
-from ledger_db.rules import (
+from ledgerflow.contracts.parsing import InvalidCommand, ValidCommand
+from ledgerflow.ledger_db import sql
+from ledgerflow.ledger_db.content_hash import DEV_CONTENT_HASH_KEY, ContentHashKey
+from ledgerflow.ledger_db.pii import DEV_VAULT, PiiVault
+from ledgerflow.ledger_db.rules import (
     HOUSE_KINDS,
     Book,
     CustomerOpened,
@@ -42,7 +47,7 @@ from ledger_db.rules import (
     Wallet,
     house_account_id,
 )
-from ledger_db.unit_of_work import RetryStats, run_in_transaction
+from ledgerflow.ledger_db.unit_of_work import RetryStats, run_in_transaction
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,7 +55,7 @@ if TYPE_CHECKING:
     import asyncpg
     from pydantic import BaseModel
 
-    from contracts.topics import Flow
+    from ledgerflow.contracts.topics import Flow
 
 # House balances are split over this many rows; each connection writes the shard of its backend
 # pid, so concurrent batches rarely queue on one row (docs/decisions/hot-house-accounts.md).

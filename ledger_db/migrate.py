@@ -16,7 +16,11 @@ from pathlib import Path
 
 import asyncpg
 
-from ledger_db.content_hash import DEV_CONTENT_HASH_KEY, ContentHashKey, key_content_hashes
+from ledgerflow.ledger_db.content_hash import (
+    DEV_CONTENT_HASH_KEY,
+    ContentHashKey,
+    key_content_hashes,
+)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same for every process that migrates this database.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ledger_db.pii import ENCRYPTED_FIELDS
+from ledgerflow.ledger_db.pii import ENCRYPTED_FIELDS
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from ledger_db.pii import PiiVault
+    from ledgerflow.ledger_db.pii import PiiVault
 
 ROTATION_BATCH_ROWS = 500
 

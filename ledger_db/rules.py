@@ -14,8 +14,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, cast
 
-from contracts.commands import ApproveCashOut, ConfirmCashIn, InitiateTransfer, RequestOnboarding
-from contracts.events import RejectReason, Tier
+from ledgerflow.contracts.commands import (
+    ApproveCashOut,
+    ConfirmCashIn,
+    InitiateTransfer,
+    RequestOnboarding,
+)
+from ledgerflow.contracts.events import RejectReason, Tier
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping

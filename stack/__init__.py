@@ -4,8 +4,8 @@
 (database URLs per role, Kafka bootstrap servers). `down()` stops both and leaves no process.
 """
 
-from stack.kafka_broker import ensure_kafka_jars
-from stack.lifecycle import (
+from ledgerflow.stack.kafka_broker import ensure_kafka_jars
+from ledgerflow.stack.lifecycle import (
     SERVICES,
     Service,
     ServiceChange,
@@ -24,8 +24,8 @@ from stack.lifecycle import (
     up,
     up_async,
 )
-from stack.process import StackError
-from stack.settings import StackSettings
+from ledgerflow.stack.process import StackError
+from ledgerflow.stack.settings import StackSettings
 
 __all__ = [
     "SERVICES",

@@ -44,8 +44,8 @@ from aiokafka.protocol.types import (
     TaggedFields,
 )
 
-from contracts.topics import FLOWS
-from stack.process import StackError
+from ledgerflow.contracts.topics import FLOWS
+from ledgerflow.stack.process import StackError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -62,7 +62,7 @@ WORKER = "ledgerflow-worker"
 RELAY = "ledgerflow-relay"
 SERVICES = (API, WORKER, RELAY)
 PRINCIPALS = (ADMIN, *SERVICES)
-RESULTS_GROUP_PREFIX = "ledgerflow.results."  # cli.results.ResultCollector's groups
+RESULTS_GROUP_PREFIX = "ledgerflow.results."  # harness.results.ResultCollector's groups
 ACL_TIMEOUT_MS = 15_000
 
 

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from stack import kafka_acls, tls
-from stack.process import (
+from ledgerflow.stack import kafka_acls, tls
+from ledgerflow.stack.process import (
     StackError,
     file_lock,
     live_pid,
@@ -41,7 +41,7 @@ from stack.process import (
 )
 
 if TYPE_CHECKING:
-    from stack.settings import StackSettings
+    from ledgerflow.stack.settings import StackSettings
 
 TEMPLATES = Path(__file__).resolve().parent / "kafka"
 POM = TEMPLATES / "pom.xml"

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from stack import kafka_acls, kafka_broker, postgres, tls
-from stack.process import StackError, file_lock
-from stack.settings import StackSettings
+from ledgerflow.stack import kafka_acls, kafka_broker, postgres, tls
+from ledgerflow.stack.process import StackError, file_lock, free_port, port_in_use
+from ledgerflow.stack.settings import PORT_FIELDS, StackSettings, recorded_ports
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Coroutine
@@ -44,6 +45,8 @@ class ServiceChange:
     name: Service
     pid: int | None
     changed: bool  # started (by up) or stopped (by down) by this call
+    # Said to whoever started it: a default port was taken, and which one it listens on instead.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ async def start_services(
     wanted = [name for name in SERVICES if name in services]
     starters = {"postgres": postgres.start, "kafka": kafka_broker.start}
     with file_lock(_lock_path(s), timeout_s=s.jar_fetch_timeout_s + s.start_timeout_s):
+        notes = claim_free_ports(s, wanted)
         if s.secure:  # before both starts: they must not race to create one CA
             await asyncio.to_thread(kafka_broker.prepare_secure, s)
         # return_exceptions: one failing service must not cancel the other half-way through.
@@ -119,8 +123,45 @@ async def start_services(
     for name, result in zip(wanted, results, strict=True):
         assert not isinstance(result, BaseException)
         pid, started = result
-        changes[name] = ServiceChange(name=name, pid=pid, changed=started)
+        changes[name] = ServiceChange(name, pid, started, tuple(notes.get(name, ())))
     return changes
+
+
+_SERVICE_PORTS: dict[Service, tuple[str, ...]] = {
+    "postgres": ("postgres_port",),
+    "kafka": ("kafka_port", "kafka_controller_port"),
+}
+
+
+def claim_free_ports(s: StackSettings, wanted: Collection[Service]) -> dict[Service, list[str]]:
+    """For each service about to start, move a port it was not told to use, when another
+    process holds it, to a free one: recorded in the stack folder (so the rest of the
+    checkout finds it) and said. A port set explicitly stays, and its start fails clearly."""
+    running = {"postgres": postgres.running_pid, "kafka": kafka_broker.running_pid}
+    recorded = recorded_ports(s.stack_dir)
+    notes: dict[Service, list[str]] = {}
+    for service in wanted:
+        if running[service](s) is not None:
+            continue
+        names = _SERVICE_PORTS[service] + (
+            ("kafka_mtls_port",) if service == "kafka" and s.secure else ()
+        )
+        for name in names:
+            port = getattr(s, name)
+            if s.port_is_explicit(name) or not port_in_use(s.host, port):
+                continue
+            taken = {getattr(s, other) for other in PORT_FIELDS}
+            chosen = free_port(s.host, avoid=taken)
+            setattr(s, name, chosen)
+            recorded[name] = chosen
+            variable = "LEDGERFLOW_STACK_" + name.upper()
+            notes.setdefault(service, []).append(
+                f"{s.host}:{port} is taken by another process: {service} listens on "
+                f"{s.host}:{chosen} instead (recorded in {s.ports_file}; {variable} chooses)"
+            )
+    if notes:
+        s.ports_file.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+    return notes
 
 
 async def up_async(

@@ -26,8 +26,8 @@ from urllib.parse import quote, urlencode
 
 import asyncpg
 
-from stack import tls
-from stack.process import (
+from ledgerflow.stack import tls
+from ledgerflow.stack.process import (
     OsUser,
     StackError,
     can_traverse,
@@ -45,7 +45,7 @@ from stack.process import (
     tail,
     write_pid,
 )
-from stack.settings import (
+from ledgerflow.stack.settings import (
     APP_PASSWORD,
     APP_ROLE,
     DATABASE_NAME,
@@ -56,7 +56,7 @@ from stack.settings import (
 )
 
 if TYPE_CHECKING:
-    from stack.settings import StackSettings
+    from ledgerflow.stack.settings import StackSettings
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, postgres) were not found. Install them, e.g. "

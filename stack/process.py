@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Collection, Iterator, Mapping, Sequence
 
 POLL_INTERVAL_S = 0.1
+FREE_PORT_ATTEMPTS_MAX = 20
 KILL_WAIT_S = 10.0  # after SIGKILL the kernel frees the process almost at once; 10 s is generous
 LOG_TAIL_LINES = 40
 LOCK_TIMEOUT_S = 600.0  # a concurrent `up` may be fetching jars; wait for it, but not forever
@@ -302,6 +303,17 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except FileNotFoundError:
         return f"(no log at {path})"
     return "\n".join(data.splitlines()[-lines:])
+
+
+def free_port(host: str, avoid: Collection[int] = ()) -> int:
+    """A port nothing listens on now (the kernel's choice), other than those in `avoid`."""
+    for _ in range(FREE_PORT_ATTEMPTS_MAX):
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port not in avoid:
+            return port
+    raise StackError(f"no free port on {host} after {FREE_PORT_ATTEMPTS_MAX} attempts")
 
 
 def port_in_use(host: str, port: int, timeout_s: float = 0.5) -> bool:

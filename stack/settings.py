@@ -7,10 +7,12 @@ only), but they are still `SecretStr` so that nothing prints them by accident.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KAFKA_VERSION = "4.1.1"  # keep in step with <kafka.version> in stack/kafka/pom.xml
@@ -40,6 +42,12 @@ def find_repo_root(start: Path | None = None) -> Path:
 
 def _default_stack_dir() -> Path:
     return find_repo_root() / ".stack"
+
+
+# The ports a stack folder's services were started on when a default was taken (stack up picks
+# free ones and records them here, so every later command of the checkout finds them).
+PORTS_FILE = "ports.json"
+PORT_FIELDS = ("postgres_port", "kafka_port", "kafka_controller_port", "kafka_mtls_port")
 
 
 def _cache_home() -> Path:
@@ -81,6 +89,26 @@ class StackSettings(BaseSettings):
     stop_timeout_s: float = Field(default=30.0, gt=0, le=600)
     jar_fetch_timeout_s: float = Field(default=900.0, gt=0, le=7200)
 
+    _explicit_ports: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @model_validator(mode="after")
+    def _recorded_ports(self) -> Self:
+        """A port not set by the caller or the environment is the one this stack folder's
+        services were last started on (`ports.json`), when a default was taken then."""
+        self._explicit_ports = frozenset(self.model_fields_set) & frozenset(PORT_FIELDS)
+        for name, port in recorded_ports(self.stack_dir).items():
+            if name not in self._explicit_ports:
+                setattr(self, name, port)
+        return self
+
+    def port_is_explicit(self, name: str) -> bool:
+        """True when the caller or a LEDGERFLOW_STACK_* variable chose this port."""
+        return name in self._explicit_ports
+
+    @property
+    def ports_file(self) -> Path:
+        return self.stack_dir / PORTS_FILE
+
     @property
     def stack_dir(self) -> Path:
         return self.dir.expanduser().resolve()
@@ -98,3 +126,16 @@ class StackSettings(BaseSettings):
     @property
     def kafka_mtls_bootstrap_servers(self) -> str:
         return f"{self.host}:{self.kafka_mtls_port}"
+
+
+def recorded_ports(stack_dir: Path) -> dict[str, int]:
+    """The ports recorded for a stack folder (none when it never needed other than defaults)."""
+    try:
+        data = json.loads((stack_dir / PORTS_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return {}
+    return {
+        name: port
+        for name, port in data.items()
+        if name in PORT_FIELDS and isinstance(port, int) and 1024 <= port <= 65535
+    }

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from testkit.faults import (
+from ledgerflow.testkit.faults import (
     FaultStack,
     freeze,
     kill9,
@@ -31,17 +31,17 @@ from testkit.faults import (
     terminate,
     thaw,
 )
-from testkit.pipeline import running_pipeline
-from testkit.plugin import build_template
-from testkit.workload import Observer, Report, Workload, drain, measure_recovery, verify
-from workers.app import GRACEFUL_TIMEOUT_S, SESSION_TIMEOUT_MS
+from ledgerflow.testkit.pipeline import running_pipeline
+from ledgerflow.testkit.plugin import build_template
+from ledgerflow.testkit.workload import Observer, Report, Workload, drain, measure_recovery, verify
+from ledgerflow.workers.app import GRACEFUL_TIMEOUT_S, SESSION_TIMEOUT_MS
 
 if TYPE_CHECKING:
     import uuid
     from collections.abc import Awaitable, Callable
 
-    from cli.processes import ManagedProcess
-    from testkit.pipeline import Pipeline
+    from ledgerflow.harness.processes import ManagedProcess
+    from ledgerflow.testkit.pipeline import Pipeline
 
     Heal = Callable[[], Awaitable[None]]
 
@@ -245,8 +245,8 @@ class Chaos:
         return 0.0, self._nothing
 
     async def storm(self, *, probe: bool) -> tuple[float, Heal]:  # noqa: ARG002
-        from contracts.topics import TRANSFER  # noqa: PLC0415
-        from testkit.commands import transfer  # noqa: PLC0415
+        from ledgerflow.contracts.topics import TRANSFER  # noqa: PLC0415
+        from ledgerflow.testkit.commands import transfer  # noqa: PLC0415
 
         a, b = self.rng.sample(self.workload.wallets, 2)
         commands = [

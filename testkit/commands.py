@@ -7,18 +7,18 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import TYPE_CHECKING
 
-from contracts.codec import KafkaRecord, encode_command
-from contracts.commands import (
+from ledgerflow.contracts.codec import KafkaRecord, encode_command
+from ledgerflow.contracts.commands import (
     ApproveCashOut,
     BankAccount,
     ConfirmCashIn,
     InitiateTransfer,
     RequestOnboarding,
 )
-from contracts.parsing import InvalidCommand, ValidCommand, parse_command
-from contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER, Flow
-from ledger_db.apply import Incoming, LedgerWriter, Outcome
-from ledger_db.rules import wallet_account_id
+from ledgerflow.contracts.parsing import InvalidCommand, ValidCommand, parse_command
+from ledgerflow.contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER, Flow
+from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, Outcome
+from ledgerflow.ledger_db.rules import wallet_account_id
 
 if TYPE_CHECKING:
     from pydantic import BaseModel

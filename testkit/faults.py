@@ -2,7 +2,7 @@
 
 `FaultStack` is an embedded stack of its own (own folder, free ports), so a test or
 `ledgerflow chaos` can kill its broker or database without touching the shared one. The process
-faults act on `cli.processes.ManagedProcess` children. The probing kills freeze a process
+faults act on `harness.processes.ManagedProcess` children. The probing kills freeze a process
 (SIGSTOP), look at PostgreSQL and Kafka from outside, and either kill it there (the moment they
 were looking for: inside a transaction, or after the DB commit but before the offset commit, or
 after publishing but before marking) or let it run on and look again a moment later.
@@ -22,20 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli.processes import free_port
-from stack import StackSettings, down_async, up_async
-from stack import kafka_broker as stack_kafka
-from stack import postgres as stack_postgres
-from stack.process import descendants, pid_alive, remove_file, stop_process
-from testkit.plugin import KafkaServer, PostgresServer
+from ledgerflow.harness.processes import free_port
+from ledgerflow.stack import StackSettings, down_async, up_async
+from ledgerflow.stack import kafka_broker as stack_kafka
+from ledgerflow.stack import postgres as stack_postgres
+from ledgerflow.stack.process import descendants, pid_alive, remove_file, stop_process
+from ledgerflow.testkit.plugin import KafkaServer, PostgresServer
 
 if TYPE_CHECKING:
     import random
     from collections.abc import Awaitable, Callable
 
-    from cli.processes import ManagedProcess
-    from cli.results import ResultCollector
-    from testkit.workload import Observer, Workload
+    from ledgerflow.harness.processes import ManagedProcess
+    from ledgerflow.harness.results import ResultCollector
+    from ledgerflow.testkit.workload import Observer, Workload
 
 KAFKA_HEAP_MB = 512  # a second broker beside the shared one on a 2-core machine
 EXIT_WAIT_S = 10.0

@@ -1,8 +1,10 @@
-"""Run Ledgerflow's processes against a test stack and await result events by command id.
+"""Run Ledgerflow's processes against a test stack and await their answers.
 
-async with running_pipeline(postgres, kafka, ledgerflow_db_template, tmp_path) as p:
-    rec = await publish(p.producer, command, TRANSFER, p.prefix)
-    [event] = await p.results.wait_for(event_id_of(rec))
+The `ledgerflow_pipeline` fixture (testkit.plugin) is one of these, signed:
+
+    event = await p.send(transfer(wallet_of(alice), wallet_of(bob), 1_250))
+
+`running_pipeline(...)` gives the same with every setting under the test's control.
 """
 
 from __future__ import annotations
@@ -14,25 +16,29 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 
-from cli.processes import ManagedProcess, free_port, ledgerflow_env, start_process
-from cli.results import ResultCollector, event_id_of, publish
-from ledger_db.apply import LedgerWriter
-from ledger_db.rules import TierLimits
-from ledger_db.unit_of_work import create_pool
-from testkit.commands import apply_all, cashin, onboarding, wallet_of
-from testkit.plugin import (
+from ledgerflow.harness.identity import Issuer, Signer
+from ledgerflow.harness.processes import ManagedProcess, free_port, ledgerflow_env, start_process
+from ledgerflow.harness.results import ResultCollector, event_id_of, publish
+from ledgerflow.ledger_db.apply import LedgerWriter
+from ledgerflow.ledger_db.rules import TierLimits
+from ledgerflow.ledger_db.unit_of_work import create_pool
+from ledgerflow.testkit.commands import apply_all, cashin, flow_of, onboarding, wallet_of
+from ledgerflow.testkit.plugin import (
     create_test_database,
     delete_topics_with_prefix,
     drop_test_database,
     unique_prefix,
 )
-from workers.topics import ensure_topics, topic_specs
+from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
+    from pydantic import BaseModel
+
 COMMAND_PARTITIONS = 6
+SEND_TIMEOUT_S = 30.0
 
 
 @dataclass(slots=True)
@@ -49,10 +55,38 @@ class Pipeline:
     results: ResultCollector
     log_dir: Path
     extra: list[ManagedProcess] = field(default_factory=list)
+    # Signs every command `send` publishes (None: the workers run with auth off).
+    signer: Signer | None = None
 
     @property
     def worker(self) -> ManagedProcess:
         return self.workers[0]
+
+    async def send(
+        self,
+        command: BaseModel,
+        *,
+        as_subject: str | None = None,
+        timeout_s: float = SEND_TIMEOUT_S,
+    ) -> dict[str, Any]:
+        """Publish `command` to its topic as the API layer would (signed when auth is on) and
+        return the result event that answers it, awaited by idempotency key: sending the same
+        command again returns its replay. `as_subject` signs as someone else."""
+        flow = flow_of(command)
+        key = str(getattr(command, flow.id_field))
+        answered = len(self.results.by_command_key.get(key, ()))
+        authorization = None
+        if self.signer is not None:
+            authorization = self.signer.authorization(command, as_subject)
+        await publish(self.producer, command, flow, self.prefix, authorization=authorization)
+        try:
+            events = await self.results.wait_for_key(key, timeout_s, count=answered + 1)
+        except TimeoutError:
+            raise TimeoutError(
+                f"no answer to {flow.name} command {key} within {timeout_s} s "
+                f"(process logs in {self.log_dir})"
+            ) from None
+        return events[answered]
 
     def start(self, *args: str) -> ManagedProcess:
         """Another `ledgerflow ARGS` process on this pipeline (stopped with it)."""
@@ -84,9 +118,11 @@ async def running_pipeline(
     *,
     workers: int = 1,
     worker_args: tuple[str, ...] = ("worker", "all"),
+    signed: bool = False,
     **settings: str,
 ) -> AsyncIterator[Pipeline]:
-    """A database and topics of its own, `workers` worker processes and one relay."""
+    """A database and topics of its own, `workers` worker processes and one relay. `signed`:
+    authentication required, trusting an issuer of the pipeline's own that signs `send`."""
     db = await create_test_database(postgres, template)
     prefix = unique_prefix()
     processes: list[ManagedProcess] = []
@@ -96,10 +132,12 @@ async def running_pipeline(
             topic_specs(prefix, COMMAND_PARTITIONS, COMMAND_PARTITIONS, 1),
             replication_factor=1,
         )
-        # Unsigned commands unless the test passes an issuer's settings (cli.identity.Issuer).
-        env = ledgerflow_env(
-            db.app_url, kafka.bootstrap_servers, prefix, **({"auth_mode": "off"} | settings)
-        )
+        # Unsigned commands unless signed, or the test passes an issuer's settings itself.
+        signer = Signer(Issuer()) if signed else None
+        trusted = {"auth_mode": "off"}
+        if signer is not None:
+            trusted = signer.issuer.settings(log_dir / "jwks.json")
+        env = ledgerflow_env(db.app_url, kafka.bootstrap_servers, prefix, **(trusted | settings))
         processes.extend(start_process(list(worker_args), env, log_dir) for _ in range(workers))
         relay = start_process(["relay"], env, log_dir)
         processes.append(relay)
@@ -120,6 +158,7 @@ async def running_pipeline(
                 producer,
                 results,
                 log_dir,
+                signer=signer,
             )
             try:
                 yield pipeline

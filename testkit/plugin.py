@@ -25,16 +25,15 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import importlib
 import importlib.util
 import inspect
 import os
-import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
@@ -42,16 +41,21 @@ import pytest
 import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stack import StackSettings
-from stack import postgres as stack_postgres
-from stack.lifecycle import run_sync, start_services, stop_services
-from stack.settings import (
+from ledgerflow.ledger_db import migrate as migrate_module
+from ledgerflow.ledger_db.migrate import MIGRATIONS_DIR
+from ledgerflow.stack import StackSettings
+from ledgerflow.stack import postgres as stack_postgres
+from ledgerflow.stack.lifecycle import run_sync, start_services, stop_services
+from ledgerflow.stack.settings import (
     APP_PASSWORD,
     APP_ROLE,
     OWNER_PASSWORD,
     OWNER_ROLE,
     SUPERUSER,
-    SUPERUSER_PASSWORD,
+)
+from ledgerflow.testkit.containers import (
+    kafka_container,
+    postgres_container,
 )
 
 if TYPE_CHECKING:
@@ -64,10 +68,7 @@ KAFKA_BOOTSTRAP_ENV = "LEDGERFLOW_TEST_KAFKA_BOOTSTRAP_SERVERS"
 DOCKER_ENV = "LEDGERFLOW_TEST_DOCKER"
 STOP_ENV = "LEDGERFLOW_TEST_STACK_STOP"
 
-POSTGRES_IMAGE = "postgres:15"
-KAFKA_IMAGE = "apache/kafka:4.1.1"
 DOCKER_PING_TIMEOUT_S = 2
-CONTAINER_START_TIMEOUT_S = 120
 CONNECT_TIMEOUT_S = 10.0
 ADMIN_TIMEOUT_MS = 15_000
 TOPIC_READY_TIMEOUT_S = 30.0
@@ -163,6 +164,7 @@ def provide_postgres(
     env: Mapping[str, str] | None = None,
     docker_probe: Callable[[], bool] = docker_available,
     stack_settings: StackSettings | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Iterator[PostgresServer]:
     """Yield a PostgreSQL server following the resolution order; clean up what was started."""
     env = os.environ if env is None else env
@@ -170,7 +172,7 @@ def provide_postgres(
     if source == "env":
         yield PostgresServer(admin_url=env[DATABASE_URL_ENV].strip(), source="env")
     elif source == "testcontainers":
-        container = _postgres_container()
+        container = postgres_container()
         container.start()
         try:
             yield PostgresServer(admin_url=container.get_connection_url(), source=source)
@@ -182,6 +184,8 @@ def provide_postgres(
             lambda: start_services(settings, ["postgres"]),
             settings.jar_fetch_timeout_s + settings.start_timeout_s,
         )
+        for note in changes["postgres"].notes:
+            (say or _to_stderr)(note)
         try:
             yield PostgresServer(admin_url=stack_postgres.admin_url(settings), source=source)
         finally:
@@ -194,6 +198,7 @@ def provide_kafka(
     env: Mapping[str, str] | None = None,
     docker_probe: Callable[[], bool] = docker_available,
     stack_settings: StackSettings | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Iterator[KafkaServer]:
     """Yield a Kafka cluster following the resolution order; clean up what was started."""
     env = os.environ if env is None else env
@@ -201,7 +206,8 @@ def provide_kafka(
     if source == "env":
         yield KafkaServer(bootstrap_servers=env[KAFKA_BOOTSTRAP_ENV].strip(), source="env")
     elif source == "testcontainers":
-        container, bootstrap = _start_kafka_container()
+        container, bootstrap = kafka_container()
+        container.start()
         try:
             yield KafkaServer(bootstrap_servers=bootstrap, source=source)
         finally:
@@ -212,6 +218,8 @@ def provide_kafka(
             lambda: start_services(settings, ["kafka"]),
             settings.jar_fetch_timeout_s + settings.start_timeout_s,
         )
+        for note in changes["kafka"].notes:
+            (say or _to_stderr)(note)
         try:
             yield KafkaServer(bootstrap_servers=settings.kafka_bootstrap_servers, source=source)
         finally:
@@ -219,103 +227,21 @@ def provide_kafka(
                 stop_services(settings, ["kafka"])
 
 
-def _postgres_container() -> Any:
-    try:
-        from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415
-    except ImportError:  # testcontainers < 4.15 kept the module at the top level
-        from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
-
-    return PostgresContainer(
-        POSTGRES_IMAGE,
-        username=SUPERUSER,
-        password=SUPERUSER_PASSWORD.get_secret_value(),
-        dbname="postgres",
-        driver=None,
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _start_kafka_container() -> tuple[Any, str]:
-    """Apache Kafka's own image in KRaft mode.
-
-    testcontainers' KafkaContainer drives Confluent's image through Confluent's scripts and does
-    not start `apache/kafka`; the broker must also advertise the host-side port, which Docker
-    assigns only at start. So the host port is chosen first and bound explicitly.
-    """
-    from testcontainers.core.container import DockerContainer  # noqa: PLC0415
-    from testcontainers.core.wait_strategies import LogMessageWaitStrategy  # noqa: PLC0415
-
-    host_port = _free_port()
-    container = DockerContainer(KAFKA_IMAGE)
-    host = container.get_docker_client().host()
-    container.with_bind_ports(9092, host_port)
-    for key, value in {
-        "KAFKA_NODE_ID": "1",
-        "KAFKA_PROCESS_ROLES": "broker,controller",
-        "KAFKA_LISTENERS": "PLAINTEXT://:9092,CONTROLLER://:9093",
-        "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://{host}:{host_port}",
-        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
-        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
-        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",
-        "KAFKA_NUM_PARTITIONS": "6",
-        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
-        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
-        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
-        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR": "1",
-        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR": "1",
-        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
-    }.items():
-        container.with_env(key, value)
-    container.waiting_for(
-        LogMessageWaitStrategy("Kafka Server started").with_startup_timeout(
-            CONTAINER_START_TIMEOUT_S
-        )
-    )
-    container.start()
-    return container, f"{host}:{host_port}"
-
-
 # --------------------------------------------------------------------------------------------
 # Databases: one template per migration set, one clone per test.
 
 
 def _migration_fingerprint() -> str:
-    """Hash of everything that decides a template's content: the SQL files and the hook."""
+    """Hash of everything that decides a template's content: the SQL files and the migrator."""
     digest = hashlib.sha256(TEMPLATE_FORMAT.encode())
-    spec = importlib.util.find_spec("ledger_db")
-    if spec is not None and spec.submodule_search_locations:
-        package = Path(next(iter(spec.submodule_search_locations)))
-        for sql in sorted((package / "migrations").glob("*.sql")):
-            digest.update(sql.name.encode() + b"\0" + sql.read_bytes() + b"\0")
-        hook = package / "migrate.py"
-        if hook.is_file():
-            digest.update(b"migrate.py\0" + hook.read_bytes())
+    for sql in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        digest.update(sql.name.encode() + b"\0" + sql.read_bytes() + b"\0")
+    digest.update(b"migrate.py\0" + Path(migrate_module.__file__ or "").read_bytes())
     return digest.hexdigest()[:16]
 
 
 def template_name() -> str:
     return f"lf_tpl_{_migration_fingerprint()}"
-
-
-def _migrate_hook() -> Callable[[str], Awaitable[Any]] | None:
-    """`ledger_db.migrate.migrate` when it exists yet; the template is then built without it."""
-    try:
-        module = importlib.import_module("ledger_db.migrate")
-    except ModuleNotFoundError as exc:
-        if exc.name in {"ledger_db", "ledger_db.migrate"}:
-            return None
-        raise  # the module exists but one of its imports is broken: say so
-    hook = getattr(module, "migrate", None)
-    if hook is None or not inspect.iscoroutinefunction(hook):
-        return None
-    return hook  # type: ignore[no-any-return]
 
 
 async def _connect(url: str) -> asyncpg.Connection:
@@ -345,9 +271,9 @@ async def build_template(server: PostgresServer) -> str:
             if done is not None:
                 await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
             await admin.execute(f'CREATE DATABASE "{name}" OWNER "{OWNER_ROLE}"')
-            hook = _migrate_hook()
-            if hook is not None:
-                await hook(server.url(OWNER_ROLE, OWNER_PASSWORD.get_secret_value(), name))
+            await migrate_module.migrate(
+                server.url(OWNER_ROLE, OWNER_PASSWORD.get_secret_value(), name)
+            )
             # Nobody may stay connected: CREATE DATABASE … TEMPLATE needs the template idle.
             await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
             await admin.execute(
@@ -546,17 +472,64 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: needs the real PostgreSQL and Kafka")
 
 
+PIPELINE_FIXTURE = "ledgerflow_pipeline"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    """An `async def` test that takes `ledgerflow_pipeline` runs under pytest-asyncio in any
+    mode: in strict mode (its default) it is marked here, so another team's project needs no
+    asyncio configuration of its own for it. Collection itself is left to pytest."""
+    del collector, name
+    if not inspect.iscoroutinefunction(obj):
+        return
+    if PIPELINE_FIXTURE not in inspect.signature(obj).parameters:
+        return
+    marks = getattr(obj, "pytestmark", [])
+    if not any(getattr(mark, "name", None) == "asyncio" for mark in marks):
+        pytest.mark.asyncio(obj)
+
+
+SKIP_BANNER = "#" * 78
+
+
+def skip_loudly(reason: str) -> NoReturn:
+    """Skip, and say so on stderr too (pytest -ra repeats the reason in the summary): a test
+    that cannot run here must not pass unnoticed."""
+    sys.stderr.write(f"\n{SKIP_BANNER}\n# SKIPPED: {reason}\n{SKIP_BANNER}\n")
+    pytest.skip(reason)
+
+
+def _to_stderr(line: str) -> None:
+    sys.stderr.write(f"ledgerflow: {line}\n")
+
+
+def _teller(config: pytest.Config) -> Callable[[str], None]:
+    """Says a line on the terminal, past output capturing (a port moved is worth knowing)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def say(line: str) -> None:
+        if reporter is None:
+            _to_stderr(line)
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(f"ledgerflow: {line}", yellow=True)
+
+    return say
+
+
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
+def postgres(pytestconfig: pytest.Config) -> Iterator[PostgresServer]:
     """A PostgreSQL server with a superuser URL (env override, testcontainers or embedded)."""
-    with provide_postgres() as server:
+    with provide_postgres(say=_teller(pytestconfig)) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
-def kafka() -> Iterator[KafkaServer]:
+def kafka(pytestconfig: pytest.Config) -> Iterator[KafkaServer]:
     """A Kafka cluster (env override, testcontainers or the embedded Apache Kafka)."""
-    with provide_kafka() as server:
+    with provide_kafka(say=_teller(pytestconfig)) as server:
         yield server
 
 
@@ -585,3 +558,19 @@ async def kafka_topic_prefix(kafka: KafkaServer) -> AsyncIterator[str]:
     yield prefix
     with contextlib.suppress(Exception):
         await delete_topics_with_prefix(kafka.bootstrap_servers, prefix)
+
+
+@pytest_asyncio.fixture
+async def ledgerflow_pipeline(
+    postgres: PostgresServer, kafka: KafkaServer, ledgerflow_db_template: str, tmp_path: Path
+) -> AsyncIterator[Any]:
+    """A running Ledgerflow of the test's own: a database and topics, a worker for every flow,
+    the relay, and authentication on with an identity provider of its own that signs every
+    command. `await p.send(command)` returns the result event (a `testkit.pipeline.Pipeline`)."""
+    # Imported here: the pipeline module builds on this one's helpers.
+    from ledgerflow.testkit.pipeline import running_pipeline  # noqa: PLC0415
+
+    async with running_pipeline(
+        postgres, kafka, ledgerflow_db_template, tmp_path / "ledgerflow", signed=True
+    ) as pipeline:
+        yield pipeline

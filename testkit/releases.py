@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli.processes import ManagedProcess, free_port
+from ledgerflow.harness.processes import ManagedProcess, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -195,8 +195,8 @@ def start_release_process(
     wait: bool = True,
 ) -> ManagedProcess:
     """`ledgerflow ARGS` of the release in `worktree`, on a free HTTP port (like
-    cli.processes.start_process for the current tree)."""
-    from cli.processes import _die_with_parent  # noqa: PLC0415 - the same child hygiene
+    harness.processes.start_process for the current tree)."""
+    from ledgerflow.harness.processes import _die_with_parent  # noqa: PLC0415 - the same child hygiene
 
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)

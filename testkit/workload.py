@@ -25,11 +25,19 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from contracts.codec import encode_command
-from contracts.topics import CASHIN, CASHOUT, FLOWS, ONBOARDING, TRANSFER, Flow, flow_by_topic
-from ledger_db.audit import run_audit
-from testkit.commands import cashin, cashout, onboarding, transfer, wallet_of
-from workers.app import group_id
+from ledgerflow.contracts.codec import encode_command
+from ledgerflow.contracts.topics import (
+    CASHIN,
+    CASHOUT,
+    FLOWS,
+    ONBOARDING,
+    TRANSFER,
+    Flow,
+    flow_by_topic,
+)
+from ledgerflow.ledger_db.audit import run_audit
+from ledgerflow.testkit.commands import cashin, cashout, onboarding, transfer, wallet_of
+from ledgerflow.workers.app import group_id
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -38,7 +46,7 @@ if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
     from pydantic import BaseModel
 
-    from cli.results import ResultCollector
+    from ledgerflow.harness.results import ResultCollector
 
 # The test kit creates every topic with these partition counts (testkit.pipeline).
 COMMAND_PARTITIONS = 6
@@ -438,7 +446,7 @@ class Observer:
 
     async def relay_lock_holder(self) -> int | None:
         """The backend pid holding the relay's advisory lock (None: no active relay)."""
-        from ledger_db.outbox import RELAY_LOCK_KEY  # noqa: PLC0415 - one constant
+        from ledgerflow.ledger_db.outbox import RELAY_LOCK_KEY  # noqa: PLC0415 - one constant
 
         value = await self.value(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"

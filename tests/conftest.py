@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from workers import tracing
+from ledgerflow.workers import tracing
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

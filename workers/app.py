@@ -20,20 +20,20 @@ from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from contracts.topics import flow_by_name
-from ledger_db.apply import LedgerWriter, load_tier_limits
-from ledger_db.pii import DEV_KEY_ID
-from ledger_db.rules import TierLimits
-from ledger_db.unit_of_work import create_pool
-from workers import http, metrics, tracing
-from workers.auth import Authenticator, AuthMode
-from workers.batch import BatchProcessor, BatchResult, PoisonUnproven
-from workers.dead_letters import DeadLetter, send_dead_letters
-from workers.failures import is_infrastructure
-from workers.kafka_io import commit_offsets, idempotent_producer, rewind
-from workers.kafka_security import faststream_security, kafka_client_options
-from workers.lag import LagMonitor, Watched
-from workers.settings import content_hash_key, pii_vault
+from ledgerflow.contracts.topics import flow_by_name
+from ledgerflow.ledger_db.apply import LedgerWriter, load_tier_limits
+from ledgerflow.ledger_db.pii import DEV_KEY_ID
+from ledgerflow.ledger_db.rules import TierLimits
+from ledgerflow.ledger_db.unit_of_work import create_pool
+from ledgerflow.workers import http, metrics, tracing
+from ledgerflow.workers.auth import Authenticator, AuthMode
+from ledgerflow.workers.batch import BatchProcessor, BatchResult, PoisonUnproven
+from ledgerflow.workers.dead_letters import DeadLetter, send_dead_letters
+from ledgerflow.workers.failures import is_infrastructure
+from ledgerflow.workers.kafka_io import commit_offsets, idempotent_producer, rewind
+from ledgerflow.workers.kafka_security import faststream_security, kafka_client_options
+from ledgerflow.workers.lag import LagMonitor, Watched
+from ledgerflow.workers.settings import content_hash_key, pii_vault
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     import asyncpg
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from contracts.topics import Flow
-    from workers.settings import Settings
+    from ledgerflow.contracts.topics import Flow
+    from ledgerflow.workers.settings import Settings
 
 log = logging.getLogger("ledgerflow.worker")
 # FastStream logs through this one, into the process' JSON lines (workers/logging.py).

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 import jwt
 import orjson
 
-from workers import metrics
-from workers.failures import InfrastructureFault
+from ledgerflow.workers import metrics
+from ledgerflow.workers.failures import InfrastructureFault
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable
 
-    from contracts.parsing import ValidCommand
+    from ledgerflow.contracts.parsing import ValidCommand
 
 log = logging.getLogger("ledgerflow.auth")
 

@@ -9,19 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from contracts.parsing import InvalidCommand, Unattributable, ValidCommand, parse_command
-from ledger_db.apply import Incoming, LedgerWriter, Outcome
-from workers import metrics, tracing
-from workers.auth import Authenticator, Refusal
-from workers.dead_letters import DeadLetter, dead_letter
-from workers.failures import InfrastructureFault, is_infrastructure
-from workers.logging import log_outcomes
-from workers.records import Record, header
+from ledgerflow.contracts.parsing import InvalidCommand, Unattributable, ValidCommand, parse_command
+from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, Outcome
+from ledgerflow.workers import metrics, tracing
+from ledgerflow.workers.auth import Authenticator, Refusal
+from ledgerflow.workers.dead_letters import DeadLetter, dead_letter
+from ledgerflow.workers.failures import InfrastructureFault, is_infrastructure
+from ledgerflow.workers.logging import log_outcomes
+from ledgerflow.workers.records import Record, header
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from contracts.topics import Flow
+    from ledgerflow.contracts.topics import Flow
 
 
 class InjectedFault(RuntimeError):  # noqa: N818 - named for what it is: a test hook's fault

@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaError
 
-from workers import metrics
+from ledgerflow.workers import metrics
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from aiokafka import AIOKafkaProducer
 
-    from contracts.parsing import Unattributable
-    from contracts.topics import Flow
-    from workers.records import Record
+    from ledgerflow.contracts.parsing import Unattributable
+    from ledgerflow.contracts.topics import Flow
+    from ledgerflow.workers.records import Record
 
 log = logging.getLogger("ledgerflow.dead_letters")
 

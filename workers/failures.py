@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from ledger_db.errors import may_be_the_commands_fault
+from ledgerflow.ledger_db.errors import may_be_the_commands_fault
 
 # Exceptions from these libraries are their I/O failing (connections, protocol, brokers), never
 # a verdict on one command's content, whatever their class: new classes in a later release

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from aiokafka import AIOKafkaConsumer
 
-    from workers.records import Record
+    from ledgerflow.workers.records import Record
 
 PRODUCER_REQUEST_BYTES_MAX = 1024 * 1024
 PRODUCER_LINGER_MS = 2

@@ -25,7 +25,7 @@ from faststream.security import (
 )
 
 if TYPE_CHECKING:
-    from workers.settings import Settings
+    from ledgerflow.workers.settings import Settings
 
 TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
 SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})

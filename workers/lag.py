@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from workers import metrics
+from ledgerflow.workers import metrics
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

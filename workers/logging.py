@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from opentelemetry import trace
 
-from workers.tracing import trace_id_of
+from ledgerflow.workers.tracing import trace_id_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from contracts.topics import Flow
-    from ledger_db.apply import Incoming, Outcome
+    from ledgerflow.contracts.topics import Flow
+    from ledgerflow.ledger_db.apply import Incoming, Outcome
 
 COMMANDS_LOGGER = "ledgerflow.commands"
 MASK = "***"

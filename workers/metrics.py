@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ledger_db.unit_of_work import RETRYABLE
+from ledgerflow.ledger_db.unit_of_work import RETRYABLE
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping

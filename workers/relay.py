@@ -35,7 +35,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from ledger_db.outbox import (
+from ledgerflow.ledger_db.outbox import (
     OUTBOX_CHANNEL,
     RELAY_BATCH_MAX,
     bounded_error,
@@ -47,16 +47,16 @@ from ledger_db.outbox import (
     record_failures,
     try_lock_relay,
 )
-from workers import http, metrics, tracing
-from workers.kafka_io import idempotent_producer
+from ledgerflow.workers import http, metrics, tracing
+from ledgerflow.workers.kafka_io import idempotent_producer
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
     from aiokafka import AIOKafkaProducer
 
-    from ledger_db.outbox import OutboxRow
-    from workers.lag import LagMonitor
+    from ledgerflow.ledger_db.outbox import OutboxRow
+    from ledgerflow.workers.lag import LagMonitor
 
 log = logging.getLogger("ledgerflow.relay")
 

@@ -18,11 +18,11 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from ledger_db.content_hash import DEV_CONTENT_HASH_KEY_TEXT, ContentHashKey
-from ledger_db.pii import DEV_INDEX_KEY, DEV_KEY_ID, DEV_KEYRING, PiiVault
-from workers.auth import JWKS_CACHE_S, JWKS_REFRESH_MIN_S, AuthMode
-from workers.kafka_security import check_kafka_security
-from workers.secret_files import SecretFileSource
+from ledgerflow.ledger_db.content_hash import DEV_CONTENT_HASH_KEY_TEXT, ContentHashKey
+from ledgerflow.ledger_db.pii import DEV_INDEX_KEY, DEV_KEY_ID, DEV_KEYRING, PiiVault
+from ledgerflow.workers.auth import JWKS_CACHE_S, JWKS_REFRESH_MIN_S, AuthMode
+from ledgerflow.workers.kafka_security import check_kafka_security
+from ledgerflow.workers.secret_files import SecretFileSource
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

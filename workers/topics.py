@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from contracts.topics import FLOWS
+from ledgerflow.contracts.topics import FLOWS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -37,7 +37,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from workers.records import Record, header
+from ledgerflow.workers.records import Record, header
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Span, Tracer
 
-    from ledger_db.apply import Incoming, Outcome
-    from workers.settings import Settings
+    from ledgerflow.ledger_db.apply import Incoming, Outcome
+    from ledgerflow.workers.settings import Settings
 
 TRACEPARENT = "traceparent"
 INSTRUMENTATION_NAME = "ledgerflow"

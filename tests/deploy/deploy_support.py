@@ -13,15 +13,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import kubernetes_validate.utils  # type: ignore[import-untyped]
 import pytest
 import yaml
+
+from ledgerflow.testkit.plugin import skip_loudly
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "ledgerflow"
@@ -49,19 +50,12 @@ COMPOSE_SCHEMA = "schema/compose-spec.json"
 ALERT_RULES = REPO / "deploy" / "prometheus" / "rules" / "ledgerflow-alerts.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "ledgerflow.json"
 
-BANNER = "#" * 78
 
 # kubernetes-validate parses its JSON schema files again for every object (about 80 ms each);
 # the files never change, so parse each once per session. Validation itself is unchanged.
 kubernetes_validate.utils.schema_contents = functools.cache(
     kubernetes_validate.utils.schema_contents
 )
-
-
-def skip_loudly(reason: str) -> NoReturn:
-    """Skip, and say so on stderr too (pytest -ra repeats the reason in the summary)."""
-    print(f"\n{BANNER}\n# SKIPPED: {reason}\n{BANNER}", file=sys.stderr)
-    pytest.skip(reason)
 
 
 def ensure_helm() -> Path:

@@ -149,8 +149,8 @@ class NotInTheImage(importlib.abc.MetaPathFinder):
         if name.partition(".")[0] in {DEVELOPMENT_ONLY!r}:
             raise ImportError(f"{{name}} is a development package: the image does not have it")
 sys.meta_path.insert(0, NotInTheImage())
-import workers.app, workers.relay, ledger_db.migrate
-from cli.main import app
+import ledgerflow.workers.app, ledgerflow.workers.relay, ledgerflow.ledger_db.migrate
+from ledgerflow.cli.main import app
 sys.argv = ["ledgerflow", "--help"]
 app()
 """

@@ -17,8 +17,8 @@ import pytest
 import pytest_asyncio
 from e2e_harness import REPORT_LINES
 
-from testkit.faults import FaultStack
-from testkit.plugin import build_template
+from ledgerflow.testkit.faults import FaultStack
+from ledgerflow.testkit.plugin import build_template
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

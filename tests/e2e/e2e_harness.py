@@ -12,16 +12,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from testkit.pipeline import running_pipeline
-from testkit.workload import Observer, Report, Workload, drain, measure_recovery, verify
+from ledgerflow.testkit.pipeline import running_pipeline
+from ledgerflow.testkit.workload import Observer, Report, Workload, drain, measure_recovery, verify
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
-    from cli.processes import ManagedProcess
-    from testkit.faults import FaultStack
-    from testkit.pipeline import Pipeline
+    from ledgerflow.harness.processes import ManagedProcess
+    from ledgerflow.testkit.faults import FaultStack
+    from ledgerflow.testkit.pipeline import Pipeline
 
 # Report lines of the session's scenarios, repeated in pytest's terminal summary (conftest).
 REPORT_LINES: list[str] = []

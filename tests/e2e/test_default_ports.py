@@ -13,20 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from cli.processes import ledgerflow_env, start_process
-from testkit.plugin import (
+from ledgerflow.harness.processes import ledgerflow_env, start_process
+from ledgerflow.testkit.plugin import (
     create_test_database,
     delete_topics_with_prefix,
     drop_test_database,
     unique_prefix,
 )
-from workers.settings import DEFAULT_HTTP_PORTS
-from workers.topics import ensure_topics, topic_specs
+from ledgerflow.workers.settings import DEFAULT_HTTP_PORTS
+from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from cli.processes import ManagedProcess
+    from ledgerflow.harness.processes import ManagedProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +66,7 @@ async def test_worker_and_relay_share_a_host_with_no_settings(
         started = time.monotonic()
         second = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "cli", "relay"],
+            [sys.executable, "-m", "ledgerflow.cli", "relay"],
             env=env,
             capture_output=True,
             timeout=EXIT_TIMEOUT_S,
@@ -101,7 +101,7 @@ def test_a_taken_explicit_port_is_one_line_and_a_non_zero_exit(tmp_path: Path) -
         env = ledgerflow_env("postgresql://nobody@127.0.0.1:1/none", "127.0.0.1:1", "")
         env["LEDGERFLOW_HTTP_PORT"] = str(port)
         result = subprocess.run(
-            [sys.executable, "-m", "cli", "worker", "transfer"],
+            [sys.executable, "-m", "ledgerflow.cli", "worker", "transfer"],
             env=env,
             capture_output=True,
             timeout=EXIT_TIMEOUT_S,

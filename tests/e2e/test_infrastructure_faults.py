@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import pytest
 from e2e_harness import assert_ok, http_get, scenario
 
-from contracts.topics import FLOWS
+from ledgerflow.contracts.topics import FLOWS
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from testkit.faults import FaultStack
+    from ledgerflow.testkit.faults import FaultStack
 
 pytestmark = pytest.mark.e2e
 

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 import pytest
 from e2e_harness import assert_ok, metric, scenario
 
-from contracts.topics import CASHOUT, TRANSFER
-from testkit.commands import cashout, transfer
-from workers.app import POISON_ATTEMPTS_MAX
+from ledgerflow.contracts.topics import CASHOUT, TRANSFER
+from ledgerflow.testkit.commands import cashout, transfer
+from ledgerflow.workers.app import POISON_ATTEMPTS_MAX
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from testkit.faults import FaultStack
+    from ledgerflow.testkit.faults import FaultStack
 
 pytestmark = pytest.mark.e2e
 

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 import pytest
 from e2e_harness import assert_ok, scenario
 
-from testkit.faults import kill9, kill_relay_between_publish_and_mark
-from testkit.plugin import wait_until
+from ledgerflow.testkit.faults import kill9, kill_relay_between_publish_and_mark
+from ledgerflow.testkit.plugin import wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from testkit.faults import FaultStack
+    from ledgerflow.testkit.faults import FaultStack
 
 pytestmark = pytest.mark.e2e
 

@@ -31,15 +31,34 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from e2e_harness import REPORT_LINES, metric
 
-from cli.dlq_cmd import read_dead_letters
-from contracts.commands import ApproveCashOut, ConfirmCashIn, InitiateTransfer, RequestOnboarding
-from contracts.topics import FLOWS
-from ledger_db.audit import run_audit
-from ledger_db.migrate import load_migrations
-from testkit.commands import cashin, cashout, flow_of, onboarding, record, transfer, wallet_of
-from testkit.pipeline import ResultCollector, event_id_of, ledgerflow_env, publish, start_process
-from testkit.plugin import wait_until
-from testkit.releases import (
+from ledgerflow.cli.dlq_cmd import read_dead_letters
+from ledgerflow.contracts.commands import (
+    ApproveCashOut,
+    ConfirmCashIn,
+    InitiateTransfer,
+    RequestOnboarding,
+)
+from ledgerflow.contracts.topics import FLOWS
+from ledgerflow.ledger_db.audit import run_audit
+from ledgerflow.ledger_db.migrate import load_migrations
+from ledgerflow.testkit.commands import (
+    cashin,
+    cashout,
+    flow_of,
+    onboarding,
+    record,
+    transfer,
+    wallet_of,
+)
+from ledgerflow.testkit.pipeline import (
+    ResultCollector,
+    event_id_of,
+    ledgerflow_env,
+    publish,
+    start_process,
+)
+from ledgerflow.testkit.plugin import wait_until
+from ledgerflow.testkit.releases import (
     foreign_modules,
     is_git_checkout,
     previous_release,
@@ -48,17 +67,17 @@ from testkit.releases import (
     release_worktree,
     start_release_process,
 )
-from workers.topics import ensure_topics, topic_specs
+from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from pydantic import BaseModel
 
-    from cli.processes import ManagedProcess
-    from contracts.codec import KafkaRecord
-    from testkit.plugin import IsolatedDatabase, KafkaServer
-    from testkit.releases import Release
+    from ledgerflow.contracts.codec import KafkaRecord
+    from ledgerflow.harness.processes import ManagedProcess
+    from ledgerflow.testkit.plugin import IsolatedDatabase, KafkaServer
+    from ledgerflow.testkit.releases import Release
 
 pytestmark = pytest.mark.e2e
 

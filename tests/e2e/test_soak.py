@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import pytest
 from e2e_harness import REPORT_LINES, assert_ok
 
-from testkit.chaos import soak
+from ledgerflow.testkit.chaos import soak
 
 if TYPE_CHECKING:
-    from testkit.faults import FaultStack
+    from ledgerflow.testkit.faults import FaultStack
 
 pytestmark = pytest.mark.e2e
 

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 import pytest
 from e2e_harness import assert_ok, metric, scenario
 
-from testkit.faults import kill_worker_at, local_ports, probe_until, terminate, thaw
-from testkit.plugin import wait_until
-from workers.app import GRACEFUL_TIMEOUT_S, SESSION_TIMEOUT_MS
+from ledgerflow.testkit.faults import kill_worker_at, local_ports, probe_until, terminate, thaw
+from ledgerflow.testkit.plugin import wait_until
+from ledgerflow.workers.app import GRACEFUL_TIMEOUT_S, SESSION_TIMEOUT_MS
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from testkit.faults import FaultStack
+    from ledgerflow.testkit.faults import FaultStack
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import ApiVersionRequest
 
-from testkit.plugin import KafkaServer, create_topics, unique_group, wait_until
+from ledgerflow.testkit.plugin import KafkaServer, create_topics, unique_group, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -7,7 +7,7 @@ import uuid
 import asyncpg
 import pytest
 
-from testkit.plugin import IsolatedDatabase, PostgresServer, template_name
+from ledgerflow.testkit.plugin import IsolatedDatabase, PostgresServer, template_name
 
 pytestmark = pytest.mark.integration
 

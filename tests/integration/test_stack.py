@@ -6,6 +6,7 @@ The lifecycle tests run a SECOND stack (its own folder and free ports) through t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -18,11 +19,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from stack import StackSettings, ensure_kafka_jars
-from stack import postgres as stack_postgres
-from stack.kafka_broker import COMPLETE_MARKER
-from stack.process import descendants, pid_alive, port_in_use, read_pid
-from testkit.plugin import (
+from ledgerflow.stack import StackSettings, ensure_kafka_jars
+from ledgerflow.stack import postgres as stack_postgres
+from ledgerflow.stack.kafka_broker import COMPLETE_MARKER
+from ledgerflow.stack.lifecycle import claim_free_ports, run_sync, start_services, stop_services
+from ledgerflow.stack.process import descendants, pid_alive, port_in_use, read_pid
+from ledgerflow.stack.settings import PORT_FIELDS
+from ledgerflow.testkit.plugin import (
     DATABASE_URL_ENV,
     KAFKA_BOOTSTRAP_ENV,
     KafkaServer,
@@ -249,7 +252,57 @@ def test_kafka_jars_are_fetched_once() -> None:
 
 
 def test_cluster_ids_never_look_like_options() -> None:
-    from stack.kafka_broker import _new_cluster_id  # noqa: PLC0415 - private on purpose
+    from ledgerflow.stack.kafka_broker import _new_cluster_id  # noqa: PLC0415 - private on purpose
 
     ids = [_new_cluster_id() for _ in range(2_000)]
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def _hold_if_free(port: int, stack: contextlib.ExitStack) -> None:
+    """Make sure something listens on `port` (the session's stack usually does already)."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        return
+    sock.listen()
+    stack.callback(sock.close)
+
+
+def test_taken_default_ports_move_to_free_ones_and_are_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second checkout on the host: its stack starts on free ports, records them for the rest
+    of the checkout, and says which; the Kafka controller port moves too."""
+    for name in PORT_FIELDS:
+        monkeypatch.delenv(f"LEDGERFLOW_STACK_{name.upper()}", raising=False)
+    defaults = StackSettings(dir=tmp_path / "unused")
+    stack_dir = tmp_path / ".stack"
+    with contextlib.ExitStack() as held:
+        for port in (defaults.postgres_port, defaults.kafka_port, defaults.kafka_controller_port):
+            _hold_if_free(port, held)
+        settings = StackSettings(dir=stack_dir)
+        try:
+            changes = run_sync(lambda: start_services(settings, ["postgres"]), CLI_TIMEOUT_S)
+            moved = settings.postgres_port
+            assert moved != defaults.postgres_port
+            [note] = changes["postgres"].notes
+            assert f"127.0.0.1:{defaults.postgres_port} is taken" in note
+            assert f"127.0.0.1:{moved} instead" in note
+            assert port_in_use("127.0.0.1", moved)
+            # Every later command of the checkout finds the recorded port; an explicit one wins.
+            assert StackSettings(dir=stack_dir).postgres_port == moved
+            assert StackSettings(dir=stack_dir, postgres_port=5999).postgres_port == 5999
+            kafka_notes = claim_free_ports(StackSettings(dir=stack_dir), ["kafka"])
+            assert len(kafka_notes["kafka"]) == 2
+            again = StackSettings(dir=stack_dir)
+            assert again.kafka_port != defaults.kafka_port
+            assert again.kafka_controller_port != defaults.kafka_controller_port
+            assert again.kafka_port != again.kafka_controller_port
+            assert again.postgres_port == moved
+        finally:
+            stop_services(settings, ["postgres"])
+            pg_root = stack_postgres.paths(settings, stack_postgres.os_user(settings, create=False))
+            if not pg_root.root.is_relative_to(stack_dir):
+                shutil.rmtree(pg_root.root, ignore_errors=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from testkit.releases import (
+from ledgerflow.testkit.releases import (
     foreign_modules,
     is_git_checkout,
     previous_release,

@@ -13,11 +13,11 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from contracts.topics import all_topics
-from ledger_db.apply import LedgerWriter
-from ledger_db.rules import TierLimits
-from ledger_db.unit_of_work import create_pool
-from testkit.commands import apply_all, cashin, onboarding, transfer, wallet_of
+from ledgerflow.contracts.topics import all_topics
+from ledgerflow.ledger_db.apply import LedgerWriter
+from ledgerflow.ledger_db.rules import TierLimits
+from ledgerflow.ledger_db.unit_of_work import create_pool
+from ledgerflow.testkit.commands import apply_all, cashin, onboarding, transfer, wallet_of
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def ledgerflow(
     env: dict[str, str], *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
+        [sys.executable, "-m", "ledgerflow.cli", *args],
         env=env,
         capture_output=True,
         check=check,

@@ -9,9 +9,9 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from ledger_db.apply import LedgerWriter
-from ledger_db.rules import TierLimits
-from ledger_db.unit_of_work import create_pool
+from ledgerflow.ledger_db.apply import LedgerWriter
+from ledgerflow.ledger_db.rules import TierLimits
+from ledgerflow.ledger_db.unit_of_work import create_pool
 
 LIMITS = {"basic": TierLimits(single_amount_max=1_000_000, balance_max=5_000_000)}
 

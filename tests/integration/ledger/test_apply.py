@@ -8,12 +8,12 @@ import asyncpg
 import orjson
 import pytest
 
-from contracts.events import RejectReason
-from contracts.parsing import parse_command
-from contracts.topics import TRANSFER
-from ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
-from ledger_db.queries import get_account
-from testkit.commands import (
+from ledgerflow.contracts.events import RejectReason
+from ledgerflow.contracts.parsing import parse_command
+from ledgerflow.contracts.topics import TRANSFER
+from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
+from ledgerflow.ledger_db.queries import get_account
+from ledgerflow.testkit.commands import (
     apply_all,
     cashin,
     cashout,

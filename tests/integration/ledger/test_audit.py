@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 
-from ledger_db.apply import LedgerWriter, OutcomeKind, load_tier_limits
-from ledger_db.audit import run_audit
-from ledger_db.rules import AccountKind, house_account_id
-from testkit.commands import apply_all, cashin, cashout, onboarding, transfer, wallet_of
+from ledgerflow.ledger_db.apply import LedgerWriter, OutcomeKind, load_tier_limits
+from ledgerflow.ledger_db.audit import run_audit
+from ledgerflow.ledger_db.rules import AccountKind, house_account_id
+from ledgerflow.testkit.commands import apply_all, cashin, cashout, onboarding, transfer, wallet_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from ledger_db.audit import CheckResult
+    from ledgerflow.ledger_db.audit import CheckResult
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import uuid
 import asyncpg
 import pytest
 
-from ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
-from ledger_db.audit import run_audit
-from testkit.commands import apply_all, cashin, onboarding, parsed, transfer, wallet_of
+from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
+from ledgerflow.ledger_db.audit import run_audit
+from ledgerflow.testkit.commands import apply_all, cashin, onboarding, parsed, transfer, wallet_of
 
 pytestmark = pytest.mark.integration
 

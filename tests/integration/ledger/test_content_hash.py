@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 
-from ledger_db.apply import LedgerWriter, OutcomeKind
-from ledger_db.audit import run_audit
-from ledger_db.content_hash import ContentHashKey, ContentHashKeyError, keying_state
-from ledger_db.migrate import MIGRATIONS_DIR, MigrationError, migrate
-from ledger_db.rules import TierLimits
-from ledger_db.unit_of_work import create_pool
-from testkit.commands import apply_all, cashin, onboarding, parsed, wallet_of
+from ledgerflow.ledger_db.apply import LedgerWriter, OutcomeKind
+from ledgerflow.ledger_db.audit import run_audit
+from ledgerflow.ledger_db.content_hash import ContentHashKey, ContentHashKeyError, keying_state
+from ledgerflow.ledger_db.migrate import MIGRATIONS_DIR, MigrationError, migrate
+from ledgerflow.ledger_db.rules import TierLimits
+from ledgerflow.ledger_db.unit_of_work import create_pool
+from ledgerflow.testkit.commands import apply_all, cashin, onboarding, parsed, wallet_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -8,9 +8,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from ledger_db.apply import LedgerWriter
-from ledger_db.audit import run_audit
-from testkit.commands import apply_all, cashin, onboarding, transfer, wallet_of
+from ledgerflow.ledger_db.apply import LedgerWriter
+from ledgerflow.ledger_db.audit import run_audit
+from ledgerflow.testkit.commands import apply_all, cashin, onboarding, transfer, wallet_of
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 
-from ledger_db.apply import LedgerWriter, OutcomeKind
-from ledger_db.rules import TierLimits
-from ledger_db.sql import LOCK_WALLETS
-from ledger_db.unit_of_work import create_pool
-from testkit.commands import apply_all, cashin, cashout, onboarding, wallet_of
-from testkit.plugin import wait_until
+from ledgerflow.ledger_db.apply import LedgerWriter, OutcomeKind
+from ledgerflow.ledger_db.rules import TierLimits
+from ledgerflow.ledger_db.sql import LOCK_WALLETS
+from ledgerflow.ledger_db.unit_of_work import create_pool
+from ledgerflow.testkit.commands import apply_all, cashin, cashout, onboarding, wallet_of
+from ledgerflow.testkit.plugin import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

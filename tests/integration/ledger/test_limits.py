@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 
-from contracts.events import RejectReason
-from ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
-from ledger_db.audit import run_audit
-from ledger_db.rules import TierLimits
-from testkit.commands import apply_all, cashin, cashout, onboarding, parsed, wallet_of
-from testkit.plugin import wait_until
+from ledgerflow.contracts.events import RejectReason
+from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
+from ledgerflow.ledger_db.audit import run_audit
+from ledgerflow.ledger_db.rules import TierLimits
+from ledgerflow.testkit.commands import apply_all, cashin, cashout, onboarding, parsed, wallet_of
+from ledgerflow.testkit.plugin import wait_until
 
 if TYPE_CHECKING:
     import uuid

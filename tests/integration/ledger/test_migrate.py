@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 
-from ledger_db.migrate import MIGRATIONS_DIR, load_migrations, migrate
+from ledgerflow.ledger_db.migrate import MIGRATIONS_DIR, load_migrations, migrate
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from ledger_db.migrate import MIGRATIONS_DIR, migrate
-from ledger_db.outbox import (
+from ledgerflow.ledger_db.migrate import MIGRATIONS_DIR, migrate
+from ledgerflow.ledger_db.outbox import (
     HELD_ERROR,
     OUTBOX_CHANNEL,
     fetch_pending,
@@ -24,7 +24,7 @@ from ledger_db.outbox import (
     record_failures,
     retry_quarantined,
 )
-from workers.relay import Relay, connect_relay
+from ledgerflow.workers.relay import Relay, connect_relay
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence

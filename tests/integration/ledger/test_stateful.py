@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from contracts.events import RejectReason
-from ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
-from ledger_db.audit import run_audit
-from ledger_db.rules import TierLimits
-from ledger_db.unit_of_work import create_pool
-from testkit.commands import cashin, cashout, onboarding, parsed, transfer, wallet_of
+from ledgerflow.contracts.events import RejectReason
+from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
+from ledgerflow.ledger_db.audit import run_audit
+from ledgerflow.ledger_db.rules import TierLimits
+from ledgerflow.ledger_db.unit_of_work import create_pool
+from ledgerflow.testkit.commands import cashin, cashout, onboarding, parsed, transfer, wallet_of
 
 pytestmark = pytest.mark.integration
 

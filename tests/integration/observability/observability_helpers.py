@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
-    from cli.processes import ManagedProcess
+    from ledgerflow.harness.processes import ManagedProcess
 
 REPO = Path(__file__).resolve().parents[3]
 ENSURE_SCRIPT = REPO / "scripts" / "ensure-prometheus.sh"

@@ -19,11 +19,16 @@ import orjson
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from contracts.commands import ApproveCashOut, BankAccount, InitiateTransfer, RequestOnboarding
-from contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER
-from testkit.commands import cashin, record, wallet_of
-from testkit.pipeline import event_id_of, publish, running_pipeline
-from testkit.plugin import wait_until
+from ledgerflow.contracts.commands import (
+    ApproveCashOut,
+    BankAccount,
+    InitiateTransfer,
+    RequestOnboarding,
+)
+from ledgerflow.contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER
+from ledgerflow.testkit.commands import cashin, record, wallet_of
+from ledgerflow.testkit.pipeline import event_id_of, publish, running_pipeline
+from ledgerflow.testkit.plugin import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from observability_helpers import Samples, scrape
 
-from contracts.topics import CASHIN, ONBOARDING, TRANSFER
-from testkit.commands import cashin, onboarding, transfer, wallet_of
-from testkit.pipeline import event_id_of, publish, running_pipeline
-from testkit.plugin import wait_until
+from ledgerflow.contracts.topics import CASHIN, ONBOARDING, TRANSFER
+from ledgerflow.testkit.commands import cashin, onboarding, transfer, wallet_of
+from ledgerflow.testkit.pipeline import event_id_of, publish, running_pipeline
+from ledgerflow.testkit.plugin import wait_until
 
 if TYPE_CHECKING:
-    from testkit.pipeline import Pipeline
+    from ledgerflow.testkit.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
 

@@ -24,12 +24,12 @@ import pytest
 import yaml
 from observability_helpers import ALERT_RULES, DASHBOARD, prometheus_binaries
 
-from cli.processes import free_port
-from contracts.commands import ApproveCashOut, BankAccount, InitiateTransfer
-from contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER
-from testkit.commands import cashin, onboarding, transfer, wallet_of
-from testkit.pipeline import event_id_of, publish, running_pipeline
-from testkit.plugin import wait_until
+from ledgerflow.contracts.commands import ApproveCashOut, BankAccount, InitiateTransfer
+from ledgerflow.contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER
+from ledgerflow.harness.processes import free_port
+from ledgerflow.testkit.commands import cashin, onboarding, transfer, wallet_of
+from ledgerflow.testkit.pipeline import event_id_of, publish, running_pipeline
+from ledgerflow.testkit.plugin import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -17,15 +17,15 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import SecretStr
 
-from cli.results import ResultCollector, event_id_of, publish
-from contracts.topics import ONBOARDING
-from testkit.commands import onboarding
-from testkit.plugin import wait_until
-from workers.app import build_worker_app
-from workers.auth import AuthMode
-from workers.relay import Relay
-from workers.settings import Settings
-from workers.topics import ensure_topics, topic_specs
+from ledgerflow.contracts.topics import ONBOARDING
+from ledgerflow.harness.results import ResultCollector, event_id_of, publish
+from ledgerflow.testkit.commands import onboarding
+from ledgerflow.testkit.plugin import wait_until
+from ledgerflow.workers.app import build_worker_app
+from ledgerflow.workers.auth import AuthMode
+from ledgerflow.workers.relay import Relay
+from ledgerflow.workers.settings import Settings
+from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

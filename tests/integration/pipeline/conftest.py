@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest_asyncio
 
-from testkit.pipeline import Pipeline, running_pipeline
+from ledgerflow.testkit.pipeline import Pipeline, running_pipeline
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

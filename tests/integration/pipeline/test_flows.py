@@ -10,11 +10,11 @@ import asyncpg
 import orjson
 import pytest
 
-from cli.dlq_cmd import read_dead_letters
-from contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER
-from testkit.commands import cashin, cashout, onboarding, record, transfer, wallet_of
-from testkit.pipeline import Pipeline, event_id_of, publish
-from testkit.plugin import wait_until
+from ledgerflow.cli.dlq_cmd import read_dead_letters
+from ledgerflow.contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER
+from ledgerflow.testkit.commands import cashin, cashout, onboarding, record, transfer, wallet_of
+from ledgerflow.testkit.pipeline import Pipeline, event_id_of, publish
+from ledgerflow.testkit.plugin import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,7 @@ async def test_dlq_command_shows_and_replays(pipeline: Pipeline) -> None:
 
     def show() -> list[dict[str, object]]:
         out = subprocess.run(
-            [sys.executable, "-m", "cli", "dlq", "show", "--flow", "cashout", "--json"],
+            [sys.executable, "-m", "ledgerflow.cli", "dlq", "show", "--flow", "cashout", "--json"],
             env=pipeline.env,
             capture_output=True,
             check=True,
@@ -147,7 +147,7 @@ async def test_dlq_command_shows_and_replays(pipeline: Pipeline) -> None:
     assert letter["original_topic"] == topic
     await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "cli", "dlq", "replay", "--flow", "cashout"],
+        [sys.executable, "-m", "ledgerflow.cli", "dlq", "replay", "--flow", "cashout"],
         env=pipeline.env,
         check=True,
         capture_output=True,

@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 
-from cli.dlq_cmd import read_dead_letters
-from contracts.topics import FLOWS, TRANSFER
-from ledger_db.audit import run_audit
-from testkit.commands import transfer
-from testkit.pipeline import fund_wallets, publish, running_pipeline
-from testkit.plugin import wait_until
+from ledgerflow.cli.dlq_cmd import read_dead_letters
+from ledgerflow.contracts.topics import FLOWS, TRANSFER
+from ledgerflow.ledger_db.audit import run_audit
+from ledgerflow.testkit.commands import transfer
+from ledgerflow.testkit.pipeline import fund_wallets, publish, running_pipeline
+from ledgerflow.testkit.plugin import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from testkit.pipeline import Pipeline
+    from ledgerflow.testkit.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
 

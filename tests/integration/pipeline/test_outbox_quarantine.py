@@ -22,16 +22,21 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from prometheus_client import REGISTRY
 
-from cli.dlq_cmd import read_dead_letters
-from contracts.topics import CASHIN, ONBOARDING, TRANSFER
-from ledger_db.audit import run_audit
-from ledger_db.outbox import HELD_ERROR, fetch_pending, list_quarantined, retry_quarantined
-from ledger_db.unit_of_work import create_pool
-from testkit.commands import cashin, onboarding, transfer
-from testkit.pipeline import ResultCollector, fund_wallets, publish, running_pipeline
-from testkit.plugin import create_topics, wait_until
-from workers.kafka_io import idempotent_producer
-from workers.relay import HELD_ERROR_CLASS, Relay
+from ledgerflow.cli.dlq_cmd import read_dead_letters
+from ledgerflow.contracts.topics import CASHIN, ONBOARDING, TRANSFER
+from ledgerflow.ledger_db.audit import run_audit
+from ledgerflow.ledger_db.outbox import (
+    HELD_ERROR,
+    fetch_pending,
+    list_quarantined,
+    retry_quarantined,
+)
+from ledgerflow.ledger_db.unit_of_work import create_pool
+from ledgerflow.testkit.commands import cashin, onboarding, transfer
+from ledgerflow.testkit.pipeline import ResultCollector, fund_wallets, publish, running_pipeline
+from ledgerflow.testkit.plugin import create_topics, wait_until
+from ledgerflow.workers.kafka_io import idempotent_producer
+from ledgerflow.workers.relay import HELD_ERROR_CLASS, Relay
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -289,7 +294,11 @@ ANSWERED_DURING_FAULT = 150  # other flows' commands answered while the topic is
 
 def ledgerflow(env: dict[str, str], *args: str) -> bytes:
     done = subprocess.run(
-        [sys.executable, "-m", "cli", *args], env=env, capture_output=True, timeout=60, check=False
+        [sys.executable, "-m", "ledgerflow.cli", *args],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout

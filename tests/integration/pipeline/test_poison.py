@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from cli.dlq_cmd import read_dead_letters
-from contracts.topics import CASHIN, ONBOARDING, TRANSFER
-from testkit.commands import cashin, onboarding, record, transfer, wallet_of
-from testkit.pipeline import event_id_of, fund_wallets, publish, running_pipeline
-from workers.dead_letters import TRUNCATED_VALUE_BYTES_MAX
-from workers.kafka_io import PRODUCER_REQUEST_BYTES_MAX
+from ledgerflow.cli.dlq_cmd import read_dead_letters
+from ledgerflow.contracts.topics import CASHIN, ONBOARDING, TRANSFER
+from ledgerflow.testkit.commands import cashin, onboarding, record, transfer, wallet_of
+from ledgerflow.testkit.pipeline import event_id_of, fund_wallets, publish, running_pipeline
+from ledgerflow.workers.dead_letters import TRUNCATED_VALUE_BYTES_MAX
+from ledgerflow.workers.kafka_io import PRODUCER_REQUEST_BYTES_MAX
 
 pytestmark = pytest.mark.integration
 

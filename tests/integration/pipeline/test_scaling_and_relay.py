@@ -9,13 +9,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from contracts.topics import ONBOARDING, TRANSFER
-from ledger_db.audit import run_audit
-from ledger_db.outbox import pending_stats
-from ledger_db.unit_of_work import create_pool
-from testkit.commands import transfer
-from testkit.pipeline import fund_wallets, publish, running_pipeline
-from testkit.plugin import wait_until
+from ledgerflow.contracts.topics import ONBOARDING, TRANSFER
+from ledgerflow.ledger_db.audit import run_audit
+from ledgerflow.ledger_db.outbox import pending_stats
+from ledgerflow.ledger_db.unit_of_work import create_pool
+from ledgerflow.testkit.commands import transfer
+from ledgerflow.testkit.pipeline import fund_wallets, publish, running_pipeline
+from ledgerflow.testkit.plugin import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cli.identity import Issuer
-from contracts.topics import CASHIN, ONBOARDING, TRANSFER
-from testkit.commands import cashin, onboarding, transfer, wallet_of
-from testkit.pipeline import Pipeline, event_id_of, publish, running_pipeline
+from ledgerflow.contracts.topics import CASHIN, ONBOARDING, TRANSFER
+from ledgerflow.harness.identity import Issuer
+from ledgerflow.testkit.commands import cashin, onboarding, transfer, wallet_of
+from ledgerflow.testkit.pipeline import Pipeline, event_id_of, publish, running_pipeline
 
 pytestmark = pytest.mark.integration
 

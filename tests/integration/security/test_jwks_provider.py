@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from cli.dlq_cmd import read_dead_letters
-from cli.identity import Issuer
-from contracts.codec import encode_command
-from contracts.topics import FLOWS, ONBOARDING
-from testkit.commands import onboarding
-from testkit.identity_provider import JwksServer
-from testkit.pipeline import COMMAND_PARTITIONS, event_id_of, running_pipeline
-from testkit.plugin import wait_until
-from workers.auth import (
+from ledgerflow.cli.dlq_cmd import read_dead_letters
+from ledgerflow.contracts.codec import encode_command
+from ledgerflow.contracts.topics import FLOWS, ONBOARDING
+from ledgerflow.harness.identity import Issuer
+from ledgerflow.testkit.commands import onboarding
+from ledgerflow.testkit.identity_provider import JwksServer
+from ledgerflow.testkit.pipeline import COMMAND_PARTITIONS, event_id_of, running_pipeline
+from ledgerflow.testkit.plugin import wait_until
+from ledgerflow.workers.auth import (
     Authenticator,
     FetchOutcome,
     IdentityProviderUnavailable,
@@ -34,9 +34,9 @@ from workers.auth import (
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
 
-    from contracts.codec import KafkaRecord
-    from testkit.identity_provider import Answer
-    from testkit.pipeline import ManagedProcess, Pipeline
+    from ledgerflow.contracts.codec import KafkaRecord
+    from ledgerflow.testkit.identity_provider import Answer
+    from ledgerflow.testkit.pipeline import ManagedProcess, Pipeline
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cli.identity import Issuer
-from contracts.commands import BankAccount
-from contracts.topics import ONBOARDING
-from ledger_db.pii import PiiVault, new_key
-from testkit.commands import onboarding
-from testkit.pipeline import event_id_of, publish, running_pipeline
+from ledgerflow.contracts.commands import BankAccount
+from ledgerflow.contracts.topics import ONBOARDING
+from ledgerflow.harness.identity import Issuer
+from ledgerflow.ledger_db.pii import PiiVault, new_key
+from ledgerflow.testkit.commands import onboarding
+from ledgerflow.testkit.pipeline import event_id_of, publish, running_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +98,7 @@ async def test_personal_data_is_never_stored_shown_or_logged_in_clear(
         }
         out = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "cli", "pii", "rotate-key"],
+            [sys.executable, "-m", "ledgerflow.cli", "pii", "rotate-key"],
             env=env,
             capture_output=True,
             check=True,

@@ -22,21 +22,21 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 from pydantic import SecretStr
 
-import stack
-from cli.dlq_cmd import read_dead_letters
-from cli.processes import ledgerflow_env, start_process
-from cli.results import ResultCollector, event_id_of, publish
-from contracts.topics import CASHIN, ONBOARDING, TRANSFER
-from ledger_db.migrate import migrate
-from ledger_db.unit_of_work import create_pool
-from stack import StackError, StackSettings, kafka_acls, kafka_broker, tls
-from stack import postgres as stack_postgres
-from stack.settings import APP_PASSWORD, OWNER_PASSWORD
-from testkit.commands import cashin, onboarding, record, transfer, wallet_of
-from testkit.plugin import wait_until
-from workers.kafka_security import kafka_client_options
-from workers.settings import Settings
-from workers.topics import ensure_topics, topic_specs
+from ledgerflow import stack
+from ledgerflow.cli.dlq_cmd import read_dead_letters
+from ledgerflow.contracts.topics import CASHIN, ONBOARDING, TRANSFER
+from ledgerflow.harness.processes import ledgerflow_env, start_process
+from ledgerflow.harness.results import ResultCollector, event_id_of, publish
+from ledgerflow.ledger_db.migrate import migrate
+from ledgerflow.ledger_db.unit_of_work import create_pool
+from ledgerflow.stack import StackError, StackSettings, kafka_acls, kafka_broker, tls
+from ledgerflow.stack import postgres as stack_postgres
+from ledgerflow.stack.settings import APP_PASSWORD, OWNER_PASSWORD
+from ledgerflow.testkit.commands import cashin, onboarding, record, transfer, wallet_of
+from ledgerflow.testkit.plugin import wait_until
+from ledgerflow.workers.kafka_security import kafka_client_options
+from ledgerflow.workers.settings import Settings
+from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

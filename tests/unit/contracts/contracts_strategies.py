@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 import phonenumbers
 from hypothesis import strategies as st
 
-from contracts.commands import (
+from ledgerflow.contracts.commands import (
     ApproveCashOut,
     BankAccount,
     ConfirmCashIn,
     InitiateTransfer,
     RequestOnboarding,
 )
-from contracts.events import (
+from ledgerflow.contracts.events import (
     DETAIL_MAX_CHARS,
     CashInCompleted,
     CashInRejected,
@@ -28,8 +28,8 @@ from contracts.events import (
     TransferCompleted,
     TransferRejected,
 )
-from contracts.money import CURRENCIES, MAX_AMOUNT, MAX_BALANCE
-from contracts.topics import CASHIN, CASHOUT, FLOWS, ONBOARDING, TRANSFER, Flow
+from ledgerflow.contracts.money import CURRENCIES, MAX_AMOUNT, MAX_BALANCE
+from ledgerflow.contracts.topics import CASHIN, CASHOUT, FLOWS, ONBOARDING, TRANSFER, Flow
 
 if TYPE_CHECKING:
     from pydantic import BaseModel

@@ -9,17 +9,17 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from contracts.codec import (
+from ledgerflow.contracts.codec import (
     KafkaRecord,
     decode_event,
     decode_result,
     encode_command,
     encode_event,
 )
-from contracts.commands import ConfirmCashIn, InitiateTransfer
-from contracts.events import RejectReason, TransferCompleted, TransferRejected
-from contracts.parsing import ValidCommand, parse_command
-from contracts.topics import CASHIN, TRANSFER
+from ledgerflow.contracts.commands import ConfirmCashIn, InitiateTransfer
+from ledgerflow.contracts.events import RejectReason, TransferCompleted, TransferRejected
+from ledgerflow.contracts.parsing import ValidCommand, parse_command
+from ledgerflow.contracts.topics import CASHIN, TRANSFER
 
 WHEN = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 

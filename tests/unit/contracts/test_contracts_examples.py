@@ -13,10 +13,10 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from contracts.envelope import typed_envelope
-from contracts.parsing import InvalidCommand, ValidCommand, parse_command
-from contracts.schema_export import schema_path
-from contracts.topics import FLOWS, MESSAGE_TYPES, flow_by_topic, message_model
+from ledgerflow.contracts.envelope import typed_envelope
+from ledgerflow.contracts.parsing import InvalidCommand, ValidCommand, parse_command
+from ledgerflow.contracts.schema_export import schema_path
+from ledgerflow.contracts.topics import FLOWS, MESSAGE_TYPES, flow_by_topic, message_model
 
 PACKAGE = Path(__file__).resolve().parents[3] / "contracts"
 EXAMPLES = sorted((PACKAGE / "examples").glob("*/*.json"))

@@ -8,15 +8,15 @@ import jsonschema
 import yaml
 from typer.testing import CliRunner
 
-from cli.contracts_cmd import contracts_app, stale_files
-from contracts.schema_export import (
+from ledgerflow.cli.contracts_cmd import contracts_app, stale_files
+from ledgerflow.contracts.schema_export import (
     asyncapi_document,
     message_schema,
     render_all,
     render_asyncapi,
     to_yaml,
 )
-from contracts.topics import FLOWS, MESSAGE_TYPES, all_topics
+from ledgerflow.contracts.topics import FLOWS, MESSAGE_TYPES, all_topics
 
 PACKAGE = Path(__file__).resolve().parents[3] / "contracts"
 

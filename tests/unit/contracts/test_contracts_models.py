@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from contracts.commands import BankAccount, InitiateTransfer, RequestOnboarding
-from contracts.envelope import CONTENT_TYPE, SPECVERSION, Envelope
-from contracts.events import DETAIL_MAX_CHARS, RejectReason, Tier, bound_detail
-from contracts.fields import Timestamp, Uuid
-from contracts.money import CURRENCIES, MAX_AMOUNT, Amount, Currency, Fee, is_currency
+from ledgerflow.contracts.commands import BankAccount, InitiateTransfer, RequestOnboarding
+from ledgerflow.contracts.envelope import CONTENT_TYPE, SPECVERSION, Envelope
+from ledgerflow.contracts.events import DETAIL_MAX_CHARS, RejectReason, Tier, bound_detail
+from ledgerflow.contracts.fields import Timestamp, Uuid
+from ledgerflow.contracts.money import CURRENCIES, MAX_AMOUNT, Amount, Currency, Fee, is_currency
 
 AMOUNT: TypeAdapter[int] = TypeAdapter(Amount)
 FEE: TypeAdapter[int] = TypeAdapter(Fee)

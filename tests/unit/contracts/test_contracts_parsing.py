@@ -11,10 +11,15 @@ from typing import Any
 import orjson
 import pytest
 
-from contracts.codec import encode_command
-from contracts.commands import ApproveCashOut, BankAccount, InitiateTransfer, RequestOnboarding
-from contracts.events import DETAIL_MAX_CHARS, RejectReason, TransferRejected
-from contracts.parsing import (
+from ledgerflow.contracts.codec import encode_command
+from ledgerflow.contracts.commands import (
+    ApproveCashOut,
+    BankAccount,
+    InitiateTransfer,
+    RequestOnboarding,
+)
+from ledgerflow.contracts.events import DETAIL_MAX_CHARS, RejectReason, TransferRejected
+from ledgerflow.contracts.parsing import (
     ERRORS_MAX,
     MAX_BYTES_DEFAULT,
     CommandMeta,
@@ -28,7 +33,7 @@ from contracts.parsing import (
     content_hash,
     parse_command,
 )
-from contracts.topics import CASHOUT, ONBOARDING, TRANSFER
+from ledgerflow.contracts.topics import CASHOUT, ONBOARDING, TRANSFER
 
 TRANSFER_ID = "5f0c1a4e-8f7d-4a39-9d0c-0d6f5d2b7c11"
 FROM_ID = "9b2c4d6e-8f0a-4b1c-8d3e-5f6a7b8c9d0e"

@@ -19,8 +19,8 @@ from contracts_strategies import (
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from contracts.codec import decode_result, encode_command, encode_event
-from contracts.parsing import (
+from ledgerflow.contracts.codec import decode_result, encode_command, encode_event
+from ledgerflow.contracts.parsing import (
     ErrorClass,
     InvalidCommand,
     ParseResult,
@@ -30,7 +30,7 @@ from contracts.parsing import (
     content_hash,
     parse_command,
 )
-from contracts.topics import FLOWS, TRANSFER, Flow, flow_by_name
+from ledgerflow.contracts.topics import FLOWS, TRANSFER, Flow, flow_by_name
 
 if TYPE_CHECKING:
     from pydantic import BaseModel

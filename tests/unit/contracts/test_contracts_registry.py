@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts.events import RejectReason, TransferRejected
-from contracts.topics import (
+from ledgerflow.contracts.events import RejectReason, TransferRejected
+from ledgerflow.contracts.topics import (
     CASHIN,
     CASHOUT,
     FLOWS,

@@ -10,8 +10,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ledger_db.content_hash import DEV_CONTENT_HASH_KEY, ContentHashKey, ContentHashKeyError
-from workers.settings import Settings, content_hash_key
+from ledgerflow.ledger_db.content_hash import (
+    DEV_CONTENT_HASH_KEY,
+    ContentHashKey,
+    ContentHashKeyError,
+)
+from ledgerflow.workers.settings import Settings, content_hash_key
 
 if TYPE_CHECKING:
     from pathlib import Path

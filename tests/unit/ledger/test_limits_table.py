@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ledger_db.rules import TierLimits
-from workers.app import tier_limits
-from workers.settings import Settings
+from ledgerflow.ledger_db.rules import TierLimits
+from ledgerflow.workers.app import tier_limits
+from ledgerflow.workers.settings import Settings
 
 
 def test_overrides_narrow_the_basic_row() -> None:

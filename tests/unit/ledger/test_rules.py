@@ -7,15 +7,15 @@ import uuid
 
 import pytest
 
-from contracts.commands import (
+from ledgerflow.contracts.commands import (
     ApproveCashOut,
     BankAccount,
     ConfirmCashIn,
     InitiateTransfer,
     RequestOnboarding,
 )
-from contracts.events import RejectReason
-from ledger_db.rules import (
+from ledgerflow.contracts.events import RejectReason
+from ledgerflow.ledger_db.rules import (
     AccountKind,
     Book,
     CustomerOpened,

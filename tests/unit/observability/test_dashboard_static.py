@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from prometheus_client import REGISTRY
 
-import workers.metrics  # noqa: F401 - registers Ledgerflow's metrics
+import ledgerflow.workers.metrics  # noqa: F401 - registers Ledgerflow's metrics
 
 REPO = Path(__file__).resolve().parents[3]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "ledgerflow.json"

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from contracts.topics import TRANSFER
-from ledger_db.apply import Incoming, Outcome, OutcomeKind
-from testkit.commands import parsed, transfer
-from workers import logging as json_logs
+from ledgerflow.contracts.topics import TRANSFER
+from ledgerflow.ledger_db.apply import Incoming, Outcome, OutcomeKind
+from ledgerflow.testkit.commands import parsed, transfer
+from ledgerflow.workers import logging as json_logs
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -8,7 +8,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from workers import tracing
+from ledgerflow.workers import tracing
 
 STORED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cli.identity import Issuer
-from contracts.parsing import ValidCommand
-from testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
-from workers.auth import Authenticator, Principal, Refusal
+from ledgerflow.contracts.parsing import ValidCommand
+from ledgerflow.harness.identity import Issuer
+from ledgerflow.testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
+from ledgerflow.workers.auth import Authenticator, Principal, Refusal
 
 
 @pytest.fixture

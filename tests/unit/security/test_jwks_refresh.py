@@ -14,11 +14,11 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from cli.identity import Issuer
-from contracts.topics import ONBOARDING
-from ledger_db.unit_of_work import RetryStats
-from testkit.commands import ConsumedRecord, onboarding, parsed, record
-from workers.auth import (
+from ledgerflow.contracts.topics import ONBOARDING
+from ledgerflow.harness.identity import Issuer
+from ledgerflow.ledger_db.unit_of_work import RetryStats
+from ledgerflow.testkit.commands import ConsumedRecord, onboarding, parsed, record
+from ledgerflow.workers.auth import (
     Authenticator,
     FetchOutcome,
     IdentityProviderUnavailable,
@@ -26,13 +26,13 @@ from workers.auth import (
     Refusal,
     parse_jwks,
 )
-from workers.batch import BatchProcessor
-from workers.failures import is_infrastructure
+from ledgerflow.workers.batch import BatchProcessor
+from ledgerflow.workers.failures import is_infrastructure
 
 if TYPE_CHECKING:
-    from contracts.parsing import ValidCommand
-    from ledger_db.apply import Incoming, Outcome
-    from workers.dead_letters import DeadLetter
+    from ledgerflow.contracts.parsing import ValidCommand
+    from ledgerflow.ledger_db.apply import Incoming, Outcome
+    from ledgerflow.workers.dead_letters import DeadLetter
 
 REFRESH_MIN_S = 30.0
 CACHE_S = 300.0

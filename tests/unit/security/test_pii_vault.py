@@ -7,7 +7,7 @@ import uuid
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from ledger_db.pii import PiiKeyError, PiiVault, new_key
+from ledgerflow.ledger_db.pii import PiiKeyError, PiiVault, new_key
 
 
 def vault(keyring: str, active: str) -> PiiVault:

@@ -12,9 +12,9 @@ from faststream.security import BaseSecurity, SASLScram512
 from pydantic import SecretStr, ValidationError
 from pydantic_settings.exceptions import SettingsError
 
-from stack import tls
-from workers.kafka_security import faststream_security, kafka_client_options
-from workers.settings import Settings
+from ledgerflow.stack import tls
+from ledgerflow.workers.kafka_security import faststream_security, kafka_client_options
+from ledgerflow.workers.settings import Settings
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -10,12 +10,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from contracts.topics import TRANSFER
-from ledger_db.apply import Incoming, Outcome, OutcomeKind
-from ledger_db.unit_of_work import RetryStats
-from testkit.commands import ConsumedRecord, record, transfer
-from workers.batch import BatchProcessor, InjectedFault, PoisonUnproven
-from workers.dead_letters import (
+from ledgerflow.contracts.topics import TRANSFER
+from ledgerflow.ledger_db.apply import Incoming, Outcome, OutcomeKind
+from ledgerflow.ledger_db.unit_of_work import RetryStats
+from ledgerflow.testkit.commands import ConsumedRecord, record, transfer
+from ledgerflow.workers.batch import BatchProcessor, InjectedFault, PoisonUnproven
+from ledgerflow.workers.dead_letters import (
     TRUNCATED_VALUE_BYTES_MAX,
     DeadLetter,
     truncated,

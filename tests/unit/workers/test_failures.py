@@ -10,10 +10,10 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from ledger_db.errors import may_be_the_commands_fault, sqlstate
-from workers.auth import Refusal
-from workers.batch import InjectedFault, PoisonUnproven
-from workers.failures import InfrastructureFault, is_infrastructure
+from ledgerflow.ledger_db.errors import may_be_the_commands_fault, sqlstate
+from ledgerflow.workers.auth import Refusal
+from ledgerflow.workers.batch import InjectedFault, PoisonUnproven
+from ledgerflow.workers.failures import InfrastructureFault, is_infrastructure
 
 
 @pytest.mark.parametrize(

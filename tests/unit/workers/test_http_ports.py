@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workers.app import FLOW_NAMES
-from workers.settings import DEFAULT_HTTP_PORTS, Settings, http_port
+from ledgerflow.workers.app import FLOW_NAMES
+from ledgerflow.workers.settings import DEFAULT_HTTP_PORTS, Settings, http_port
 
 
 def test_every_process_kind_has_a_distinct_default() -> None:

@@ -16,8 +16,8 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 
-from ledger_db.outbox import LAST_ERROR_CHARS_MAX, OutboxRow, bounded_error
-from workers.relay import (
+from ledgerflow.ledger_db.outbox import LAST_ERROR_CHARS_MAX, OutboxRow, bounded_error
+from ledgerflow.workers.relay import (
     QUARANTINE_ATTEMPTS,
     RETRY_BACKOFF_MAX_S,
     RepeatFilter,

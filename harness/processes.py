@@ -119,7 +119,7 @@ def start_process(
         full_env["LEDGERFLOW_HTTP_PORT"] = str(port)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cli", *args],
+            [sys.executable, "-m", "ledgerflow.cli", *args],
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,

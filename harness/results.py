@@ -13,8 +13,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from contracts.codec import KafkaRecord, encode_command
-from contracts.topics import FLOWS
+from ledgerflow.contracts.codec import KafkaRecord, encode_command
+from ledgerflow.contracts.topics import FLOWS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
     from pydantic import BaseModel
 
-    from contracts.topics import Flow
+    from ledgerflow.contracts.topics import Flow
 
 ASSIGNMENT_TIMEOUT_S = 30.0
 ID_FIELDS = tuple(flow.id_field for flow in FLOWS)

@@ -1,4 +1,5 @@
-"""A throwaway identity provider: an issuer key pair, its JWKS file, and signed tokens.
+"""A throwaway identity provider: an issuer key pair, its JWKS file, signed tokens, and a signer
+that puts on each command the token the API layer would forward.
 
 Used by `ledgerflow demo` (which must show the real authenticated path), the benchmarks and
 the test kit. Production tokens come from the real identity provider (e.g. Cognito).
@@ -15,14 +16,19 @@ import jwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from workers.auth import CASHIN_SCOPE, DATA_HASH_CLAIM
+from ledgerflow.contracts.commands import ConfirmCashIn, RequestOnboarding
+from ledgerflow.ledger_db.rules import wallet_account_id
+from ledgerflow.workers.auth import CASHIN_SCOPE, DATA_HASH_CLAIM
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from pydantic import BaseModel
+
 DEFAULT_ISSUER = "https://identity.ledgerflow.local"
 DEFAULT_AUDIENCE = "ledgerflow"
 TOKEN_TTL_S = 300
+CASHIN_GATEWAY = "cashin-gateway"
 
 
 @dataclass(slots=True)
@@ -40,6 +46,7 @@ class Issuer:
         return {"keys": [public | {"kid": self.key_id, "use": "sig", "alg": "RS256"}]}
 
     def write_jwks(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(orjson.dumps(self.jwks()))
         return path
 
@@ -71,7 +78,7 @@ class Issuer:
     def bearer(self, subject: str, **kwargs: Any) -> str:
         return "Bearer " + self.token(subject, **kwargs)
 
-    def service_bearer(self, service: str = "cashin-gateway") -> str:
+    def service_bearer(self, service: str = CASHIN_GATEWAY) -> str:
         return self.bearer(service, scope=CASHIN_SCOPE)
 
     def settings(self, jwks_path: Path) -> dict[str, str]:
@@ -83,3 +90,39 @@ class Issuer:
             "auth_issuer": self.issuer,
             "auth_audience": self.audience,
         }
+
+
+def customer_subject(customer_id: uuid.UUID) -> str:
+    """The subject a customer's session token carries (the one that owns their wallets)."""
+    return f"user-{customer_id}"
+
+
+@dataclass(slots=True)
+class Signer:
+    """Signs commands as the API layer forwards them: the customer being onboarded, the debited
+    wallet's owner, or the cash-in gateway's service token. It learns owners from the onboardings
+    it signs; a wallet it does not know is signed by a subject that owns nothing (so the ledger
+    answers as it would to a stranger: `account_not_found` or `unauthorized`)."""
+
+    issuer: Issuer = field(default_factory=Issuer)
+    owners: dict[uuid.UUID, str] = field(default_factory=dict)  # wallet -> its owner's subject
+    tokens: dict[str, str] = field(default_factory=dict)  # subject -> its session's bearer
+
+    def authorization(self, command: BaseModel, as_subject: str | None = None) -> str:
+        """The `authorization` header value for `command`; `as_subject` signs as someone else."""
+        scope = None
+        if isinstance(command, ConfirmCashIn):
+            subject, scope = as_subject or CASHIN_GATEWAY, CASHIN_SCOPE
+        elif isinstance(command, RequestOnboarding):
+            subject = as_subject or customer_subject(command.customer_id)
+            wallet = wallet_account_id(command.customer_id, command.currency)
+            self.owners.setdefault(wallet, subject)
+        else:
+            # The debited wallet: a transfer's sender, a cash-out's wallet.
+            fields = ("from_account_id", "wallet_account_id")
+            debited: uuid.UUID = next(getattr(command, f) for f in fields if hasattr(command, f))
+            subject = as_subject or self.owners.get(debited, f"user-unknown-{debited}")
+        # One token per user session, as the API layer forwards it for many commands.
+        if subject not in self.tokens:
+            self.tokens[subject] = self.issuer.bearer(subject, scope=scope)
+        return self.tokens[subject]
