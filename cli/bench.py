@@ -82,17 +82,26 @@ def e2e(
     ),
     workers: int = typer.Option(2, min=1, max=6, help="Transfer worker processes (≤ partitions)."),
     auth: bool = typer.Option(True, help="Sign commands and verify tokens, as in production."),
+    flow: str = typer.Option(
+        "transfer",
+        help="transfer, or cashout-two-phase (held cash-outs then their settles, measured in "
+        "the same run as transfers, per command).",
+    ),
     as_json: JsonFlag = False,
 ) -> None:
-    """Publish transfers and measure publish → result-consumed throughput and latency."""
+    """Publish commands and measure publish → result-consumed throughput and latency."""
+    if flow not in bench_e2e.FLOWS:
+        raise typer.BadParameter(f"unknown flow {flow}; one of {', '.join(bench_e2e.FLOWS)}")
     settings = Settings()
     owner, app = (
         settings.migration_database_url.get_secret_value(),
         settings.database_url.get_secret_value(),
     )
-    modes = [False, True] if compare else [naive]
+    # A flow other than transfers is judged against transfers measured in the same run.
+    runs = [("transfer", False), (flow, False)] if flow != "transfer" else []
+    runs += [] if runs else [(flow, False), (flow, True)] if compare else [(flow, naive)]
     results = []
-    for mode in modes:
+    for run_flow, mode in runs:
         n = min(transfers, 2_000) if (mode and compare) else transfers
         results.append(
             asyncio.run(
@@ -107,11 +116,18 @@ def e2e(
                     batch_records_max=settings.batch_records_max,
                     workers=workers,
                     auth=auth,
+                    flow=run_flow,
                 )
             )
         )
-    out: dict[str, object] = results[0].as_json() | {"machine": machine()}
-    if compare:
+    out: dict[str, object] = results[-1].as_json() | {"machine": machine()}
+    if flow != "transfer":
+        out["transfer"] = results[0].as_json()
+        out["per_command_over_transfer"] = round(
+            results[1].throughput_per_s / results[0].throughput_per_s, 2
+        )
+    elif compare:
+        out = results[0].as_json() | {"machine": machine()}
         out["naive"] = results[1].as_json()
         out["batched_over_naive"] = round(
             results[0].throughput_per_s / results[1].throughput_per_s, 1
@@ -120,6 +136,7 @@ def e2e(
         print(json.dumps(out))
         return
     table = Table(
+        "flow",
         "mode",
         "offered/s",
         "transfers",
@@ -132,6 +149,7 @@ def e2e(
     )
     for r in results:
         table.add_row(
+            r.flow,
             r.mode,
             f"{r.offered_rate:,.0f}" if r.offered_rate else "max",
             f"{r.transfers:,}",
@@ -141,7 +159,11 @@ def e2e(
             f"{r.p99_ms:.0f}",
         )
     console.print(table)
-    if compare:
+    if flow != "transfer":
+        console.print(
+            f"{flow} / transfer throughput per command: {out['per_command_over_transfer']}x"
+        )
+    elif compare:
         console.print(f"batched / naive throughput: {out['batched_over_naive']}x")
     console.print(f"machine: {machine()}")
 

@@ -1,8 +1,10 @@
-"""`ledgerflow bench e2e`: transfers through Kafka, the worker, PostgreSQL and the relay.
+"""`ledgerflow bench e2e`: commands through Kafka, the worker, PostgreSQL and the relay.
 
 Measures from the moment a command is handed to the producer to the moment its result event is
 consumed, on a database and topics of its own. `naive` runs the worker with one message per
 batch: one transaction and one commit per message, the baseline that batching is judged by.
+Flows: `transfer` (P2P transfers), `cashout-two-phase` (held cash-outs, then their settles:
+two commands per cash-out, judged per command against transfers).
 """
 
 from __future__ import annotations
@@ -19,21 +21,38 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from ledgerflow.cli.bench_ledger import create_bench_database, with_database
-from ledgerflow.contracts.codec import encode_command
+from ledgerflow.contracts.codec import KafkaRecord, encode_command
 from ledgerflow.contracts.commands import RequestOnboarding
-from ledgerflow.contracts.topics import TRANSFER
-from ledgerflow.harness.identity import Issuer, customer_subject
+from ledgerflow.contracts.topics import CASHOUT, CASHOUT_SETTLE, TRANSFER, Flow
+from ledgerflow.harness.identity import PAYOUT_SERVICE, Issuer, customer_subject
 from ledgerflow.harness.processes import ManagedProcess, ledgerflow_env, start_process
 from ledgerflow.harness.results import ResultCollector
 from ledgerflow.ledger_db.apply import Incoming, LedgerWriter
 from ledgerflow.ledger_db.rules import TierLimits
 from ledgerflow.ledger_db.unit_of_work import create_pool
-from ledgerflow.testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
+from ledgerflow.testkit.commands import (
+    cashin,
+    flow_of,
+    held_cashout,
+    onboarding,
+    parsed,
+    settle,
+    transfer,
+    wallet_of,
+)
+from ledgerflow.workers.auth import PAYOUT_SCOPE
 from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 SETUP_BATCH = 2_000
 RESULT_TIMEOUT_S = 300.0
 FUNDS = 10**9
+FLOWS = ("transfer", "cashout-two-phase")
+# Each flow's worker kind and the flows whose results it waits for.
+_WORKER = {"transfer": "transfer", "cashout-two-phase": "cashout"}
+_RESULTS: dict[str, tuple[Flow, ...]] = {
+    "transfer": (TRANSFER,),
+    "cashout-two-phase": (CASHOUT, CASHOUT_SETTLE),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +66,7 @@ class E2EResult:
     p99_ms: float
     batch_mean: float = 0.0
     batch_ms_mean: float = 0.0
+    flow: str = "transfer"  # `transfers` counts commands: two per two-phase cash-out
 
     @property
     def throughput_per_s(self) -> float:
@@ -66,6 +86,7 @@ class E2EResult:
             },
             "worker_batch_mean_commands": round(self.batch_mean, 1),
             "worker_batch_mean_ms": round(self.batch_ms_mean, 1),
+            "flow": self.flow,
         }
 
 
@@ -103,8 +124,10 @@ async def run_e2e(
     warm_up: int = 1_000,
     workers: int = 2,
     auth: bool = True,
+    flow: str = "transfer",
 ) -> E2EResult:
-    database = f"ledgerflow_bench_e2e_{'naive' if naive else 'batched'}"
+    assert flow in FLOWS, flow
+    database = f"ledgerflow_bench_e2e_{'naive' if naive else 'batched'}_{flow.replace('-', '_')}"
     await create_bench_database(owner_url, database)
     bench_app_url = with_database(app_url, database)
     prefix = f"bench{uuid.uuid4().hex[:8]}."
@@ -118,7 +141,8 @@ async def run_e2e(
 
     def session(subject: str) -> str:
         if subject not in sessions:
-            sessions[subject] = identity.bearer(subject, ttl_s=3_600)
+            scope = PAYOUT_SCOPE if subject == PAYOUT_SERVICE else None
+            sessions[subject] = identity.bearer(subject, ttl_s=3_600, scope=scope)
         return sessions[subject]
 
     env = ledgerflow_env(
@@ -135,10 +159,10 @@ async def run_e2e(
         processes.extend(
             [
                 await asyncio.to_thread(start_process, args, env, log_dir)
-                for args in [["worker", "transfer"]] * workers + [["relay"]]
+                for args in [["worker", _WORKER[flow]]] * workers + [["relay"]]
             ]
         )
-        results = ResultCollector(bootstrap_servers, prefix, flows=(TRANSFER,))
+        results = ResultCollector(bootstrap_servers, prefix, flows=_RESULTS[flow])
         await results.start(from_end=True)
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers, enable_idempotence=True, linger_ms=2
@@ -146,49 +170,84 @@ async def run_e2e(
         await producer.start()
         try:
             rng = random.Random(11)
-            records = []
-            for _ in range(transfers + warm_up):
-                a, b = rng.sample(ids, 2)
-                command = transfer(a, b, rng.randint(1, 100))
-                records.append(
-                    (
-                        str(command.transfer_id),
-                        encode_command(
-                            TRANSFER,
-                            command,
-                            topic_prefix=prefix,
-                            authorization=session(owners[a]) if auth else None,
-                        ),
-                    )
+
+            def signed(command: object, subject: str) -> KafkaRecord:
+                token = None
+                if auth:
+                    token = session(subject)
+                return encode_command(
+                    flow_of(command),  # type: ignore[arg-type]
+                    command,  # type: ignore[arg-type]
+                    topic_prefix=prefix,
+                    authorization=token,
+                )
+
+            # Phases: each is published whole, then awaited (a settle needs its hold first).
+            phases: list[list[tuple[str, KafkaRecord]]] = []
+            if flow == "transfer":
+                phase = []
+                for _ in range(transfers + warm_up):
+                    a, b = rng.sample(ids, 2)
+                    command = transfer(a, b, rng.randint(1, 100))
+                    phase.append((str(command.transfer_id), signed(command, owners[a])))
+                phases.append(phase)
+            else:
+                held = [
+                    held_cashout(w, rng.randint(1, 100), expires_in_s=3_600)
+                    for w in rng.choices(ids, k=(transfers + warm_up) // 2)
+                ]
+                phases.append(
+                    [(str(c.cashout_id), signed(c, owners[c.wallet_account_id])) for c in held]
+                )
+                phases.append(
+                    [(str(c.cashout_id), signed(settle(c), PAYOUT_SERVICE)) for c in held]
                 )
             # Warm-up: connections, prepared statements, producer metadata and caches settle
             # before anything is measured.
-            for _, rec in records[:warm_up]:
-                await producer.send(rec.topic, rec.value, key=rec.key, headers=list(rec.headers))
-            await producer.flush()
-            await results.wait_total(warm_up, RESULT_TIMEOUT_S)
-            measured = records[warm_up:]
-            sent_at: dict[str, float] = {}
+            expected = 0
+            for phase in phases:
+                share = warm_up // len(phases) if flow != "transfer" else warm_up
+                for _, rec in phase[:share]:
+                    await producer.send(
+                        rec.topic, rec.value, key=rec.key, headers=list(rec.headers)
+                    )
+                await producer.flush()
+                expected += share
+                await results.wait_total(expected, RESULT_TIMEOUT_S)
+            sent_at: dict[tuple[str, int], float] = {}
             started = time.monotonic()
             interval = 1.0 / rate if rate else 0.0
-            for i, (key, rec) in enumerate(measured):
-                if interval:
-                    due = started + i * interval
-                    delay = due - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                sent_at[key] = time.monotonic()
-                await producer.send(rec.topic, rec.value, key=rec.key, headers=list(rec.headers))
-            await producer.flush()
-            await results.wait_total(warm_up + transfers, RESULT_TIMEOUT_S)
+            i = 0
+            for answer, phase in enumerate(phases):
+                share = warm_up // len(phases) if flow != "transfer" else warm_up
+                for key, rec in phase[share:]:
+                    if interval:
+                        due = started + i * interval
+                        delay = due - time.monotonic()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    if answer:
+                        # As the payout service would: a settle once its hold was answered,
+                        # streamed behind the approvals rather than after all of them.
+                        await results.wait_for_key(key, RESULT_TIMEOUT_S, count=answer)
+                    sent_at[(key, answer)] = time.monotonic()
+                    await producer.send(
+                        rec.topic, rec.value, key=rec.key, headers=list(rec.headers)
+                    )
+                    i += 1
+                await producer.flush()
+                expected += len(phase) - share
+            await results.wait_total(expected, RESULT_TIMEOUT_S)
+            transfers = i
         finally:
             await producer.stop()
             await results.stop()
-        received = {key: results.by_command_key[key][0]["_received"] for key in sent_at}
+        # The n-th answer to a key answers its n-th phase (held, then completed).
+        received = {(key, n): results.by_command_key[key][n]["_received"] for key, n in sent_at}
         latencies = sorted((received[k] - t) * 1000 for k, t in sent_at.items())
         last = max(received.values())
         q = statistics.quantiles(latencies, n=100)
-        batch_mean, batch_ms = _batch_stats(processes[:workers])
+        batch_mean, batch_ms = _batch_stats(processes[:workers], _RESULTS[flow])
         return E2EResult(
             "naive" if naive else "batched",
             rate,
@@ -199,6 +258,7 @@ async def run_e2e(
             q[98],
             batch_mean,
             batch_ms,
+            flow,
         )
     finally:
         for process in processes:
@@ -209,23 +269,24 @@ async def run_e2e(
         await delete_topics_with_prefix(bootstrap_servers, prefix)
 
 
-def _metric_sum(text: str, name: str) -> float:
+def _metric_sum(text: str, name: str, flows: tuple[Flow, ...]) -> float:
+    labels = tuple(f'flow="{f.name}"' for f in flows)
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith(name + "{") and 'flow="transfer"' in line
+        if line.startswith(name + "{") and any(label in line for label in labels)
     )
 
 
-def _batch_stats(workers: list[ManagedProcess]) -> tuple[float, float]:
+def _batch_stats(workers: list[ManagedProcess], flows: tuple[Flow, ...]) -> tuple[float, float]:
     """Mean commands per batch and mean batch time (ms), from the workers' own metrics."""
     size_sum = size_count = seconds_sum = seconds_count = 0.0
     for worker in workers:
         _, text = worker.get("/metrics")
-        size_sum += _metric_sum(text, "ledgerflow_batch_size_commands_sum")
-        size_count += _metric_sum(text, "ledgerflow_batch_size_commands_count")
-        seconds_sum += _metric_sum(text, "ledgerflow_batch_duration_seconds_sum")
-        seconds_count += _metric_sum(text, "ledgerflow_batch_duration_seconds_count")
+        size_sum += _metric_sum(text, "ledgerflow_batch_size_commands_sum", flows)
+        size_count += _metric_sum(text, "ledgerflow_batch_size_commands_count", flows)
+        seconds_sum += _metric_sum(text, "ledgerflow_batch_duration_seconds_sum", flows)
+        seconds_count += _metric_sum(text, "ledgerflow_batch_duration_seconds_count", flows)
     return (
         size_sum / size_count if size_count else 0.0,
         1000 * seconds_sum / seconds_count if seconds_count else 0.0,

@@ -41,7 +41,7 @@ def export(
         bool, typer.Option("--check", help="Write nothing; exit 1 when a file is stale.")
     ] = False,
 ) -> None:
-    """Write schemas/<type>.v1.json (12 files) and asyncapi.yaml from the models."""
+    """Write schemas/<type>.v1.json (one per message type) and asyncapi.yaml from the models."""
     if check:
         stale = stale_files(out_dir)
         for relative in stale:

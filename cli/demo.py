@@ -38,20 +38,33 @@ from ledgerflow.contracts.commands import (
     ConfirmCashIn,
     InitiateTransfer,
     RequestOnboarding,
+    ReturnCashOut,
+    SettleCashOut,
+    Settlement,
 )
-from ledgerflow.contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER, Flow
+from ledgerflow.contracts.topics import (
+    CASHIN,
+    CASHOUT,
+    CASHOUT_RETURN,
+    CASHOUT_SETTLE,
+    ONBOARDING,
+    TRANSFER,
+    Flow,
+)
 from ledgerflow.harness.identity import Issuer, Signer
 from ledgerflow.harness.processes import ManagedProcess, ledgerflow_env, start_process
 from ledgerflow.harness.results import ResultCollector
 from ledgerflow.ledger_db.audit import run_audit
 from ledgerflow.ledger_db.migrate import migrate
-from ledgerflow.ledger_db.queries import get_account
+from ledgerflow.ledger_db.queries import AccountView, get_account
 from ledgerflow.ledger_db.rules import wallet_account_id
 from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 console = Console()
 RESULT_TIMEOUT_S = 120.0
 CASH_IN = 200_000  # 2,000.00 per wallet
+DEMO_HOLD_EXPIRES_S = 4
+HELD_AMOUNT, HELD_FEE = 50_000, 250
 
 
 @dataclass
@@ -140,6 +153,9 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
         endpoints.kafka_bootstrap_servers,
         "",
         **identity.settings(log_dir / "jwks.json"),
+        # Holds left alone expire after a few seconds here (production: 3 days).
+        hold_expires_s=str(DEMO_HOLD_EXPIRES_S),
+        hold_expiry_interval_s="0.5",
     )
     console.print("    authentication: required (the demo signs its commands, RS256 JWTs)")
     processes: list[ManagedProcess] = []
@@ -260,9 +276,63 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
                 )
             await traffic.drain(progress, "cash-out")
 
+            console.print(
+                "    held cash-outs: one settled by the bank, one returned, one left to expire"
+            )
+            held_on = wallets[-3:]
+            conn = await asyncpg.connect(endpoints.app_database_url)
+            try:
+                before = [await get_account(conn, w) for w in held_on]
+                holds = [
+                    ApproveCashOut(
+                        cashout_id=uuid.uuid4(),
+                        wallet_account_id=wallet,
+                        amount=HELD_AMOUNT,
+                        fee=HELD_FEE,
+                        currency="EUR",
+                        destination=BankAccount(
+                            bank_code="BANKDEFF", account_number="DE89370400440532013000"
+                        ),
+                        settlement=Settlement.ON_CONFIRMATION,
+                        # The first two are answered long before; the third takes the
+                        # deployment's (short) default.
+                        hold_expires_in_s=3_600 if i < 2 else None,
+                    )
+                    for i, wallet in enumerate(held_on)
+                ]
+                for hold in holds:
+                    await traffic.send(CASHOUT, hold)
+                await traffic.drain(progress, "cash-out held")
+                during = [await get_account(conn, w) for w in held_on]
+                await traffic.send(
+                    CASHOUT_SETTLE,
+                    SettleCashOut(
+                        cashout_id=holds[0].cashout_id,
+                        wallet_account_id=holds[0].wallet_account_id,
+                        bank_reference="SEPA-OUT-1",
+                    ),
+                )
+                await traffic.send(
+                    CASHOUT_RETURN,
+                    ReturnCashOut(
+                        cashout_id=holds[1].cashout_id,
+                        wallet_account_id=holds[1].wallet_account_id,
+                        return_code="AC04",
+                        detail="account closed",
+                    ),
+                )
+                await traffic.drain(progress, "cash-out settled / returned")
+                await results.wait_for_key(
+                    str(holds[2].cashout_id), timeout_s=DEMO_HOLD_EXPIRES_S + 30, count=2
+                )
+                after = [await get_account(conn, w) for w in held_on]
+            finally:
+                await conn.close()
+
         console.print("5/5 results")
         show_outcomes(results.events)
         show_latency(traffic, transfers, burst_s)
+        show_holds(results, holds, before, during, after)
         conn = await asyncpg.connect(endpoints.app_database_url)
         try:
             await show_balances(conn, wallets[:8])
@@ -305,6 +375,43 @@ def show_latency(traffic: Traffic, transfers: int, burst_s: float) -> None:
         f"({transfers / burst_s:,.0f}/s end to end); latency publish→result "
         f"p50 {q[49]:.0f} ms, p95 {q[94]:.0f} ms, p99 {q[98]:.0f} ms"
     )
+
+
+def _eur(minor: int) -> str:
+    return f"{minor // 100:,}.{minor % 100:02d}"
+
+
+def show_holds(
+    results: ResultCollector,
+    holds: list[ApproveCashOut],
+    before: list[AccountView | None],
+    during: list[AccountView | None],
+    after: list[AccountView | None],
+) -> None:
+    """Each held cash-out's answers and its wallet before, while held, and after."""
+    table = Table(
+        "cash-out (500.00 + 2.50 fee)",
+        "answers",
+        "before",
+        "while held",
+        "after",
+        title="Held cash-outs: balance / held / available (EUR)",
+    )
+    for hold, b, d, a in zip(holds, before, during, after, strict=True):
+        answers = [
+            e["type"].removeprefix("cashout.")
+            + (f" ({e['data']['reason']})" if "reason" in e["data"] else "")
+            for e in results.by_command_key.get(str(hold.cashout_id), [])
+        ]
+        table.add_row(
+            str(hold.cashout_id)[:8] + "…",
+            " → ".join(answers),
+            *(
+                f"{_eur(v.balance)} / {_eur(v.held)} / {_eur(v.available)}" if v else "-"
+                for v in (b, d, a)
+            ),
+        )
+    console.print(table)
 
 
 async def show_balances(conn: asyncpg.Connection, wallets: list[uuid.UUID]) -> None:

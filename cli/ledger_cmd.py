@@ -1,4 +1,4 @@
-"""Reading the ledger: balances, accounts and the audit."""
+"""Reading the ledger: balances, accounts, pending holds and the audit."""
 
 from __future__ import annotations
 
@@ -16,7 +16,14 @@ from rich.table import Table
 from ledgerflow.contracts.events import Tier
 from ledgerflow.ledger_db.audit import CheckResult, run_audit
 from ledgerflow.ledger_db.pii_rotation import rotate_pii
-from ledgerflow.ledger_db.queries import AccountView, get_account, list_accounts
+from ledgerflow.ledger_db.queries import (
+    HOLDS_LISTED_MAX,
+    AccountView,
+    HoldView,
+    get_account,
+    list_accounts,
+    list_pending_holds,
+)
 from ledgerflow.workers.settings import Settings, pii_vault
 
 console = Console()
@@ -43,14 +50,24 @@ def _with_connection(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
 
 
 def _accounts_table(views: list[AccountView]) -> Table:
-    table = Table("account", "kind", "currency", "status", "tier", "balance")
+    table = Table("account", "kind", "currency", "status", "tier", "balance", "held", "available")
     for v in views:
-        table.add_row(str(v.id), v.kind, v.currency, v.status, v.tier or "", f"{v.balance:,}")
+        table.add_row(
+            str(v.id),
+            v.kind,
+            v.currency,
+            v.status,
+            v.tier or "",
+            f"{v.balance:,}",
+            f"{v.held:,}",
+            f"{v.available:,}",
+        )
     return table
 
 
 def balance(account_id: uuid.UUID, as_json: JsonFlag = False) -> None:
-    """Show one account's balance in minor units."""
+    """Show one account's balance in minor units: posted, held by pending cash-outs, and
+    available (balance - held, what the wallet may spend)."""
 
     view = _with_connection(lambda conn: get_account(conn, account_id))
     if view is None:
@@ -73,8 +90,50 @@ def accounts_list(as_json: JsonFlag = False) -> None:
         console.print(_accounts_table(views))
 
 
+holds_app = typer.Typer(no_args_is_help=True, help="Held cash-outs waiting for the bank.")
+
+
+@holds_app.command("list")
+def holds_list(
+    wallet: Annotated[
+        uuid.UUID | None, typer.Option("--wallet", help="Only this wallet's holds.")
+    ] = None,
+    expiring_within: Annotated[
+        int | None,
+        typer.Option(
+            "--expiring-within", min=0, metavar="SECONDS", help="Only holds expiring this soon."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=HOLDS_LISTED_MAX)] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """List pending holds, soonest to expire first: amount + fee is held on the wallet until
+    the bank settles or returns the cash-out, or it expires."""
+    holds = _with_connection(lambda conn: list_pending_holds(conn, wallet, expiring_within, limit))
+    if as_json:
+        print(json.dumps([h.as_json() for h in holds]))
+        return
+    console.print(_holds_table(holds))
+    console.print(f"{len(holds)} pending hold(s) shown")
+
+
+def _holds_table(holds: list[HoldView]) -> Table:
+    table = Table("cash-out", "wallet", "amount", "fee", "currency", "placed", "expires")
+    for h in holds:
+        table.add_row(
+            str(h.cashout_id),
+            str(h.wallet_account_id),
+            f"{h.amount:,}",
+            f"{h.fee:,}",
+            h.currency,
+            h.placed_at.isoformat(timespec="seconds"),
+            h.expires_at.isoformat(timespec="seconds"),
+        )
+    return table
+
+
 def audit_report(results: list[CheckResult]) -> Table:
-    table = Table("check", "holds", "violations", "what it means")
+    table = Table("check", "passes", "violations", "what it means")
     for r in results:
         table.add_row(
             r.name,

@@ -13,7 +13,7 @@ import typer
 import uvicorn
 from rich.console import Console
 
-from ledgerflow.contracts.topics import flow_by_name
+from ledgerflow.contracts.topics import FLOWS
 from ledgerflow.ledger_db.content_hash import keying_state
 from ledgerflow.ledger_db.migrate import migrate as apply_migrations
 from ledgerflow.workers import logging as json_logs
@@ -119,7 +119,8 @@ def checked_http_port(settings: Settings, kind: str) -> int:
 def worker(
     name: Annotated[str, typer.Argument(help="onboarding, cashin, transfer, cashout or all")],
 ) -> None:
-    """Run the command worker(s) until SIGTERM."""
+    """Run the command worker(s) until SIGTERM. The cash-out worker also consumes the second
+    phase (cashout.settled, cashout.returned) and expires holds."""
     names = list(FLOW_NAMES) if name == "all" else [name]
     unknown = set(names) - set(FLOW_NAMES)
     if unknown:
@@ -152,7 +153,7 @@ def relay() -> None:
     # Every flow's lag, measured here too: it must be reported when no worker runs.
     lag = LagMonitor(
         settings.kafka_bootstrap_servers,
-        [watched_group(settings, flow_by_name(name)) for name in FLOW_NAMES],
+        [watched_group(settings, flow) for flow in FLOWS],
         settings.lag_interval_ms / 1000,
         kafka_client_options(settings),
     )

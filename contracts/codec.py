@@ -140,15 +140,15 @@ def decode_event(value: bytes) -> Envelope[dict[str, Any]]:
 
 
 def decode_result(flow: Flow, value: bytes) -> Envelope[Any]:
-    """A result event of `flow` as an envelope whose `data` is the typed completed or rejected
-    model (check with isinstance, or `envelope.type`); raises ValueError when it is neither.
+    """A result event of `flow` as an envelope whose `data` is the typed model of its type
+    (check with isinstance, or `envelope.type`); raises ValueError when it is not a result.
     """
     root = orjson.loads(value)
     message_type = root.get("type") if isinstance(root, dict) else None
-    if message_type not in (flow.completed_topic, flow.rejected_topic):
+    if message_type not in flow.result_topics:
         raise ValueError(
-            f"not a result of {flow.name}: type {message_type!r}, expected "
-            f"{flow.completed_topic} or {flow.rejected_topic}"
+            f"not a result of {flow.name}: type {message_type!r}, expected one of "
+            f"{', '.join(flow.result_topics)}"
         )
     model = typed_envelope(message_type, flow.model_of(message_type))
     return model.model_validate(root)

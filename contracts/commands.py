@@ -4,9 +4,10 @@ Every command is frozen and ignores unknown fields, so a producer may add fields
 consumers know them. The first field of each command is its idempotency key.
 """
 
+from enum import StrEnum
 from typing import Annotated, Final
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from ledgerflow.contracts.fields import PhoneNumber, Uuid
 from ledgerflow.contracts.money import Amount, Currency, Fee
@@ -22,6 +23,12 @@ NATIONAL_ID_MAX_CHARS: Final = 64
 BANK_CODE_MAX_CHARS: Final = 32
 # An IBAN is at most 34 characters, the longest account number format in use.
 ACCOUNT_NUMBER_MAX_CHARS: Final = 34
+# A hold lives at least a minute (a bank answers no faster) and at most 30 days.
+HOLD_EXPIRES_IN_S_MIN: Final = 60
+HOLD_EXPIRES_IN_S_MAX: Final = 2_592_000
+# ISO 20022 return reason codes are 4 characters; 35 is the longest proprietary code field.
+RETURN_CODE_MAX_CHARS: Final = 35
+RETURN_DETAIL_MAX_CHARS: Final = 500
 
 
 class BankAccount(BaseModel):
@@ -94,6 +101,19 @@ class InitiateTransfer(BaseModel):
     note: Annotated[str, StringConstraints(max_length=NOTE_MAX_CHARS)] | None = None
 
 
+class Settlement(StrEnum):
+    """When a cash-out's money leaves the wallet's balance."""
+
+    IMMEDIATE = "immediate"  # at once, in one journal entry (v1)
+    ON_CONFIRMATION = "on_confirmation"  # held until the bank settles or returns it
+
+
+def _immediate_as_absent(settlement: Settlement | None) -> Settlement | None:
+    # An explicit "immediate" is the default spelled out: it means what an absent field means,
+    # so it must not change the content hash (a retry that spells it out is the same command).
+    return None if settlement is Settlement.IMMEDIATE else settlement
+
+
 class ApproveCashOut(BaseModel):
     """`cashout.approved`: pay money out of a wallet to a bank account."""
 
@@ -105,3 +125,48 @@ class ApproveCashOut(BaseModel):
     currency: Currency
     fee: Fee = Field(default=0, description="Debited on top of the amount, in minor units.")
     destination: BankAccount
+    # Absent means immediate (v1): None keeps the content hash of every v1 command as it was,
+    # and an explicit "immediate" is read as absent for the same reason.
+    settlement: Annotated[Settlement | None, AfterValidator(_immediate_as_absent)] = Field(
+        default=None,
+        description="`immediate` (the default: debited at once) or `on_confirmation` (held "
+        "until `cashout.settled` or `cashout.returned`, or voided when the hold expires).",
+    )
+    hold_expires_in_s: (
+        Annotated[int, Field(ge=HOLD_EXPIRES_IN_S_MIN, le=HOLD_EXPIRES_IN_S_MAX, strict=True)]
+        | None
+    ) = Field(
+        default=None,
+        description="With `on_confirmation`: seconds until an unanswered hold is voided "
+        "(default: the deployment's LEDGERFLOW_HOLD_EXPIRES_S, 259,200); ignored otherwise.",
+    )
+
+    @property
+    def holds(self) -> bool:
+        """True when the money is held until the bank answers (two-phase)."""
+        return self.settlement is Settlement.ON_CONFIRMATION
+
+
+class SettleCashOut(BaseModel):
+    """`cashout.settled`: the bank paid a held cash-out out; post the hold."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    cashout_id: Uuid = Field(description="The held cash-out; idempotency key with the type.")
+    wallet_account_id: Uuid = Field(description="The wallet it was held on; the message key.")
+    bank_reference: Annotated[
+        str, StringConstraints(min_length=1, max_length=BANK_REFERENCE_MAX_CHARS)
+    ] = Field(description="The bank's reference of the outgoing payment.")
+
+
+class ReturnCashOut(BaseModel):
+    """`cashout.returned`: the bank did not pay a cash-out, or sent the money back."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    cashout_id: Uuid = Field(description="The cash-out; idempotency key with the type.")
+    wallet_account_id: Uuid = Field(description="The wallet it debited; the message key.")
+    return_code: Annotated[
+        str, StringConstraints(min_length=1, max_length=RETURN_CODE_MAX_CHARS)
+    ] = Field(description="The bank's reason, e.g. an ISO 20022 code such as AC04.")
+    detail: Annotated[str, StringConstraints(max_length=RETURN_DETAIL_MAX_CHARS)] | None = None

@@ -5,11 +5,11 @@ the id field and says why with a stable code. Consumers ignore fields they do no
 """
 
 from enum import StrEnum
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from ledgerflow.contracts.fields import Uuid
+from ledgerflow.contracts.fields import Timestamp, Uuid
 from ledgerflow.contracts.money import Amount, Balance, Currency, Fee
 
 # A rejection's detail is read by people and stored in every consumer: long enough for a list of
@@ -30,6 +30,19 @@ class RejectReason(StrEnum):
     PHONE_NUMBER_TAKEN = "phone_number_taken"
     ID_CONFLICT = "id_conflict"
     UNAUTHORIZED = "unauthorized"
+    # Second-phase cash-out commands (`cashout.settled`, `cashout.returned`), DESIGN.md §5.1.
+    HOLD_NOT_FOUND = "hold_not_found"
+    HOLD_EXPIRED = "hold_expired"
+    ALREADY_SETTLED = "already_settled"
+    ALREADY_VOIDED = "already_voided"
+    ALREADY_REVERSED = "already_reversed"
+
+
+class VoidReason(StrEnum):
+    """Why a hold was released without paying out."""
+
+    RETURNED = "returned"  # the bank answered `cashout.returned` before settling
+    EXPIRED = "expired"  # nobody answered before `hold_expires_at`
 
 
 class Tier(StrEnum):
@@ -98,6 +111,52 @@ class CashOutCompleted(BaseModel):
     balance_after: Balance = Field(description=_BALANCE_AFTER)
 
 
+_AVAILABLE_AFTER = "The wallet's available balance (balance - held) after it, in minor units."
+
+
+class CashOutHeld(BaseModel):
+    """`cashout.held`: amount and fee are held on the wallet until the bank answers."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    cashout_id: Uuid
+    wallet_account_id: Uuid
+    amount: Amount
+    currency: Currency
+    fee: Fee
+    hold_expires_at: Timestamp = Field(description="When an unanswered hold is voided (RFC 3339).")
+    available_after: Balance = Field(description=_AVAILABLE_AFTER)
+
+
+class CashOutVoided(BaseModel):
+    """`cashout.voided`: a hold was released (returned by the bank, or expired); the money
+    never left the wallet."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    cashout_id: Uuid
+    wallet_account_id: Uuid
+    amount: Amount
+    currency: Currency
+    fee: Fee
+    reason: VoidReason
+    available_after: Balance = Field(description=_AVAILABLE_AFTER)
+
+
+class CashOutReversed(BaseModel):
+    """`cashout.reversed`: a completed cash-out came back; amount and fee were credited again."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    cashout_id: Uuid
+    wallet_account_id: Uuid
+    amount: Amount
+    currency: Currency
+    fee: Fee
+    journal_entry_id: Uuid = Field(description="The reversing journal entry.")
+    balance_after: Balance = Field(description=_BALANCE_AFTER)
+
+
 class OnboardingRejected(BaseModel):
     """`onboarding.rejected`: nothing was created."""
 
@@ -128,14 +187,25 @@ class TransferRejected(BaseModel):
     detail: Detail
 
 
+# The command types whose rejections share `cashout.rejected`. Topic names are spelled in
+# contracts/topics.py alone, except here, where a type must list them: a registry test holds
+# these equal to the command topics of the flows that share that rejected topic.
+CashOutCommandType = Literal["cashout.approved", "cashout.settled", "cashout.returned"]
+
+
 class CashOutRejected(BaseModel):
-    """`cashout.rejected`: no money left the wallet."""
+    """`cashout.rejected`: the command changed nothing (no money left the wallet)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     cashout_id: Uuid
     reason: RejectReason
     detail: Detail
+    answers: CashOutCommandType | None = Field(
+        default=None,
+        description="The command type it answers: `cashout.settled` or `cashout.returned`; "
+        "absent for `cashout.approved` (as in v1).",
+    )
 
 
 def bound_detail(detail: str) -> str:

@@ -16,7 +16,8 @@ from ledgerflow.contracts.topics import FLOWS, MESSAGE_TYPES, Flow, message_mode
 
 SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 ASYNCAPI_VERSION: Final = "3.0.0"
-CONTRACT_VERSION: Final = "1.0.0"
+# 1.1: the cash-out lifecycle of DESIGN.md §5.1, additive (new types, optional fields).
+CONTRACT_VERSION: Final = "1.1.0"
 KAFKA_BINDING_VERSION: Final = "0.5.0"
 SCHEMAS_DIR: Final = "schemas"
 ASYNCAPI_FILE: Final = "asyncapi.yaml"
@@ -41,7 +42,7 @@ def message_schema(message_type: str) -> dict[str, Any]:
 
 
 def render_schemas() -> dict[str, str]:
-    """Path -> text of the 12 JSON Schemas."""
+    """Path -> text of the JSON Schemas, one per message type."""
     return {schema_path(t): _json_text(message_schema(t)) for t in MESSAGE_TYPES}
 
 
@@ -68,16 +69,40 @@ def _doc(model: type[BaseModel]) -> str:
     return " ".join((model.__doc__ or "").split())
 
 
+def _flows_by_result() -> dict[str, tuple[Flow, ...]]:
+    """Result topic -> the flows that publish to it, in registry order.
+
+    A result topic may be shared (`cashout.completed` answers both `cashout.approved` and
+    `cashout.settled`): it is one channel, so its flows must agree on its model and its key.
+    """
+    found: dict[str, list[Flow]] = {}
+    for flow in FLOWS:
+        for topic in flow.result_topics:
+            found.setdefault(topic, []).append(flow)
+    for topic, flows in found.items():
+        models = {flow.model_of(topic) for flow in flows}
+        keys = {flow.key_field for flow in flows}
+        if len(models) > 1 or len(keys) > 1:
+            names = ", ".join(flow.name for flow in flows)
+            raise ValueError(f"flows {names} share {topic} with different models or keys")
+    return {topic: tuple(flows) for topic, flows in found.items()}
+
+
 def asyncapi_document() -> dict[str, Any]:
-    """The AsyncAPI 3 document as a dict, generated from the registry."""
+    """The AsyncAPI 3 document as a dict, generated from the registry.
+
+    Every topic is one channel, with one operation and one message, however many flows use it.
+    """
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
     parts = {"channels": channels, "operations": operations, "messages": messages}
+    by_result = _flows_by_result()
     for flow in FLOWS:
-        _add_message_channel(flow, flow.command_topic, "receive", **parts)
-        _add_message_channel(flow, flow.completed_topic, "send", **parts)
-        _add_message_channel(flow, flow.rejected_topic, "send", **parts)
+        _add_message_channel((flow,), flow.command_topic, "receive", **parts)
+        for result in flow.result_topics:
+            if result not in channels:  # a shared result topic, added with its first flow
+                _add_message_channel(by_result[result], result, "send", **parts)
         _add_dead_letter_channel(flow, **parts)
     return {
         "asyncapi": ASYNCAPI_VERSION,
@@ -125,8 +150,19 @@ def _headers_schema(*, command: bool) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": ["content-type"]}
 
 
+def _put(mapping: dict[str, Any], key: str, value: Any) -> None:
+    """Add a channel, operation or message; two of one id would be a wrong document."""
+    if key in mapping:
+        raise ValueError(f"duplicate AsyncAPI id {key!r}")
+    mapping[key] = value
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def _add_message_channel(
-    flow: Flow,
+    flows: tuple[Flow, ...],
     topic: str,
     action: str,
     *,
@@ -134,48 +170,68 @@ def _add_message_channel(
     operations: dict[str, Any],
     messages: dict[str, Any],
 ) -> None:
+    """The channel of a command topic (one flow) or of a result topic (every flow using it)."""
+    flow = flows[0]
     model = flow.model_of(topic)
     message_id = _camel(topic)
     command = topic == flow.command_topic
-    messages[message_id] = {
-        "name": topic,
-        "title": topic,
-        "summary": _doc(model),
-        "contentType": CONTENT_TYPE,
-        "headers": _headers_schema(command=command),
-        "payload": {"$ref": f"./{schema_path(topic)}"},
-        "correlationId": {"$ref": "#/components/correlationIds/correlationid"},
-        "bindings": {
-            "kafka": {
-                "key": {
-                    "type": "string",
-                    "format": "uuid",
-                    "description": f"data.{flow.key_field} of the command",
-                },
-                "bindingVersion": KAFKA_BINDING_VERSION,
-            }
+    _put(
+        messages,
+        message_id,
+        {
+            "name": topic,
+            "title": topic,
+            "summary": _doc(model),
+            "contentType": CONTENT_TYPE,
+            "headers": _headers_schema(command=command),
+            "payload": {"$ref": f"./{schema_path(topic)}"},
+            "correlationId": {"$ref": "#/components/correlationIds/correlationid"},
+            "bindings": {
+                "kafka": {
+                    "key": {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": f"data.{flow.key_field} of the command",
+                    },
+                    "bindingVersion": KAFKA_BINDING_VERSION,
+                }
+            },
         },
-    }
+    )
     if command:
+        # Command types that share an id field (the cash-out phases share cashout_id) each keep
+        # their own records: the key is the pair.
+        shared_id = any(f.id_field == flow.id_field for f in FLOWS if f is not flow)
+        key = f"(type, data.{flow.id_field})" if shared_id else f"data.{flow.id_field}"
         description = (
-            f"Commands of the {flow.name} flow. Idempotency key: data.{flow.id_field}; "
+            f"Commands of the {flow.name} flow. Idempotency key: {key}; "
             f"Kafka key: data.{flow.key_field}. Values over the size limit "
             f"({MAX_BYTES_DEFAULT // 1024} KiB by default) and values that name no command go "
             f"to {flow.dlq_topic}."
         )
     else:
-        description = f"Results of {flow.command_topic}, keyed like the command."
-    channels[topic] = {
-        "address": topic,
-        "description": description,
-        "messages": {message_id: {"$ref": f"#/components/messages/{message_id}"}},
-    }
-    operations[_camel("receive" if command else "send", topic)] = {
-        "action": action,
-        "channel": {"$ref": f"#/channels/{topic}"},
-        "summary": ("The ledger consumes " if command else "The ledger publishes ") + topic,
-        "messages": [{"$ref": f"#/channels/{topic}/messages/{message_id}"}],
-    }
+        description = (
+            f"Results of {_and([f.command_topic for f in flows])}, keyed like the command."
+        )
+    _put(
+        channels,
+        topic,
+        {
+            "address": topic,
+            "description": description,
+            "messages": {message_id: {"$ref": f"#/components/messages/{message_id}"}},
+        },
+    )
+    _put(
+        operations,
+        _camel("receive" if command else "send", topic),
+        {
+            "action": action,
+            "channel": {"$ref": f"#/channels/{topic}"},
+            "summary": ("The ledger consumes " if command else "The ledger publishes ") + topic,
+            "messages": [{"$ref": f"#/channels/{topic}/messages/{message_id}"}],
+        },
+    )
 
 
 def _add_dead_letter_channel(
@@ -188,43 +244,55 @@ def _add_dead_letter_channel(
     topic = flow.dlq_topic
     message_id = _camel(topic)
     known = ", ".join(c.value for c in ErrorClass)
-    messages[message_id] = {
-        "name": topic,
-        "title": topic,
-        "summary": (
-            f"A {flow.command_topic} message that names no command, copied unchanged "
-            "(key, value and headers) with the reason in headers."
-        ),
-        "headers": {
-            "type": "object",
-            "properties": {
-                "x-error": {"type": "string", "description": "Human-readable reason."},
-                "x-error-class": {"type": "string", "description": f"One of: {known}."},
-                "x-original-topic": {"type": "string"},
-                "x-original-partition": {"type": "string", "pattern": "^[0-9]+$"},
-                "x-original-offset": {"type": "string", "pattern": "^[0-9]+$"},
+    _put(
+        messages,
+        message_id,
+        {
+            "name": topic,
+            "title": topic,
+            "summary": (
+                f"A {flow.command_topic} message that names no command, copied unchanged "
+                "(key, value and headers) with the reason in headers."
+            ),
+            "headers": {
+                "type": "object",
+                "properties": {
+                    "x-error": {"type": "string", "description": "Human-readable reason."},
+                    "x-error-class": {"type": "string", "description": f"One of: {known}."},
+                    "x-original-topic": {"type": "string"},
+                    "x-original-partition": {"type": "string", "pattern": "^[0-9]+$"},
+                    "x-original-offset": {"type": "string", "pattern": "^[0-9]+$"},
+                },
+                "required": [
+                    "x-error",
+                    "x-error-class",
+                    "x-original-topic",
+                    "x-original-partition",
+                    "x-original-offset",
+                ],
             },
-            "required": [
-                "x-error",
-                "x-error-class",
-                "x-original-topic",
-                "x-original-partition",
-                "x-original-offset",
-            ],
+            "payload": {"description": "The original value, any bytes."},
         },
-        "payload": {"description": "The original value, any bytes."},
-    }
-    channels[topic] = {
-        "address": topic,
-        "description": f"Dead letters of {flow.command_topic}.",
-        "messages": {message_id: {"$ref": f"#/components/messages/{message_id}"}},
-    }
-    operations[_camel("send", topic)] = {
-        "action": "send",
-        "channel": {"$ref": f"#/channels/{topic}"},
-        "summary": f"The ledger dead-letters unattributable {flow.command_topic} messages",
-        "messages": [{"$ref": f"#/channels/{topic}/messages/{message_id}"}],
-    }
+    )
+    _put(
+        channels,
+        topic,
+        {
+            "address": topic,
+            "description": f"Dead letters of {flow.command_topic}.",
+            "messages": {message_id: {"$ref": f"#/components/messages/{message_id}"}},
+        },
+    )
+    _put(
+        operations,
+        _camel("send", topic),
+        {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{topic}"},
+            "summary": f"The ledger dead-letters unattributable {flow.command_topic} messages",
+            "messages": [{"$ref": f"#/channels/{topic}/messages/{message_id}"}],
+        },
+    )
 
 
 # --- A small YAML emitter: block style, strings quoted JSON-style unless plainly safe. ---

@@ -4,7 +4,7 @@ No other module spells a topic name. Workers may prepend a deployment prefix to 
 the CloudEvents `type` is always the unprefixed name used here.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 from uuid import UUID
 
@@ -15,12 +15,17 @@ from ledgerflow.contracts.commands import (
     ConfirmCashIn,
     InitiateTransfer,
     RequestOnboarding,
+    ReturnCashOut,
+    SettleCashOut,
 )
 from ledgerflow.contracts.events import (
     CashInCompleted,
     CashInRejected,
     CashOutCompleted,
+    CashOutHeld,
     CashOutRejected,
+    CashOutReversed,
+    CashOutVoided,
     OnboardingCompleted,
     OnboardingRejected,
     RejectReason,
@@ -34,7 +39,8 @@ DLQ_SUFFIX: Final = ".dlq"
 
 @dataclass(frozen=True, slots=True)
 class Flow:
-    """One command topic, its command model and its two result topics."""
+    """One command topic, its command model and its result topics: `completed` and `rejected`,
+    and for the cash-out flows the lifecycle's others (`held`, `voided`, `reversed`)."""
 
     name: str
     command_topic: str
@@ -47,6 +53,22 @@ class Flow:
     """Field of the command whose value is the Kafka message key of the command and results."""
     id_field: str
     """Field of the command that is its idempotency key."""
+    worker: str = ""
+    """The worker kind that consumes it (`ledgerflow worker NAME`); the flow's name if empty."""
+    other_results: tuple[tuple[str, type[BaseModel]], ...] = field(default=())
+    """Result topics besides completed and rejected, with their models."""
+    rejection_answers: bool = False
+    """Its rejections say which command type they answer (`answers`): several command types
+    share one rejected topic."""
+
+    @property
+    def worker_name(self) -> str:
+        return self.worker or self.name
+
+    @property
+    def result_topics(self) -> tuple[str, ...]:
+        """Every topic its results are published to: completed, rejected, then the others."""
+        return (self.completed_topic, self.rejected_topic, *(t for t, _ in self.other_results))
 
     @property
     def dlq_topic(self) -> str:
@@ -54,9 +76,9 @@ class Flow:
         return f"{self.command_topic}{DLQ_SUFFIX}"
 
     @property
-    def message_types(self) -> tuple[str, str, str]:
-        """The CloudEvents types of this flow: command, completed, rejected."""
-        return (self.command_topic, self.completed_topic, self.rejected_topic)
+    def message_types(self) -> tuple[str, ...]:
+        """The CloudEvents types of this flow: its command, then its results."""
+        return (self.command_topic, *self.result_topics)
 
     def model_of(self, message_type: str) -> type[BaseModel]:
         """The `data` model of one of this flow's message types."""
@@ -66,13 +88,17 @@ class Flow:
             return self.completed_model
         if message_type == self.rejected_topic:
             return self.rejected_model
+        for topic, model in self.other_results:
+            if message_type == topic:
+                return model
         raise KeyError(message_type)
 
     def rejected(self, id_value: UUID | str, reason: RejectReason, detail: str) -> BaseModel:
         """The `*.rejected` data for the command with id `id_value` (detail cut to its bound)."""
-        return self.rejected_model.model_validate(
-            {self.id_field: id_value, "reason": reason, "detail": bound_detail(detail)}
-        )
+        data = {self.id_field: id_value, "reason": reason, "detail": bound_detail(detail)}
+        if self.rejection_answers:
+            data["answers"] = self.command_topic
+        return self.rejected_model.model_validate(data)
 
 
 ONBOARDING: Final = Flow(
@@ -118,22 +144,75 @@ CASHOUT: Final = Flow(
     rejected_model=CashOutRejected,
     key_field="wallet_account_id",
     id_field="cashout_id",
+    # Placing a hold answers `cashout.held`; its expiry (no command) answers `cashout.voided`.
+    other_results=(("cashout.held", CashOutHeld), ("cashout.voided", CashOutVoided)),
+)
+# The second phase of a held cash-out (DESIGN.md §5.1), consumed by the cash-out worker. The
+# idempotency key is (command type, cashout_id): each flow keeps its own records.
+CASHOUT_SETTLE: Final = Flow(
+    name="cashout_settle",
+    command_topic="cashout.settled",
+    command_model=SettleCashOut,
+    completed_topic="cashout.completed",
+    completed_model=CashOutCompleted,
+    rejected_topic="cashout.rejected",
+    rejected_model=CashOutRejected,
+    key_field="wallet_account_id",
+    id_field="cashout_id",
+    worker="cashout",
+    rejection_answers=True,
+)
+CASHOUT_RETURN: Final = Flow(
+    name="cashout_return",
+    command_topic="cashout.returned",
+    command_model=ReturnCashOut,
+    completed_topic="cashout.voided",
+    completed_model=CashOutVoided,
+    rejected_topic="cashout.rejected",
+    rejected_model=CashOutRejected,
+    key_field="wallet_account_id",
+    id_field="cashout_id",
+    worker="cashout",
+    other_results=(("cashout.reversed", CashOutReversed),),
+    rejection_answers=True,
 )
 
-FLOWS: Final[tuple[Flow, ...]] = (ONBOARDING, CASHIN, TRANSFER, CASHOUT)
+FLOWS: Final[tuple[Flow, ...]] = (
+    ONBOARDING,
+    CASHIN,
+    TRANSFER,
+    CASHOUT,
+    CASHOUT_SETTLE,
+    CASHOUT_RETURN,
+)
+WORKERS: Final[tuple[str, ...]] = tuple(dict.fromkeys(flow.worker_name for flow in FLOWS))
+"""The worker kinds (`ledgerflow worker NAME`): one per v1 flow; the cash-out worker also
+consumes the second-phase topics."""
 
 _BY_NAME: Final = {flow.name: flow for flow in FLOWS}
-_BY_TOPIC: Final = {
-    topic: flow for flow in FLOWS for topic in (*flow.message_types, flow.dlq_topic)
-}
+# A result topic shared by several flows (`cashout.completed`) maps to the first that has it.
+_BY_TOPIC: Final[dict[str, Flow]] = {}
+for _flow in FLOWS:
+    for _topic in (*_flow.message_types, _flow.dlq_topic):
+        _BY_TOPIC.setdefault(_topic, _flow)
 
-MESSAGE_TYPES: Final[tuple[str, ...]] = tuple(t for flow in FLOWS for t in flow.message_types)
-"""The 12 CloudEvents types: each flow's command, completed and rejected, in registry order."""
+MESSAGE_TYPES: Final[tuple[str, ...]] = tuple(
+    dict.fromkeys(t for flow in FLOWS for t in flow.message_types)
+)
+"""Every CloudEvents type once: each flow's command and results, in registry order."""
 
 
 def flow_by_name(name: str) -> Flow:
-    """The flow called `name` ("onboarding", "cashin", "transfer", "cashout"); KeyError if none."""
+    """The flow called `name` ("onboarding", …, "cashout_settle"); KeyError if none."""
     return _BY_NAME[name]
+
+
+def flows_of_worker(worker: str) -> tuple[Flow, ...]:
+    """The flows a worker kind consumes ("cashout": approve, settle, return); KeyError if none."""
+    found = tuple(flow for flow in FLOWS if flow.worker_name == worker)
+    if not found:
+        raise KeyError(worker)
+    return found
 
 
 def flow_by_topic(topic: str, *, topic_prefix: str = "") -> Flow:
@@ -149,8 +228,8 @@ def flow_by_topic(topic: str, *, topic_prefix: str = "") -> Flow:
 
 
 def all_topics() -> list[str]:
-    """Every topic name, per flow: command, completed, rejected, dead-letter."""
-    return [topic for flow in FLOWS for topic in (*flow.message_types, flow.dlq_topic)]
+    """Every topic name once, per flow: command, results, dead-letter."""
+    return list(dict.fromkeys(t for flow in FLOWS for t in (*flow.message_types, flow.dlq_topic)))
 
 
 def message_model(message_type: str) -> type[BaseModel]:

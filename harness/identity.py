@@ -16,9 +16,14 @@ import jwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ledgerflow.contracts.commands import ConfirmCashIn, RequestOnboarding
+from ledgerflow.contracts.commands import (
+    ConfirmCashIn,
+    RequestOnboarding,
+    ReturnCashOut,
+    SettleCashOut,
+)
 from ledgerflow.ledger_db.rules import wallet_account_id
-from ledgerflow.workers.auth import CASHIN_SCOPE, DATA_HASH_CLAIM
+from ledgerflow.workers.auth import CASHIN_SCOPE, DATA_HASH_CLAIM, PAYOUT_SCOPE
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,6 +34,7 @@ DEFAULT_ISSUER = "https://identity.ledgerflow.local"
 DEFAULT_AUDIENCE = "ledgerflow"
 TOKEN_TTL_S = 300
 CASHIN_GATEWAY = "cashin-gateway"
+PAYOUT_SERVICE = "payout-service"
 
 
 @dataclass(slots=True)
@@ -100,19 +106,23 @@ def customer_subject(customer_id: uuid.UUID) -> str:
 @dataclass(slots=True)
 class Signer:
     """Signs commands as the API layer forwards them: the customer being onboarded, the debited
-    wallet's owner, or the cash-in gateway's service token. It learns owners from the onboardings
-    it signs; a wallet it does not know is signed by a subject that owns nothing (so the ledger
-    answers as it would to a stranger: `account_not_found` or `unauthorized`)."""
+    wallet's owner, or a service token (the cash-in gateway's, the payout service's). It learns
+    owners from the onboardings it signs; a wallet it does not know is signed by a subject that
+    owns nothing (so the ledger answers as it would to a stranger: `account_not_found` or
+    `unauthorized`)."""
 
     issuer: Issuer = field(default_factory=Issuer)
     owners: dict[uuid.UUID, str] = field(default_factory=dict)  # wallet -> its owner's subject
-    tokens: dict[str, str] = field(default_factory=dict)  # subject -> its session's bearer
+    tokens: dict[str, str] = field(default_factory=dict)  # subject and scope -> a bearer
 
     def authorization(self, command: BaseModel, as_subject: str | None = None) -> str:
         """The `authorization` header value for `command`; `as_subject` signs as someone else."""
         scope = None
+        # Someone else signing a service's command holds no service scope: a customer's token.
         if isinstance(command, ConfirmCashIn):
-            subject, scope = as_subject or CASHIN_GATEWAY, CASHIN_SCOPE
+            subject, scope = CASHIN_GATEWAY, CASHIN_SCOPE
+        elif isinstance(command, SettleCashOut | ReturnCashOut):
+            subject, scope = PAYOUT_SERVICE, PAYOUT_SCOPE
         elif isinstance(command, RequestOnboarding):
             subject = as_subject or customer_subject(command.customer_id)
             wallet = wallet_account_id(command.customer_id, command.currency)
@@ -122,7 +132,10 @@ class Signer:
             fields = ("from_account_id", "wallet_account_id")
             debited: uuid.UUID = next(getattr(command, f) for f in fields if hasattr(command, f))
             subject = as_subject or self.owners.get(debited, f"user-unknown-{debited}")
+        if as_subject is not None and scope is not None:
+            subject, scope = as_subject, None
         # One token per user session, as the API layer forwards it for many commands.
-        if subject not in self.tokens:
-            self.tokens[subject] = self.issuer.bearer(subject, scope=scope)
-        return self.tokens[subject]
+        session = f"{subject} {scope or ''}"
+        if session not in self.tokens:
+            self.tokens[session] = self.issuer.bearer(subject, scope=scope)
+        return self.tokens[session]

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ledgerflow.contracts.topics import Flow
 
 ASSIGNMENT_TIMEOUT_S = 30.0
-ID_FIELDS = tuple(flow.id_field for flow in FLOWS)
+ID_FIELDS = tuple(dict.fromkeys(flow.id_field for flow in FLOWS))
 
 
 async def topic_partitions(
@@ -71,7 +71,8 @@ class ResultCollector:
         that blocks its event loop for a while cannot lose the collector's place.
         """
         topics = [
-            self.topic_prefix + t for f in self.flows for t in (f.completed_topic, f.rejected_topic)
+            self.topic_prefix + t
+            for t in dict.fromkeys(t for f in self.flows for t in f.result_topics)
         ]
         partitions = await topic_partitions(self.bootstrap_servers, topics, self.security)
         if len({tp.topic for tp in partitions}) < len(topics):

@@ -22,24 +22,35 @@ from ledgerflow.contracts.commands import (
     ConfirmCashIn,
     InitiateTransfer,
     RequestOnboarding,
+    ReturnCashOut,
+    SettleCashOut,
 )
 from ledgerflow.contracts.events import (
     CashInCompleted,
     CashOutCompleted,
+    CashOutHeld,
+    CashOutReversed,
+    CashOutVoided,
     OnboardingCompleted,
     RejectReason,
     Tier,
     TransferCompleted,
+    VoidReason,
 )
 from ledgerflow.contracts.parsing import InvalidCommand, ValidCommand
+from ledgerflow.contracts.topics import CASHOUT
 from ledgerflow.ledger_db import sql
 from ledgerflow.ledger_db.content_hash import DEV_CONTENT_HASH_KEY, ContentHashKey
 from ledgerflow.ledger_db.pii import DEV_VAULT, PiiVault
 from ledgerflow.ledger_db.rules import (
     HOUSE_KINDS,
     Book,
+    CashOut,
+    CashOutState,
     CustomerOpened,
     Decision,
+    HoldPlaced,
+    HoldVoided,
     LedgerCommand,
     MoneyMoved,
     Rejected,
@@ -61,6 +72,13 @@ if TYPE_CHECKING:
 # pid, so concurrent batches rarely queue on one row (docs/decisions/hot-house-accounts.md).
 HOUSE_SHARDS = 16
 BATCH_COMMANDS_MAX = 5_000
+# A hold's life when its command does not say (LEDGERFLOW_HOLD_EXPIRES_S), DESIGN.md §5.1.
+HOLD_EXPIRES_S_DEFAULT = 259_200
+# Holds voided per expiry round: one bounded transaction, like a batch.
+EXPIRY_ROUND_MAX = 500
+# A second-phase command naming a cash-out not held (yet) is answered, not recorded: the payout
+# service may send it again once the hold exists (DESIGN.md §5.1).
+_NOT_RECORDED = frozenset({RejectReason.HOLD_NOT_FOUND.value})
 RESULT_SOURCE = "/ledgerflow"
 OUTBOX_CHANNEL = "ledgerflow_outbox"
 
@@ -119,6 +137,9 @@ class _Writes:
     deltas: dict[uuid.UUID, int] = field(default_factory=dict)
     records: list[tuple[Any, ...]] = field(default_factory=list)
     outbox: list[tuple[Any, ...]] = field(default_factory=list)
+    holds: list[tuple[Any, ...]] = field(default_factory=list)
+    # (cashout_id, status, void_reason, day given back, month given back, settle entry id)
+    resolved: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def database_clock() -> datetime | None:
@@ -140,6 +161,7 @@ class LedgerWriter:
     # The instant whose UTC day and month the outgoing totals count for; tests pin it to race
     # a batch across midnight.
     clock: Callable[[], datetime | None] = database_clock
+    hold_expires_s: int = HOLD_EXPIRES_S_DEFAULT
     _house_currencies: set[str] = field(default_factory=set)
 
     async def apply(self, batch: Sequence[Incoming]) -> list[Outcome]:
@@ -150,6 +172,22 @@ class LedgerWriter:
 
         async def work(conn: asyncpg.Connection) -> list[Outcome]:
             return await _apply_in_transaction(conn, batch, self)
+
+        return await run_in_transaction(
+            self.pool, work, retries_max=self.retries_max, stats=self.retry_stats
+        )
+
+    async def expire_holds(self, limit: int = EXPIRY_ROUND_MAX) -> list[Outcome]:
+        """One expiry round: void up to `limit` pending holds past their time, each exactly
+        once however many replicas sweep at the same time (the hold is decided again under its
+        wallet's lock; one that was settled, returned or expired meanwhile is left alone)."""
+        assert 0 < limit <= EXPIRY_ROUND_MAX, "expiry rounds are bounded"
+        candidates = await self.pool.fetch(sql.SELECT_EXPIRED_HOLDS, limit, self.clock())
+        if not candidates:
+            return []
+
+        async def work(conn: asyncpg.Connection) -> list[Outcome]:
+            return await _expire_in_transaction(conn, candidates, self)
 
         return await run_in_transaction(
             self.pool, work, retries_max=self.retries_max, stats=self.retry_stats
@@ -178,8 +216,10 @@ def _currencies(batch: Iterable[Incoming]) -> set[str]:
     found: set[str] = set()
     for item in batch:
         cmd = item.command
-        if isinstance(cmd, ValidCommand) and type(cmd.data) is not RequestOnboarding:
-            found.add(cast("LedgerCommand", cmd.data).currency)
+        if isinstance(cmd, ValidCommand):
+            currency = getattr(cmd.data, "currency", None)  # the second phase names none
+            if currency is not None and type(cmd.data) is not RequestOnboarding:
+                found.add(currency)
     return found
 
 
@@ -192,8 +232,23 @@ def _touched_wallets(commands: Iterable[LedgerCommand]) -> list[uuid.UUID]:
             ids.add(transfer.from_account_id)
             ids.add(transfer.to_account_id)
         elif kind is not RequestOnboarding:
-            ids.add(cast("ConfirmCashIn | ApproveCashOut", cmd).wallet_account_id)
+            ids.add(
+                cast(
+                    "ConfirmCashIn | ApproveCashOut | SettleCashOut | ReturnCashOut", cmd
+                ).wallet_account_id
+            )
     return sorted(ids)
+
+
+def _named_cashouts(commands: Iterable[LedgerCommand]) -> list[uuid.UUID]:
+    """The cash-outs the batch's second-phase commands act on."""
+    return sorted(
+        {
+            cast("SettleCashOut | ReturnCashOut", cmd).cashout_id
+            for cmd in commands
+            if type(cmd) in (SettleCashOut, ReturnCashOut)
+        }
+    )
 
 
 async def load_tier_limits(pool: asyncpg.Pool) -> dict[str, TierLimits]:
@@ -204,6 +259,62 @@ async def load_tier_limits(pool: asyncpg.Pool) -> dict[str, TierLimits]:
         )
         for r in await pool.fetch(sql.SELECT_TIER_LIMITS)
     }
+
+
+async def _lock_book(
+    conn: asyncpg.Connection,
+    writer: LedgerWriter,
+    wallet_ids: list[uuid.UUID],
+    cashout_ids: list[uuid.UUID],
+) -> Book:
+    """The rows a batch decides on, locked: wallets first (ascending id), then holds
+    (ascending cashout_id), the same order for commands and expiry, so neither deadlocks."""
+    wallets: dict[uuid.UUID, Wallet] = {}
+    today: date | None = None
+    now: datetime | None = None
+    if wallet_ids:
+        rows = await conn.fetch(sql.LOCK_WALLETS, ",".join(map(str, wallet_ids)), writer.clock())
+        today, now = rows[0]["clock_day"], rows[0]["clock_now"]
+        for row in rows:
+            if row["id"] is None:
+                continue  # the clock's row: none of the wallets exists yet
+            wallets[row["id"]] = Wallet(
+                row["id"],
+                row["currency"],
+                row["status"],
+                row["tier"],
+                row["balance"],
+                row["subject"],
+                # Read with the lock: no concurrent debit can slip past a limit.
+                row["out_today"],
+                row["out_month"],
+                row["out_day"],
+                row["held"],
+            )
+    cashouts: dict[uuid.UUID, CashOut] = {}
+    if cashout_ids:
+        for row in await conn.fetch(sql.LOCK_CASHOUTS, ",".join(map(str, cashout_ids))):
+            cashouts[row["cashout_id"]] = CashOut(
+                row["cashout_id"],
+                row["wallet_account_id"],
+                row["currency"].strip(),
+                row["amount"],
+                row["fee"],
+                CashOutState(row["status"]),
+                expires_at=row["expires_at"],
+                out_day=row["out_day"],
+                void_reason=VoidReason(row["void_reason"]) if row["void_reason"] else None,
+                reversed=row["reversed"],
+            )
+    return Book(
+        wallets=wallets,
+        taken_phone_numbers=set(),
+        limits=writer.limits,
+        cashouts=cashouts,
+        today=today,
+        now=now,
+        hold_expires_s=writer.hold_expires_s,
+    )
 
 
 async def _apply_in_transaction(
@@ -236,38 +347,16 @@ async def _apply_in_transaction(
             )
 
     # 2. Lock the wallets the batch touches, in ascending id order (no deadlock cycles), and
-    #    read the clock's day under the locks.
-    wallets: dict[uuid.UUID, Wallet] = {}
-    today: date | None = None
-    wallet_ids = _touched_wallets(commands)
-    if wallet_ids:
-        rows = await conn.fetch(sql.LOCK_WALLETS, ",".join(map(str, wallet_ids)), writer.clock())
-        today = rows[0]["clock_day"]
-        for row in rows:
-            if row["id"] is None:
-                continue  # the clock's row: none of the wallets exists yet
-            wallets[row["id"]] = Wallet(
-                row["id"],
-                row["currency"],
-                row["status"],
-                row["tier"],
-                row["balance"],
-                row["subject"],
-                # Read with the lock: no concurrent debit can slip past a limit.
-                row["out_today"],
-                row["out_month"],
-                row["out_day"],
-            )
+    #    read the clock under the locks; then the cash-outs the second phase names.
+    book = await _lock_book(conn, writer, _touched_wallets(commands), _named_cashouts(commands))
     phones = {
         vault.phone_index(cmd.phone_number): cmd.phone_number
         for cmd in commands
         if isinstance(cmd, RequestOnboarding)
     }
-    taken: set[str] = set()
     if phones:
         rows = await conn.fetch(sql.SELECT_TAKEN_PHONES, list(phones))
-        taken = {phones[bytes(row["phone_index"])] for row in rows}
-    book = Book(wallets=wallets, taken_phone_numbers=taken, limits=writer.limits, today=today)
+        book.taken_phone_numbers = {phones[bytes(row["phone_index"])] for row in rows}
 
     # 3. Decide every command in consumption order (pure rules, no encoding yet).
     writes = _Writes()
@@ -282,6 +371,54 @@ async def _apply_in_transaction(
         outcomes = await _answer_all(pending, writes, datetime.now(UTC), write_key)
     finally:
         await ledger_written
+    await _write_answers(conn, writes)
+    return outcomes
+
+
+async def _expire_in_transaction(
+    conn: asyncpg.Connection, candidates: Sequence[Any], writer: LedgerWriter
+) -> list[Outcome]:
+    """Lock the candidates' wallets, then their holds; void those still pending and past their
+    time; publish `cashout.voided` (reason expired) answering each hold's approving command."""
+    by_hold = {row["cashout_id"]: row["wallet_account_id"] for row in candidates}
+    book = await _lock_book(conn, writer, sorted(set(by_hold.values())), sorted(by_hold))
+    writes = _Writes()
+    voided = [v for v in (book.expire(cashout_id) for cashout_id in sorted(by_hold)) if v]
+    if not voided:
+        return []
+    causes = {
+        row["cashout_id"]: row
+        for row in await conn.fetch(sql.SELECT_HOLD_CAUSES, [v.cashout.cashout_id for v in voided])
+    }
+    now = datetime.now(UTC)
+    outcomes = []
+    for void in voided:
+        _resolve(writes, void)
+        cashout, cause = void.cashout, causes[void.cashout.cashout_id]
+        event_id = str(uuid.uuid4())
+        topic = writer.topic_prefix + "cashout.voided"
+        payload = encode_event(
+            "cashout.voided",
+            _voided(cashout, void),
+            event_id=event_id,
+            source=RESULT_SOURCE,
+            causation_id=cause["command_event_id"],
+            correlation_id=cause["correlation_id"],
+            time=now,
+        )
+        message_key = str(cashout.wallet_id).encode()
+        writes.outbox.append((event_id, topic, message_key, payload, None))
+        outcomes.append(
+            Outcome(
+                CASHOUT.name,
+                str(cashout.cashout_id),
+                OutcomeKind.COMPLETED,
+                VoidReason.EXPIRED.value,
+                event_id,
+                topic,
+            )
+        )
+    await _write_ledger(conn, writes, book)
     await _write_answers(conn, writes)
     return outcomes
 
@@ -367,7 +504,7 @@ def _decide(
 
     command = cast("LedgerCommand", cmd.data)
     decision = book.decide(command, item.subject)
-    event_type, data = _result(flow, command, decision)
+    event_type, data = _result(flow, command, decision, book)
     entry_id: uuid.UUID | None = None
     if isinstance(decision, MoneyMoved):
         entry_id = decision.entry_id
@@ -379,8 +516,31 @@ def _decide(
             writes.deltas[posting.account_id] = (
                 writes.deltas.get(posting.account_id, 0) + posting.amount
             )
+        if type(command) is SettleCashOut:
+            settled = book.cashouts[command.cashout_id]
+            writes.resolved.append(
+                (settled.cashout_id, CashOutState.SETTLED.value, None, False, False, entry_id)
+            )
     elif isinstance(decision, CustomerOpened):
         _add_customer(writes, cast("RequestOnboarding", command), decision, item.subject, vault)
+    elif isinstance(decision, HoldPlaced):
+        held = decision.cashout
+        writes.holds.append(
+            (
+                held.cashout_id,
+                held.wallet_id,
+                held.currency,
+                held.amount,
+                held.fee,
+                book.now,
+                decision.expires_at,
+                held.out_day,
+                cmd.meta.event_id,
+                cmd.meta.correlation_id,
+            )
+        )
+    elif isinstance(decision, HoldVoided):
+        _resolve(writes, decision)
     reason = decision.reason.value if isinstance(decision, Rejected) else None
     decided = _Pending(
         item,
@@ -390,10 +550,24 @@ def _decide(
         message_key,
         data=data,
         entry_id=entry_id,
-        recorded=True,
+        recorded=reason not in _NOT_RECORDED,
     )
-    stored[key] = decided
+    if decided.recorded:
+        stored[key] = decided
     return decided
+
+
+def _resolve(writes: _Writes, void: HoldVoided) -> None:
+    writes.resolved.append(
+        (
+            void.cashout.cashout_id,
+            CashOutState.VOIDED.value,
+            void.reason.value,
+            void.day_given_back,
+            void.month_given_back,
+            None,
+        )
+    )
 
 
 # Encoding yields to the event loop every so many events, so the concurrent ledger writes
@@ -450,7 +624,7 @@ async def _answer_all(
 def _type_of(p: _Pending) -> str:
     """The CloudEvents type of a pending result: its topic without the deployment prefix."""
     flow = p.item.command.flow
-    for event_type in (flow.completed_topic, flow.rejected_topic):
+    for event_type in flow.result_topics:
         if p.topic.endswith(event_type):
             return event_type
     raise AssertionError(p.topic)
@@ -482,7 +656,21 @@ def _add_customer(
     writes.wallets.append((opened.wallet.id, opened.wallet.currency, cmd.customer_id))
 
 
-def _result(flow: Flow, cmd: LedgerCommand, decision: Decision) -> tuple[str, BaseModel]:
+def _voided(cashout: CashOut, void: HoldVoided) -> CashOutVoided:
+    return CashOutVoided.model_construct(
+        cashout_id=cashout.cashout_id,
+        wallet_account_id=cashout.wallet_id,
+        amount=cashout.amount,
+        currency=cashout.currency,
+        fee=cashout.fee,
+        reason=void.reason,
+        available_after=void.available_after,
+    )
+
+
+def _result(
+    flow: Flow, cmd: LedgerCommand, decision: Decision, book: Book
+) -> tuple[str, BaseModel]:
     """The result event's type and data for a decided command.
 
     Built with `model_construct`: every value comes from a validated command or from the ledger,
@@ -500,8 +688,35 @@ def _result(flow: Flow, cmd: LedgerCommand, decision: Decision) -> tuple[str, Ba
             currency=onboard.currency,
             tier=Tier(decision.wallet.tier),
         )
+    if isinstance(decision, HoldPlaced):
+        held = decision.cashout
+        return "cashout.held", CashOutHeld.model_construct(
+            cashout_id=held.cashout_id,
+            wallet_account_id=held.wallet_id,
+            amount=held.amount,
+            currency=held.currency,
+            fee=held.fee,
+            hold_expires_at=decision.expires_at,
+            available_after=decision.available_after,
+        )
+    if isinstance(decision, HoldVoided):
+        return "cashout.voided", _voided(decision.cashout, decision)
     assert isinstance(decision, MoneyMoved), decision
     data: BaseModel
+    if kind in (SettleCashOut, ReturnCashOut):
+        cashout = book.cashouts[cast("SettleCashOut | ReturnCashOut", cmd).cashout_id]
+        model = CashOutCompleted if kind is SettleCashOut else CashOutReversed
+        return ("cashout.completed" if kind is SettleCashOut else "cashout.reversed"), (
+            model.model_construct(
+                cashout_id=cashout.cashout_id,
+                wallet_account_id=cashout.wallet_id,
+                amount=cashout.amount,
+                currency=cashout.currency,
+                fee=cashout.fee,
+                journal_entry_id=decision.entry_id,
+                balance_after=decision.balance_after,
+            )
+        )
     if kind is InitiateTransfer:
         t = cast("InitiateTransfer", cmd)
         data = TransferCompleted.model_construct(
@@ -564,7 +779,8 @@ async def _copy(
 
 
 async def _write_ledger(conn: asyncpg.Connection, w: _Writes, book: Book) -> None:
-    """Customers, journal, postings, balances and outgoing totals: all the answers don't need."""
+    """Customers, journal, postings, holds, balances and outgoing totals: all the answers
+    don't need."""
     if w.customers:
         await _copy(conn, "customers", sql.CUSTOMER_COLUMNS, w.customers)
         await _copy(conn, "customer_pii", sql.CUSTOMER_PII_COLUMNS, w.pii)
@@ -580,22 +796,45 @@ async def _write_ledger(conn: asyncpg.Connection, w: _Writes, book: Book) -> Non
     if w.entries:
         await _copy(conn, "journal_entries", sql.ENTRY_COLUMNS, w.entries)
         await _copy(conn, "postings", sql.POSTING_COLUMNS, w.postings)
-        wallet_ids = sorted(a for a in w.deltas if a in book.wallets)
-        house_ids = sorted(a for a in w.deltas if a not in book.wallets)
-        shard = conn.get_server_pid() % HOUSE_SHARDS
-        # Wallet rows are locked already; house shard rows are locked here, last and in order.
-        if house_ids:
-            await conn.execute(sql.LOCK_HOUSE_SHARDS, house_ids, shard)
-        ids = wallet_ids + house_ids
-        assert book.today is not None, "money moves only in a batch that locked its wallets"
-        await conn.execute(
-            sql.APPLY_BALANCE_DELTAS,
-            ",".join(map(str, ids)),
-            ",".join(["0"] * len(wallet_ids) + [str(shard)] * len(house_ids)),
-            ",".join([str(w.deltas[a]) for a in ids]),
-            ",".join([str(book.outgoing.get(a, 0)) for a in ids]),
-            book.today,
-        )
+    if w.holds:
+        await _copy(conn, "holds", sql.HOLD_COLUMNS, w.holds)
+    if w.resolved:
+        # The settle entries exist by now (the hold refers to its entry). Every hold decided
+        # here was pending under the batch's locks, so each resolution updates exactly one row.
+        status = await conn.execute(sql.RESOLVE_HOLDS, *zip(*w.resolved, strict=True), book.now)
+        updated = int(status.rsplit(" ", 1)[1])
+        assert updated == len(w.resolved), f"{updated} of {len(w.resolved)} holds resolved"
+    wallet_ids = sorted(
+        a
+        for a in w.deltas.keys()
+        | book.held.keys()
+        | book.outgoing.keys()
+        | book.outgoing_month.keys()
+        if a in book.wallets
+    )
+    house_ids = sorted(a for a in w.deltas if a not in book.wallets)
+    if not (wallet_ids or house_ids):
+        return
+    shard = conn.get_server_pid() % HOUSE_SHARDS
+    # Wallet rows are locked already; house shard rows are locked here, last and in order.
+    if house_ids:
+        await conn.execute(sql.LOCK_HOUSE_SHARDS, house_ids, shard)
+    ids = wallet_ids + house_ids
+    assert book.today is not None, "money moves only in a batch that locked its wallets"
+
+    def column(values: Mapping[uuid.UUID, int]) -> str:
+        return ",".join([str(values.get(a, 0)) for a in ids])
+
+    await conn.execute(
+        sql.APPLY_BALANCE_DELTAS,
+        ",".join(map(str, ids)),
+        ",".join(["0"] * len(wallet_ids) + [str(shard)] * len(house_ids)),
+        column(w.deltas),
+        column(book.outgoing),
+        book.today,
+        column(book.outgoing_month),
+        column(book.held),
+    )
 
 
 async def _write_answers(conn: asyncpg.Connection, w: _Writes) -> None:

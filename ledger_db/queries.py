@@ -1,4 +1,4 @@
-"""Read models for people and scripts: balances and account listings."""
+"""Read models for people and scripts: balances, account listings and pending holds."""
 
 from __future__ import annotations
 
@@ -6,15 +6,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from datetime import datetime
     from uuid import UUID
 
     import asyncpg
 
 ACCOUNTS_LISTED_MAX = 10_000
+HOLDS_LISTED_MAX = 10_000
 
 _ACCOUNT = """
 SELECT a.id, a.kind, a.currency, a.status, a.customer_id, c.tier,
-       coalesce(sum(b.balance), 0)::bigint AS balance
+       coalesce(sum(b.balance), 0)::bigint AS balance,
+       coalesce(sum(b.held), 0)::bigint AS held
 FROM accounts a
 LEFT JOIN customers c ON c.id = a.customer_id
 LEFT JOIN balances b ON b.account_id = a.id
@@ -30,6 +33,12 @@ class AccountView:
     customer_id: UUID | None
     tier: str | None
     balance: int
+    # Reserved by pending holds (two-phase cash-outs); always 0 for house accounts.
+    held: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -40,6 +49,8 @@ class AccountView:
             "customer_id": str(self.customer_id) if self.customer_id else None,
             "tier": self.tier,
             "balance": self.balance,
+            "held": self.held,
+            "available": self.available,
         }
 
 
@@ -52,6 +63,7 @@ def _view(row: asyncpg.Record) -> AccountView:
         row["customer_id"],
         row["tier"],
         row["balance"],
+        row["held"],
     )
 
 
@@ -69,3 +81,62 @@ async def list_accounts(
         min(limit, ACCOUNTS_LISTED_MAX),
     )
     return [_view(r) for r in rows]
+
+
+# Pending holds, soonest to expire first (the index of the expiry sweep), optionally of one
+# wallet ($1) and expiring within $2 seconds of the database's clock.
+_PENDING_HOLDS = """
+SELECT cashout_id, wallet_account_id, amount, fee, currency, placed_at, expires_at
+FROM holds
+WHERE status = 'pending'
+  AND ($1::uuid IS NULL OR wallet_account_id = $1::uuid)
+  AND ($2::bigint IS NULL OR expires_at <= clock_timestamp() + make_interval(secs => $2::bigint))
+ORDER BY expires_at, cashout_id
+LIMIT $3
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldView:
+    cashout_id: UUID
+    wallet_account_id: UUID
+    amount: int
+    fee: int
+    currency: str
+    placed_at: datetime
+    expires_at: datetime
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "cashout_id": str(self.cashout_id),
+            "wallet_account_id": str(self.wallet_account_id),
+            "amount": self.amount,
+            "fee": self.fee,
+            "currency": self.currency,
+            "placed_at": self.placed_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+        }
+
+
+async def list_pending_holds(
+    conn: asyncpg.Connection,
+    wallet: UUID | None = None,
+    expiring_within_s: int | None = None,
+    limit: int = 100,
+) -> list[HoldView]:
+    """Pending holds, soonest to expire first, at most `limit` (bounded by HOLDS_LISTED_MAX)."""
+    rows = await conn.fetch(
+        _PENDING_HOLDS, wallet, expiring_within_s, max(1, min(limit, HOLDS_LISTED_MAX))
+    )
+    return [
+        HoldView(
+            r["cashout_id"],
+            r["wallet_account_id"],
+            r["amount"],
+            r["fee"],
+            r["currency"].strip(),
+            r["placed_at"],
+            r["expires_at"],
+        )
+        for r in rows
+    ]

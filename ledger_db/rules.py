@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, cast
 
@@ -19,18 +20,27 @@ from ledgerflow.contracts.commands import (
     ConfirmCashIn,
     InitiateTransfer,
     RequestOnboarding,
+    ReturnCashOut,
+    SettleCashOut,
 )
-from ledgerflow.contracts.events import RejectReason, Tier
+from ledgerflow.contracts.events import RejectReason, Tier, VoidReason
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
-    from datetime import date
+    from datetime import date, datetime
     from uuid import UUID
 
 # Fixed forever: account and entry ids derive from it, so every replica computes the same ids.
 LEDGER_NAMESPACE = uuid.UUID("6f1c3b52-5d0e-4c7b-9a55-2f7f1e0c8a11")
 
-LedgerCommand = RequestOnboarding | ConfirmCashIn | InitiateTransfer | ApproveCashOut
+LedgerCommand = (
+    RequestOnboarding
+    | ConfirmCashIn
+    | InitiateTransfer
+    | ApproveCashOut
+    | SettleCashOut
+    | ReturnCashOut
+)
 
 
 class AccountKind(StrEnum):
@@ -80,6 +90,44 @@ class Wallet:
     out_today: int = 0
     out_month: int = 0
     out_day: date | None = None
+    # Reserved by pending holds (two-phase cash-outs); every debit checks `available`.
+    held: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+
+class CashOutState(StrEnum):
+    PENDING = "pending"  # held, waiting for the bank
+    SETTLED = "settled"  # held, then posted
+    VOIDED = "voided"  # held, then released (returned or expired)
+    IMMEDIATE = "immediate"  # posted at once (v1), never held
+
+
+@dataclass(slots=True)
+class CashOut:
+    """A cash-out the second phase may act on: a hold (any state) or an immediate cash-out, as
+    locked by the batch. Deciding a command on it moves it on, so a second command in the same
+    batch sees the first's effect."""
+
+    cashout_id: UUID
+    wallet_id: UUID
+    currency: str
+    amount: int
+    fee: int
+    state: CashOutState
+    expires_at: datetime | None = None
+    out_day: date | None = None  # the day a hold counted toward the outgoing totals
+    void_reason: VoidReason | None = None
+    reversed: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.amount + self.fee
+
+    def expired_at(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +149,28 @@ class MoneyMoved:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldPlaced:
+    """amount + fee reserved on the wallet; no journal entry until it settles."""
+
+    cashout: CashOut
+    expires_at: datetime
+    available_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoldVoided:
+    """A hold released (returned by the bank, or expired): the money never left the wallet.
+    What it had counted toward the outgoing totals is given back while its day (month) is
+    current."""
+
+    cashout: CashOut
+    reason: VoidReason
+    available_after: int
+    day_given_back: bool
+    month_given_back: bool
+
+
+@dataclass(frozen=True, slots=True)
 class CustomerOpened:
     customer_id: UUID
     wallet: Wallet
@@ -112,7 +182,7 @@ class Rejected:
     detail: str
 
 
-Decision = MoneyMoved | CustomerOpened | Rejected
+Decision = MoneyMoved | CustomerOpened | HoldPlaced | HoldVoided | Rejected
 
 
 def assert_balanced(postings: Iterable[Posting]) -> None:
@@ -135,10 +205,20 @@ class Book:
     taken_phone_numbers: set[str]
     limits: Mapping[str, TierLimits]
     new_customers: list[CustomerOpened] = field(default_factory=list)
-    # Debits per wallet decided in this batch, to add to today's outgoing totals.
+    # Debits per wallet decided in this batch, to add to the current day's and month's outgoing
+    # totals (a void's give-back is negative).
     outgoing: dict[UUID, int] = field(default_factory=dict)
+    outgoing_month: dict[UUID, int] = field(default_factory=dict)
+    # Change of each wallet's held amount in this batch.
+    held: dict[UUID, int] = field(default_factory=dict)
+    # The cash-outs the second phase names (and the holds the batch places), by cashout_id.
+    cashouts: dict[UUID, CashOut] = field(default_factory=dict)
     # The clock's UTC day read under the batch's locks: the current day of a wallet opened here.
     today: date | None = None
+    # The clock's instant under the locks: when holds placed here expire from, and which expire.
+    now: datetime | None = None
+    # LEDGERFLOW_HOLD_EXPIRES_S: a hold's life when its command does not say.
+    hold_expires_s: int = 259_200
 
     def refuse_owner(self, command: LedgerCommand, subject: str | None) -> str | None:
         """Why `subject` may not debit the wallet the command names (None: it may).
@@ -170,6 +250,10 @@ class Book:
             return self._cash_in(cast("ConfirmCashIn", command))
         if kind is ApproveCashOut:
             return self._cash_out(cast("ApproveCashOut", command))
+        if kind is SettleCashOut:
+            return self._settle(cast("SettleCashOut", command))
+        if kind is ReturnCashOut:
+            return self._return(cast("ReturnCashOut", command))
         assert kind is RequestOnboarding, kind
         return self._onboard(cast("RequestOnboarding", command), subject)
 
@@ -224,8 +308,10 @@ class Book:
         refused = self._over_single_limit(sender, cmd.amount)
         if refused:
             return refused
-        if sender.balance < cmd.amount:
-            return Rejected(RejectReason.INSUFFICIENT_FUNDS, "the sender's balance is too low")
+        if sender.available < cmd.amount:
+            return Rejected(
+                RejectReason.INSUFFICIENT_FUNDS, "the sender's available balance is too low"
+            )
         refused = self._over_period_limits(sender, cmd.amount)
         if refused:
             return refused
@@ -245,28 +331,145 @@ class Book:
         refused = self._over_single_limit(wallet, cmd.amount)
         if refused:
             return refused
-        if wallet.balance < cmd.amount + cmd.fee:
+        if wallet.available < cmd.amount + cmd.fee:
             return Rejected(
-                RejectReason.INSUFFICIENT_FUNDS, "the balance does not cover amount and fee"
+                RejectReason.INSUFFICIENT_FUNDS,
+                "the available balance does not cover amount and fee",
             )
         refused = self._over_period_limits(wallet, cmd.amount + cmd.fee)
         if refused:
             return refused
-        postings = [
-            Posting(wallet.id, cmd.currency, -(cmd.amount + cmd.fee)),
-            Posting(
-                house_account_id(AccountKind.CASHOUT_CLEARING, cmd.currency),
-                cmd.currency,
-                cmd.amount,
-            ),
-        ]
-        if cmd.fee:
-            postings.append(
-                Posting(
-                    house_account_id(AccountKind.FEE_REVENUE, cmd.currency), cmd.currency, cmd.fee
-                )
+        if cmd.holds:
+            return self._hold(cmd, wallet)
+        paid = CashOut(
+            cmd.cashout_id,
+            wallet.id,
+            cmd.currency,
+            cmd.amount,
+            cmd.fee,
+            CashOutState.IMMEDIATE,
+        )
+        return self._post(_cash_out_postings(paid, wallet.id), wallet)
+
+    def _hold(self, cmd: ApproveCashOut, wallet: Wallet) -> HoldPlaced:
+        assert self.now is not None, "a hold is placed in a batch that read the clock"
+        if cmd.cashout_id in self.cashouts:
+            # Only reachable if a hold row exists without its idempotency record.
+            raise AssertionError(f"cash-out {cmd.cashout_id} is held already")
+        total = cmd.amount + cmd.fee
+        expires_in = cmd.hold_expires_in_s or self.hold_expires_s
+        expires_at = self.now + timedelta(seconds=expires_in)
+        wallet.held += total
+        self._count_outgoing(wallet, total)
+        cashout = CashOut(
+            cmd.cashout_id,
+            wallet.id,
+            cmd.currency,
+            cmd.amount,
+            cmd.fee,
+            CashOutState.PENDING,
+            expires_at=expires_at,
+            out_day=wallet.out_day,
+        )
+        self.cashouts[cmd.cashout_id] = cashout
+        self.held[wallet.id] = self.held.get(wallet.id, 0) + total
+        assert wallet.available >= 0, "a hold never takes more than is available"
+        return HoldPlaced(cashout, expires_at, wallet.available)
+
+    def _settle(self, cmd: SettleCashOut) -> Decision:
+        cashout = self._named_cashout(cmd.cashout_id, cmd.wallet_account_id)
+        if isinstance(cashout, Rejected):
+            return cashout
+        refused = self._second_phase_refusal(cashout, settling=True)
+        if refused:
+            return refused
+        wallet = self.wallets[cashout.wallet_id]
+        wallet.held -= cashout.total
+        self.held[wallet.id] = self.held.get(wallet.id, 0) - cashout.total
+        cashout.state = CashOutState.SETTLED
+        # Counted toward the outgoing totals when it was held: the entry is not counted again.
+        return self._post(_cash_out_postings(cashout, wallet.id), wallet, counts_outgoing=False)
+
+    def _return(self, cmd: ReturnCashOut) -> Decision:
+        cashout = self._named_cashout(cmd.cashout_id, cmd.wallet_account_id)
+        if isinstance(cashout, Rejected):
+            return cashout
+        refused = self._second_phase_refusal(cashout, settling=False)
+        if refused:
+            return refused
+        if cashout.state is CashOutState.PENDING:
+            return self._void(cashout, VoidReason.RETURNED)
+        # Paid out, and the bank sent it back: the mirror of the cash-out's entry.
+        cashout.reversed = True
+        wallet = self.wallets[cashout.wallet_id]
+        mirrored = tuple(
+            Posting(p.account_id, p.currency, -p.amount)
+            for p in _cash_out_postings(cashout, wallet.id)
+        )
+        return self._post(mirrored, wallet, counts_outgoing=False)
+
+    def expire(self, cashout_id: UUID) -> HoldVoided | None:
+        """Void a pending hold whose time is up; None when it is not (settled, returned or
+        expired meanwhile, by another replica or command): the sweep then does nothing."""
+        assert self.now is not None, "expiry reads the clock under the locks"
+        cashout = self.cashouts.get(cashout_id)
+        if (
+            cashout is None
+            or cashout.state is not CashOutState.PENDING
+            or not cashout.expired_at(self.now)
+            or cashout.wallet_id not in self.wallets
+        ):
+            return None
+        return self._void(cashout, VoidReason.EXPIRED)
+
+    def _void(self, cashout: CashOut, reason: VoidReason) -> HoldVoided:
+        wallet = self.wallets[cashout.wallet_id]
+        wallet.held -= cashout.total
+        assert wallet.held >= 0, "a wallet never holds less than nothing"
+        self.held[wallet.id] = self.held.get(wallet.id, 0) - cashout.total
+        cashout.state, cashout.void_reason = CashOutState.VOIDED, reason
+        # Give back what the hold counted, while its day (month) is still the wallet's current.
+        same_day = cashout.out_day is not None and cashout.out_day == wallet.out_day
+        same_month = (
+            cashout.out_day is not None
+            and wallet.out_day is not None
+            and (cashout.out_day.year, cashout.out_day.month)
+            == (wallet.out_day.year, wallet.out_day.month)
+        )
+        if same_day:
+            wallet.out_today -= cashout.total
+            self.outgoing[wallet.id] = self.outgoing.get(wallet.id, 0) - cashout.total
+        if same_month:
+            wallet.out_month -= cashout.total
+            self.outgoing_month[wallet.id] = self.outgoing_month.get(wallet.id, 0) - cashout.total
+        assert wallet.out_today >= 0, "a give-back returns only what was counted"
+        assert wallet.out_month >= 0, "a give-back returns only what was counted"
+        return HoldVoided(cashout, reason, wallet.available, same_day, same_month)
+
+    def _named_cashout(self, cashout_id: UUID, wallet_id: UUID) -> CashOut | Rejected:
+        cashout = self.cashouts.get(cashout_id)
+        if cashout is None or cashout.wallet_id != wallet_id or wallet_id not in self.wallets:
+            return Rejected(
+                RejectReason.HOLD_NOT_FOUND, "no cash-out with this id on this wallet (yet)"
             )
-        return self._post(tuple(postings), wallet)
+        return cashout
+
+    def _second_phase_refusal(self, cashout: CashOut, *, settling: bool) -> Rejected | None:
+        """Why a settle (or a return) cannot apply to the cash-out in its state; None: it can."""
+        assert self.now is not None, "the second phase reads the clock under the locks"
+        state = cashout.state
+        if state is CashOutState.VOIDED:
+            if cashout.void_reason is VoidReason.EXPIRED:
+                return Rejected(RejectReason.HOLD_EXPIRED, "the hold expired and was released")
+            return Rejected(RejectReason.ALREADY_VOIDED, "the hold was returned and released")
+        if cashout.reversed:
+            return Rejected(RejectReason.ALREADY_REVERSED, "the cash-out was reversed already")
+        if settling:
+            if state is not CashOutState.PENDING:
+                return Rejected(RejectReason.ALREADY_SETTLED, "the cash-out was paid out already")
+            if cashout.expired_at(self.now):
+                return Rejected(RejectReason.HOLD_EXPIRED, "the hold expired before it was settled")
+        return None
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -348,17 +551,45 @@ class Book:
             )
         return limits
 
-    def _post(self, postings: tuple[Posting, ...], first: Wallet) -> MoneyMoved:
+    def _count_outgoing(self, wallet: Wallet, debit: int) -> None:
+        wallet.out_today += debit
+        wallet.out_month += debit
+        self.outgoing[wallet.id] = self.outgoing.get(wallet.id, 0) + debit
+        self.outgoing_month[wallet.id] = self.outgoing_month.get(wallet.id, 0) + debit
+
+    def _post(
+        self, postings: tuple[Posting, ...], first: Wallet, *, counts_outgoing: bool = True
+    ) -> MoneyMoved:
         assert_balanced(postings)
         out_day: date | None = None
         for posting in postings:
             wallet = self.wallets.get(posting.account_id)
             if wallet is not None:
                 wallet.balance += posting.amount
-                assert wallet.balance >= 0, "a wallet never goes below zero"
-                if posting.amount < 0:
-                    wallet.out_today -= posting.amount
-                    wallet.out_month -= posting.amount
-                    self.outgoing[wallet.id] = self.outgoing.get(wallet.id, 0) - posting.amount
+                assert wallet.available >= 0, "a wallet never spends what it holds"
+                if posting.amount < 0 and counts_outgoing:
+                    self._count_outgoing(wallet, -posting.amount)
                     out_day = wallet.out_day
         return MoneyMoved(new_journal_entry_id(), postings, first.balance, out_day)
+
+
+def _cash_out_postings(cashout: CashOut, wallet_id: UUID) -> tuple[Posting, ...]:
+    """A cash-out's entry: the wallet pays amount + fee, the clearing account gets the amount,
+    fee revenue the fee."""
+    postings = [
+        Posting(wallet_id, cashout.currency, -cashout.total),
+        Posting(
+            house_account_id(AccountKind.CASHOUT_CLEARING, cashout.currency),
+            cashout.currency,
+            cashout.amount,
+        ),
+    ]
+    if cashout.fee:
+        postings.append(
+            Posting(
+                house_account_id(AccountKind.FEE_REVENUE, cashout.currency),
+                cashout.currency,
+                cashout.fee,
+            )
+        )
+    return tuple(postings)

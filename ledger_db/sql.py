@@ -61,7 +61,7 @@ FROM keying LEFT JOIN (
 # batch opens; APPLY_BALANCE_DELTAS gets it back and applies the same rule.
 LOCK_WALLETS = """
 WITH locked AS MATERIALIZED (
-    SELECT a.id, a.currency, a.status, c.tier, c.subject, b.balance,
+    SELECT a.id, a.currency, a.status, c.tier, c.subject, b.balance, b.held,
            b.out_day, b.out_day_total, b.out_month, b.out_month_total
     FROM unnest(string_to_array($1, ',')::uuid[]) AS w(id)
     JOIN balances b ON b.account_id = w.id AND b.shard = 0
@@ -72,11 +72,13 @@ WITH locked AS MATERIALIZED (
     FOR UPDATE OF b
 ),
 clock AS MATERIALIZED (
-    SELECT (coalesce($2::timestamptz, clock_timestamp()) AT TIME ZONE 'UTC')::date AS day
-    FROM (SELECT count(*) AS n FROM locked) AS every_row_locked
+    SELECT (now.at AT TIME ZONE 'UTC')::date AS day, now.at
+    FROM (SELECT count(*) AS n FROM locked) AS every_row_locked,
+         LATERAL (SELECT coalesce($2::timestamptz, clock_timestamp()) AS at) AS now
     WHERE every_row_locked.n >= 0
 )
-SELECT clock.day AS clock_day, l.id, l.currency, l.status, l.tier, l.subject, l.balance,
+SELECT clock.day AS clock_day, clock.at AS clock_now, l.id, l.currency, l.status, l.tier,
+       l.subject, l.balance, l.held,
        greatest(l.out_day, clock.day) AS out_day,
        CASE WHEN l.out_day >= clock.day THEN l.out_day_total ELSE 0 END AS out_today,
        CASE WHEN l.out_month >= date_trunc('month', clock.day)::date
@@ -112,27 +114,117 @@ ORDER BY account_id
 FOR UPDATE
 """
 
-# A wallet's debits (`d.out`, 0 for house shards and for wallets only credited) are added to
-# its current day's and month's totals on the same row: the later of the row's and the clock's
-# ($5, LOCK_WALLETS' clock_day), which restart when the clock passed the row's day or month.
+# A wallet's debits (`d.out`, `d.out_m`: 0 for house shards and for wallets only credited) are
+# added to its current day's and month's totals on the same row: the later of the row's and the
+# clock's ($5, LOCK_WALLETS' clock_day), which restart when the clock passed the row's day or
+# month. A void's give-back is negative and only ever for the row's current day (month). A
+# change of either total moves the row to the clock's day and month first: a void on a later
+# day of the month gives back the month's total only, and the old day's total must not outlive
+# its day (it would exceed the month's). `d.held` moves the wallet's held amount.
 APPLY_BALANCE_DELTAS = """
 UPDATE balances b SET
     balance = b.balance + d.delta,
-    out_day_total = CASE WHEN d.out = 0 THEN b.out_day_total
+    held = b.held + d.held,
+    out_day_total = CASE WHEN d.out = 0 AND d.out_m = 0 THEN b.out_day_total
                          WHEN b.out_day >= t.day THEN b.out_day_total + d.out ELSE d.out END,
-    out_day = CASE WHEN d.out = 0 THEN b.out_day ELSE greatest(b.out_day, t.day) END,
-    out_month_total = CASE WHEN d.out = 0 THEN b.out_month_total
-                           WHEN b.out_month >= t.month THEN b.out_month_total + d.out
-                           ELSE d.out END,
-    out_month = CASE WHEN d.out = 0 THEN b.out_month ELSE greatest(b.out_month, t.month) END
+    out_day = CASE WHEN d.out = 0 AND d.out_m = 0 THEN b.out_day
+                   ELSE greatest(b.out_day, t.day) END,
+    out_month_total = CASE WHEN d.out = 0 AND d.out_m = 0 THEN b.out_month_total
+                           WHEN b.out_month >= t.month THEN b.out_month_total + d.out_m
+                           ELSE d.out_m END,
+    out_month = CASE WHEN d.out = 0 AND d.out_m = 0 THEN b.out_month
+                     ELSE greatest(b.out_month, t.month) END
 FROM unnest(
     string_to_array($1, ',')::uuid[],
     string_to_array($2, ',')::smallint[],
     string_to_array($3, ',')::bigint[],
-    string_to_array($4, ',')::bigint[]
-) AS d(account_id, shard, delta, out),
+    string_to_array($4, ',')::bigint[],
+    string_to_array($6, ',')::bigint[],
+    string_to_array($7, ',')::bigint[]
+) AS d(account_id, shard, delta, out, out_m, held),
 (SELECT $5::date AS day, date_trunc('month', $5::date)::date AS month) AS t
 WHERE b.account_id = d.account_id AND b.shard = d.shard
+"""
+
+HOLD_COLUMNS = (
+    "cashout_id",
+    "wallet_account_id",
+    "currency",
+    "amount",
+    "fee",
+    "placed_at",
+    "expires_at",
+    "out_day",
+    "command_event_id",
+    "correlation_id",
+)
+
+# The cash-outs a batch's second-phase commands (and expiries) name, locked after the wallets:
+# holds in any state, and cash-outs paid at once (v1: their entry's postings), with whether a
+# reversal was posted. One row per cash-out found.
+LOCK_CASHOUTS = """
+WITH ids AS (SELECT DISTINCT unnest(string_to_array($1, ',')::uuid[]) AS id),
+held AS MATERIALIZED (
+    SELECT h.cashout_id, h.wallet_account_id, h.currency, h.amount, h.fee, h.status,
+           h.expires_at, h.out_day, h.void_reason
+    FROM holds h JOIN ids ON ids.id = h.cashout_id
+    ORDER BY h.cashout_id
+    FOR UPDATE OF h
+),
+paid AS (
+    SELECT e.idempotency_key AS cashout_id,
+           (array_agg(p.account_id) FILTER (WHERE a.kind = 'wallet'))[1] AS wallet_account_id,
+           min(p.currency) AS currency,
+           coalesce(sum(p.amount) FILTER (WHERE a.kind = 'cashout_clearing'), 0)::bigint AS amount,
+           coalesce(sum(p.amount) FILTER (WHERE a.kind = 'fee_revenue'), 0)::bigint AS fee
+    FROM journal_entries e
+    JOIN ids ON ids.id = e.idempotency_key
+    JOIN postings p ON p.entry_id = e.id
+    JOIN accounts a ON a.id = p.account_id
+    WHERE e.flow = 'cashout'
+    GROUP BY e.idempotency_key
+)
+SELECT h.cashout_id, h.wallet_account_id, h.currency, h.amount, h.fee, h.status,
+       h.expires_at, h.out_day, h.void_reason, r.id IS NOT NULL AS reversed
+FROM held h
+LEFT JOIN journal_entries r ON r.flow = 'cashout_return' AND r.idempotency_key = h.cashout_id
+UNION ALL
+SELECT p.cashout_id, p.wallet_account_id, p.currency, p.amount, p.fee, 'immediate',
+       NULL, NULL, NULL, r.id IS NOT NULL
+FROM paid p
+LEFT JOIN journal_entries r ON r.flow = 'cashout_return' AND r.idempotency_key = p.cashout_id
+WHERE NOT EXISTS (SELECT 1 FROM held h WHERE h.cashout_id = p.cashout_id)
+"""
+
+# Resolutions of holds decided by a batch: (cashout_id, status, void_reason, day and month
+# given back, settle entry).
+RESOLVE_HOLDS = """
+UPDATE holds h SET
+    status = r.status,
+    void_reason = r.void_reason,
+    resolved_at = $7,
+    day_given_back = r.day_back,
+    month_given_back = r.month_back,
+    settle_entry_id = r.entry_id
+FROM unnest(
+    $1::uuid[], $2::text[], $3::text[], $4::boolean[], $5::boolean[], $6::uuid[]
+) AS r(cashout_id, status, void_reason, day_back, month_back, entry_id)
+WHERE h.cashout_id = r.cashout_id AND h.status = 'pending'
+"""
+
+# The expiry sweep's candidates: pending holds past their time, oldest first, read without
+# locks (the sweep locks their wallets, then the holds, and decides again under the locks).
+SELECT_EXPIRED_HOLDS = """
+SELECT cashout_id, wallet_account_id FROM holds
+WHERE status = 'pending' AND expires_at <= coalesce($2::timestamptz, clock_timestamp())
+ORDER BY expires_at
+LIMIT $1
+"""
+
+# What an expiry answers: the approving command's ids, for the voided event's causation.
+SELECT_HOLD_CAUSES = """
+SELECT cashout_id, command_event_id, correlation_id FROM holds
+WHERE cashout_id = ANY($1::uuid[])
 """
 
 NOTIFY_OUTBOX = "SELECT pg_notify('ledgerflow_outbox', '')"

@@ -115,12 +115,12 @@ def service_acls(topic_prefix: str = "") -> list[Acl]:
             Acl(RELAY, topic, command, literal, describe),
             Acl(RELAY, group, worker_group, literal, describe),
         ]
-        for result in (flow.completed_topic, flow.rejected_topic):
+        for result in flow.result_topics:
             acls += [
                 Acl(RELAY, topic, topic_prefix + result, literal, write),
                 Acl(API, topic, topic_prefix + result, literal, read),
             ]
-    return sorted(acls)
+    return sorted(set(acls))
 
 
 # --- SCRAM credentials -------------------------------------------------------------------------

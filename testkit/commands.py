@@ -14,9 +14,20 @@ from ledgerflow.contracts.commands import (
     ConfirmCashIn,
     InitiateTransfer,
     RequestOnboarding,
+    ReturnCashOut,
+    SettleCashOut,
+    Settlement,
 )
 from ledgerflow.contracts.parsing import InvalidCommand, ValidCommand, parse_command
-from ledgerflow.contracts.topics import CASHIN, CASHOUT, ONBOARDING, TRANSFER, Flow
+from ledgerflow.contracts.topics import (
+    CASHIN,
+    CASHOUT,
+    CASHOUT_RETURN,
+    CASHOUT_SETTLE,
+    ONBOARDING,
+    TRANSFER,
+    Flow,
+)
 from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, Outcome
 from ledgerflow.ledger_db.rules import wallet_account_id
 
@@ -80,6 +91,37 @@ def cashout(wallet: uuid.UUID, amount: int, fee: int = 0, currency: str = "EUR")
     )
 
 
+def held_cashout(
+    wallet: uuid.UUID,
+    amount: int,
+    fee: int = 0,
+    currency: str = "EUR",
+    expires_in_s: int | None = None,
+) -> ApproveCashOut:
+    """A two-phase cash-out: held until `settle(...)` or `returned(...)`, or until it expires."""
+    return cashout(wallet, amount, fee, currency).model_copy(
+        update={"settlement": Settlement.ON_CONFIRMATION, "hold_expires_in_s": expires_in_s}
+    )
+
+
+def settle(approved: ApproveCashOut, bank_reference: str = "PAYOUT-REF-1") -> SettleCashOut:
+    """The payout service's `cashout.settled` for a held cash-out."""
+    return SettleCashOut(
+        cashout_id=approved.cashout_id,
+        wallet_account_id=approved.wallet_account_id,
+        bank_reference=bank_reference,
+    )
+
+
+def returned(approved: ApproveCashOut, return_code: str = "AC04") -> ReturnCashOut:
+    """The payout service's `cashout.returned`: before settling (void) or after (reversal)."""
+    return ReturnCashOut(
+        cashout_id=approved.cashout_id,
+        wallet_account_id=approved.wallet_account_id,
+        return_code=return_code,
+    )
+
+
 def flow_of(command: BaseModel) -> Flow:
     match command:
         case RequestOnboarding():
@@ -90,6 +132,10 @@ def flow_of(command: BaseModel) -> Flow:
             return TRANSFER
         case ApproveCashOut():
             return CASHOUT
+        case SettleCashOut():
+            return CASHOUT_SETTLE
+        case ReturnCashOut():
+            return CASHOUT_RETURN
     raise TypeError(type(command).__name__)
 
 

@@ -20,7 +20,7 @@ from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from ledgerflow.contracts.topics import flow_by_name
+from ledgerflow.contracts.topics import CASHOUT, WORKERS, flows_of_worker
 from ledgerflow.ledger_db.apply import LedgerWriter, load_tier_limits
 from ledgerflow.ledger_db.pii import DEV_KEY_ID
 from ledgerflow.ledger_db.rules import TierLimits
@@ -29,6 +29,7 @@ from ledgerflow.workers import http, metrics, tracing
 from ledgerflow.workers.auth import Authenticator, AuthMode
 from ledgerflow.workers.batch import BatchProcessor, BatchResult, PoisonUnproven
 from ledgerflow.workers.dead_letters import DeadLetter, send_dead_letters
+from ledgerflow.workers.expiry import HoldExpiry
 from ledgerflow.workers.failures import is_infrastructure
 from ledgerflow.workers.kafka_io import commit_offsets, idempotent_producer, rewind
 from ledgerflow.workers.kafka_security import faststream_security, kafka_client_options
@@ -48,7 +49,7 @@ log = logging.getLogger("ledgerflow.worker")
 # FastStream logs through this one, into the process' JSON lines (workers/logging.py).
 FASTSTREAM_LOG = logging.getLogger("ledgerflow.faststream")
 
-FLOW_NAMES = ("onboarding", "cashin", "transfer", "cashout")
+FLOW_NAMES = WORKERS  # the worker kinds: onboarding, cashin, transfer, cashout
 FAILURE_BACKOFF_MAX_S = 5.0
 # Non-transient failures of batches holding a record before such a batch is split, record by
 # record, to find the poison message.
@@ -124,6 +125,8 @@ class WorkerState:
     applied_at: dict[str, float] = field(default_factory=dict)
     # Partitions paused because their dead letter was refused, by flow.
     held: dict[str, set[TopicPartition]] = field(default_factory=dict)
+    # Each flow's FastStream subscriber (its consumer, once started).
+    subscribers: dict[str, Any] = field(default_factory=dict)
 
     async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
         assert self.producer is not None
@@ -137,12 +140,12 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
         client_id="ledgerflow-worker",
         allow_auto_create_topics=False,
         graceful_timeout=GRACEFUL_TIMEOUT_S,
-        middlewares=_observability(settings, flow_names),
+        middlewares=_observability(settings, flows_of(flow_names)),
         logger=FASTSTREAM_LOG,
         log_level=logging.DEBUG,  # its per-batch "Received"/"Processed" lines: DEBUG only
     )
     state = WorkerState(settings)
-    flows = [flow_by_name(name) for name in flow_names]
+    flows = flows_of(flow_names)
     lag = LagMonitor(
         settings.kafka_bootstrap_servers,
         [watched_group(settings, flow) for flow in flows],
@@ -151,6 +154,7 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
     )
     for flow in flows:
         _subscribe(broker, state, flow)
+    expiry = HoldExpiry(settings.hold_expiry_interval_s, settings.hold_expiry_round_max)
 
     async def startup() -> None:
         state.pool = await create_pool(
@@ -184,6 +188,9 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
             vault=vault,
             content_hash_key=content_key,
         )
+        writer.hold_expires_s = settings.hold_expires_s
+        if CASHOUT in flows:  # the cash-out worker expires holds: no process kind of its own
+            expiry.start(writer)
         verifier = authenticator(settings)
         for flow in flows:
             state.processors[flow.name] = BatchProcessor(
@@ -197,6 +204,7 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
             )
 
     async def shutdown() -> None:
+        await expiry.stop()
         await lag.stop()
         metrics.watch_pool(None)
         tracing.flush()
@@ -214,8 +222,8 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
             return f"postgresql unavailable: {type(error).__name__}"
         if not await broker.ping(timeout=1.0):
             return "kafka unavailable"
-        for flow, subscriber in zip(flows, broker.subscribers, strict=True):
-            consumer = getattr(subscriber, "consumer", None)
+        for flow in flows:
+            consumer = getattr(state.subscribers[flow.name], "consumer", None)
             assigned = len(consumer.assignment()) if consumer is not None else 0
             metrics.ASSIGNED_PARTITIONS.labels(flow.name).set(assigned)
             if not assigned:
@@ -239,10 +247,15 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
     )
 
 
-def _observability(settings: Settings, flow_names: Sequence[str]) -> list[Any]:
+def flows_of(worker_names: Sequence[str]) -> list[Flow]:
+    """The flows the named worker kinds consume, in registry order."""
+    return [flow for name in worker_names for flow in flows_of_worker(name)]
+
+
+def _observability(settings: Settings, flows: Sequence[Flow]) -> list[Any]:
     """Tracing outermost (its span covers the rest), then FastStream's Prometheus middleware
     and the command latency histogram (docs/metrics.md)."""
-    topics = {settings.topic_prefix + flow_by_name(n).command_topic: n for n in flow_names}
+    topics = {settings.topic_prefix + flow.command_topic: flow.name for flow in flows}
     return [tracing.middleware(topics), *metrics.middlewares(topics)]
 
 
@@ -254,8 +267,7 @@ def watched_group(settings: Settings, flow: Flow) -> Watched:
 
 def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
     settings = state.settings
-
-    @broker.subscriber(
+    subscriber = broker.subscriber(
         settings.topic_prefix + flow.command_topic,
         group_id=settings.topic_prefix + group_id(flow),
         batch=True,
@@ -274,6 +286,10 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
         decoder=_raw,
         title=f"{flow.name} worker",
     )
+    # Kept by flow: the broker's own list of subscribers is not in registration order.
+    state.subscribers[flow.name] = subscriber
+
+    @subscriber
     async def handle(_body: Any, msg: KafkaMessage) -> None:
         records = msg.raw_message
         if not isinstance(records, tuple):

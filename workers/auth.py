@@ -39,6 +39,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("ledgerflow.auth")
 
 CASHIN_SCOPE = "ledger:cashin"
+# The payout service answers for the bank: settles and returns held cash-outs (DESIGN.md §5.1).
+PAYOUT_SCOPE = "ledger:payout"
+# Commands only a service may send, by flow: no customer's token may confirm money the bank
+# moved.
+SERVICE_SCOPES = {
+    "cashin": CASHIN_SCOPE,
+    "cashout_settle": PAYOUT_SCOPE,
+    "cashout_return": PAYOUT_SCOPE,
+}
 # Optional claim binding a token to one command's data: hex SHA-256 of its canonical JSON
 # (`contracts.parsing.content_hash`), so a captured token cannot authorise another command.
 DATA_HASH_CLAIM = "data_sha256"
@@ -253,8 +262,11 @@ class Authenticator:
         if bound is not None and bound != command.content_hash.hex():
             return Refusal("token is bound to other command data")
         scopes = frozenset(str(claims.get("scope", "")).split())
-        if command.flow.name == "cashin" and CASHIN_SCOPE not in scopes:
-            return Refusal(f"cash-in needs a service token with scope {CASHIN_SCOPE}")
+        needed = SERVICE_SCOPES.get(command.flow.name)
+        if needed is not None and needed not in scopes:
+            return Refusal(
+                f"{command.flow.command_topic} needs a service token with scope {needed}"
+            )
         return Principal(str(claims["sub"]), scopes)
 
 

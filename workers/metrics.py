@@ -151,6 +151,23 @@ OUTBOX_PRUNED = Counter(
     "ledgerflow_outbox_pruned", "Published outbox rows deleted after their retention period."
 )
 RELAY_PUBLISHED = Counter("ledgerflow_relay_published", "Events published by the relay.")
+HOLDS_EXPIRED = Counter(
+    "ledgerflow_holds_expired",
+    "Holds (two-phase cash-outs) voided because nobody settled or returned them in time.",
+)
+HOLD_EXPIRY_FAILURES = Counter(
+    "ledgerflow_hold_expiry_failures",
+    "Expiry rounds that failed and will be tried again, by error class.",
+    ["error_class"],
+)
+# Cumulative, like a histogram's buckets: pending holds placed at most `le` seconds ago.
+HOLD_AGE_BUCKETS_S = (3_600, 86_400, 259_200, 604_800, 2_592_000)
+HOLDS_PENDING = Gauge(
+    "ledgerflow_holds_pending",
+    "Pending holds by age: placed at most `le` seconds ago (le=+Inf: all), counted every 15 s "
+    "by each cash-out worker.",
+    ["le"],
+)
 RELAY_ERRORS = Counter(
     "ledgerflow_relay_errors", "Relay publish rounds that failed.", ["error_class"]
 )

@@ -152,6 +152,12 @@ class Settings(BaseSettings):
     log_commands: bool = True
     # How often consumer lag is measured (committed offsets and high watermarks from Kafka).
     lag_interval_ms: int = Field(default=5_000, ge=100, le=300_000)
+    # Holds (two-phase cash-outs): a hold's life when its command does not say, and the cash-out
+    # worker's expiry sweep. The contract bounds hold_expires_in_s to 60 s … 30 days; the setting
+    # may be shorter, for demos and tests.
+    hold_expires_s: int = Field(default=259_200, ge=1, le=2_592_000)
+    hold_expiry_interval_s: float = Field(default=1.0, gt=0, le=300)
+    hold_expiry_round_max: int = Field(default=500, ge=1, le=500)
 
     # HTTP (/metrics, /healthz, /readyz). No port: the process kind's own (DEFAULT_HTTP_PORTS).
     http_host: str = "127.0.0.1"

@@ -24,13 +24,15 @@ class TopicSpec:
 def topic_specs(
     prefix: str, command_partitions: int, result_partitions: int, dlq_partitions: int
 ) -> list[TopicSpec]:
-    specs: list[TopicSpec] = []
-    for flow in FLOWS:
-        specs.append(TopicSpec(prefix + flow.command_topic, command_partitions))
-        specs.append(TopicSpec(prefix + flow.completed_topic, result_partitions))
-        specs.append(TopicSpec(prefix + flow.rejected_topic, result_partitions))
-        specs.append(TopicSpec(prefix + flow.dlq_topic, dlq_partitions))
-    return specs
+    specs: dict[str, TopicSpec] = {}
+    for flow in FLOWS:  # a result topic shared by several flows is created once
+        for name, partitions in (
+            (flow.command_topic, command_partitions),
+            *((result, result_partitions) for result in flow.result_topics),
+            (flow.dlq_topic, dlq_partitions),
+        ):
+            specs.setdefault(name, TopicSpec(prefix + name, partitions))
+    return list(specs.values())
 
 
 async def ensure_topics(

@@ -37,6 +37,8 @@ from deploy_support import (
     skip_loudly,
 )
 
+from ledgerflow.contracts.topics import flows_of_worker
+
 # The first run builds helm from source (scripts/ensure-helm.sh: about 3.5 minutes on two cores),
 # inside the first test's setup: more than the suite's default per-test timeout allows.
 pytestmark = pytest.mark.timeout(1800)
@@ -156,14 +158,23 @@ def test_each_worker_scales_on_its_own_consumer_group_and_topic(
             scaled_object = scaled[deployment["metadata"]["name"]]
             spec = scaled_object["spec"]
             assert spec["scaleTargetRef"]["kind"] == "Deployment"
-            (trigger,) = spec["triggers"]
-            assert trigger["type"] == "kafka"
-            metadata = trigger["metadata"]
-            assert metadata["consumerGroup"] == f"ledgerflow.{flow}"
-            assert metadata["topic"] == COMMAND_TOPICS[flow]
-            assert metadata["bootstrapServers"] == settings["kafka"]["bootstrapServers"]
-            assert metadata["allowIdleConsumers"] == "false"
-            assert int(metadata["lagThreshold"]) >= 1
+            # One trigger per consumer group of the worker (the contracts' registry): the
+            # cash-out worker's second-phase groups scale it too.
+            expected = [
+                (f"ledgerflow.{consumed.name}", consumed.command_topic)
+                for consumed in flows_of_worker(flow)
+            ]
+            triggers = spec["triggers"]
+            assert sorted(
+                (t["metadata"]["consumerGroup"], t["metadata"]["topic"]) for t in triggers
+            ) == sorted(expected)
+            assert triggers[0]["metadata"]["topic"] == COMMAND_TOPICS[flow]
+            for trigger in triggers:
+                assert trigger["type"] == "kafka"
+                metadata = trigger["metadata"]
+                assert metadata["bootstrapServers"] == settings["kafka"]["bootstrapServers"]
+                assert metadata["allowIdleConsumers"] == "false"
+                assert int(metadata["lagThreshold"]) >= 1
             assert spec["minReplicaCount"] >= 1
             assert spec["maxReplicaCount"] <= partitions
             assert spec["minReplicaCount"] <= spec["maxReplicaCount"]

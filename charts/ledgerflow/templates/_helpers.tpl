@@ -66,6 +66,14 @@ transfer: transfer.initiated
 cashout: cashout.approved
 {{- end }}
 
+{{/* The further topics a worker consumes, by flow (the consumer group is ledgerflow.<flow>):
+the cash-out worker also takes the second phase of held cash-outs (DESIGN.md §5.1). */}}
+{{- define "ledgerflow.moreCommandTopics" -}}
+cashout:
+  cashout_settle: cashout.settled
+  cashout_return: cashout.returned
+{{- end }}
+
 {{/*
 Checks that hold for the whole release; rendering fails with the reason when one does not.
 */}}

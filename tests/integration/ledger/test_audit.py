@@ -5,17 +5,29 @@ and an honest ledger must pass."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import orjson
 import pytest
 
 from ledgerflow.ledger_db.apply import LedgerWriter, OutcomeKind, load_tier_limits
 from ledgerflow.ledger_db.audit import run_audit
 from ledgerflow.ledger_db.rules import AccountKind, house_account_id
-from ledgerflow.testkit.commands import apply_all, cashin, cashout, onboarding, transfer, wallet_of
+from ledgerflow.testkit.commands import (
+    apply_all,
+    cashin,
+    cashout,
+    held_cashout,
+    onboarding,
+    returned,
+    settle,
+    transfer,
+    wallet_of,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -98,6 +110,27 @@ async def move_posting(
             " WHERE account_id = $1)",
             account,
             delta,
+        )
+
+
+async def shift_posting(
+    conn: asyncpg.Connection, entry: uuid.UUID, source: uuid.UUID, target: uuid.UUID, delta: int
+) -> None:
+    """Move `delta` from an entry's posting on `source` to its posting on `target`, with the
+    balances: the entry stays balanced and every balance its postings' sum."""
+    for account, change in ((source, -delta), (target, delta)):
+        await conn.execute(
+            "UPDATE postings SET amount = amount + $3 WHERE entry_id = $1 AND account_id = $2",
+            entry,
+            account,
+            change,
+        )
+        await conn.execute(
+            "UPDATE balances SET balance = balance + $2"
+            " WHERE account_id = $1 AND shard = (SELECT min(shard) FROM balances"
+            " WHERE account_id = $1)",
+            account,
+            change,
         )
 
 
@@ -239,4 +272,452 @@ async def test_an_outbox_row_that_is_not_its_records_is_seen(
         uuid.uuid4(),
         json.dumps({"type": "cashin.completed"}).encode(),
     )
+    assert failing(await audit(admin)) == {"outbox_rows_match_records"}
+
+
+# -- holds (DESIGN.md §5.1) ---------------------------------------------------------------------
+
+PREFIX = "t1234abcd."
+
+
+def at_clock(writer: LedgerWriter, at: dt.datetime | None = None) -> LedgerWriter:
+    """The writer's limits under the deployment prefix, its clock pinned at `at` (None: the
+    database's)."""
+    if at is None:
+        return LedgerWriter(writer.pool, writer.limits, topic_prefix=PREFIX)
+    return LedgerWriter(writer.pool, writer.limits, topic_prefix=PREFIX, clock=lambda: at)
+
+
+async def ledger_with_holds(writer: LedgerWriter) -> dict[str, Any]:
+    """Every path of a held cash-out, with fees, under a topic prefix: settled, returned before
+    settling, expired (swept by a writer whose clock is past its time), reversed after it
+    settled, an immediate cash-out reversed, and one still pending."""
+    now = at_clock(writer)
+    person, other = onboarding(), onboarding()
+    w = wallet_of(person)
+    await apply_all(now, person, other, cashin(w, 100_000))
+    ledger = {
+        "wallet": w,
+        "settled": held_cashout(w, 3_000, fee=50),
+        "returned": held_cashout(w, 2_000, fee=20),
+        "expired": held_cashout(w, 1_000, fee=5, expires_in_s=60),
+        "reversed_hold": held_cashout(w, 700, fee=7),
+        "reversed": cashout(w, 400, fee=4),
+        "pending": held_cashout(w, 900, fee=9),
+    }
+    placed = await apply_all(
+        now,
+        *(ledger[k] for k in ("settled", "returned", "expired", "reversed_hold", "pending")),
+        ledger["reversed"],
+        transfer(w, wallet_of(other), 100),
+    )
+    assert [o.topic for o in placed] == [PREFIX + "cashout.held"] * 5 + [
+        PREFIX + "cashout.completed",
+        PREFIX + "transfer.completed",
+    ]
+    second = await apply_all(
+        now,
+        settle(ledger["settled"]),
+        returned(ledger["returned"]),
+        settle(ledger["reversed_hold"]),
+        returned(ledger["reversed"]),
+        settle(held_cashout(w, 1)),  # hold_not_found: answered, not recorded
+    )
+    assert [o.topic.removeprefix(PREFIX) for o in second] == [
+        "cashout.completed",
+        "cashout.voided",
+        "cashout.completed",
+        "cashout.reversed",
+        "cashout.rejected",
+    ]
+    [back] = await apply_all(now, returned(ledger["reversed_hold"]))
+    assert back.topic == PREFIX + "cashout.reversed"
+    later = at_clock(writer, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=61))
+    [expired] = await later.expire_holds()
+    assert (expired.key, expired.reason) == (str(ledger["expired"].cashout_id), "expired")
+    # Replays and conflicts of the second phase add nothing.
+    again = await apply_all(
+        now, settle(ledger["settled"]), settle(ledger["settled"], bank_reference="OTHER")
+    )
+    assert [o.kind for o in again] == [OutcomeKind.REPLAYED, OutcomeKind.CONFLICT]
+    return ledger
+
+
+async def set_data(admin: asyncpg.Connection, flow: str, key: uuid.UUID, **data: Any) -> None:
+    """Rewrite fields of a record's result `data` (the outbox is pruned first by the callers)."""
+    for name, value in data.items():
+        await admin.execute(
+            "UPDATE idempotency_records SET result_payload = convert_to(jsonb_set("
+            "convert_from(result_payload, 'UTF8')::jsonb, $3::text[], $4::jsonb)::text, 'UTF8')"
+            " WHERE flow = $1 AND key = $2",
+            flow,
+            key,
+            ["data", name],
+            json.dumps(value),
+        )
+
+
+async def entry_of_flow(conn: asyncpg.Connection, flow: str, key: uuid.UUID) -> uuid.UUID:
+    entry = await conn.fetchval(
+        "SELECT id FROM journal_entries WHERE flow = $1 AND idempotency_key = $2", flow, key
+    )
+    assert isinstance(entry, uuid.UUID)
+    return entry
+
+
+async def test_an_honest_ledger_with_holds_passes_even_once_the_outbox_is_pruned(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    ledger = await ledger_with_holds(writer)
+    await honest_ledger(writer)
+    assert failing(await audit(admin)) == set()
+    statuses = dict(
+        await admin.fetch(
+            "SELECT coalesce(void_reason, status), count(*) FROM holds GROUP BY 1 ORDER BY 1"
+        )
+    )
+    assert statuses == {"expired": 1, "pending": 1, "returned": 1, "settled": 2}
+    held = await admin.fetchval("SELECT held FROM balances WHERE account_id = $1", ledger["wallet"])
+    assert held == 909
+    await admin.execute("DELETE FROM outbox")
+    assert failing(await audit(admin)) == set()
+
+
+async def test_voids_across_days_give_back_what_their_day_and_month_still_counted(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    """A hold voided the next day gives back only its month; one placed and voided in one
+    batch counts nothing, and leaves the wallet's day where it was."""
+    day0 = dt.datetime(2031, 5, 9, 12, tzinfo=dt.UTC)
+    person, other = onboarding(), onboarding()
+    w, to = wallet_of(person), wallet_of(other)
+    await apply_all(at_clock(writer, day0), person, other, cashin(w, 10_000), transfer(w, to, 200))
+    hold = held_cashout(w, 100, fee=1, expires_in_s=3_600)
+    await apply_all(at_clock(writer, day0 + dt.timedelta(days=1)), hold, transfer(w, to, 30))
+    next_day = at_clock(writer, day0 + dt.timedelta(days=2))
+    [expired] = await next_day.expire_holds()
+    assert expired.key == str(hold.cashout_id)
+    assert failing(await audit(admin)) == set()
+    await apply_all(next_day, transfer(w, to, 5))
+    brief = held_cashout(w, 50)
+    await apply_all(
+        at_clock(writer, dt.datetime(2031, 6, 1, 9, tzinfo=dt.UTC)), brief, returned(brief)
+    )
+    row = await admin.fetchrow(
+        "SELECT out_day, out_day_total, out_month_total FROM balances WHERE account_id = $1", w
+    )
+    assert row is not None
+    assert tuple(row) == (dt.date(2031, 5, 11), 5, 235)
+    given_back = await admin.fetch(
+        "SELECT day_given_back, month_given_back FROM holds WHERE wallet_account_id = $1"
+        " ORDER BY placed_at",
+        w,
+    )
+    assert [tuple(g) for g in given_back] == [(False, True), (True, True)]
+    assert failing(await audit(admin)) == set()
+    # A give-back the hold never made: the month's total no longer adds up.
+    await admin.execute(
+        "UPDATE holds SET day_given_back = false, month_given_back = false WHERE cashout_id = $1",
+        hold.cashout_id,
+    )
+    results = await audit(admin)
+    assert failing(results) == {"outgoing_totals_match_debits"}
+    [example] = results["outgoing_totals_match_debits"].examples
+    assert (example["outgoing_day"], example["debits_day"]) == (5, 5)
+    assert (example["outgoing_month"], example["debits_month"]) == (235, 336)
+
+
+@pytest.mark.parametrize("how", ["expired", "returned"])
+async def test_a_hold_voided_the_day_after_it_was_the_months_only_debit(
+    writer: LedgerWriter, admin: asyncpg.Connection, how: str
+) -> None:
+    """The void gives the month back but not the day, which is over: the row moves to the
+    void's day with nothing counted (the old day's total must not outlive its day)."""
+    day1 = dt.datetime(2031, 5, 10, 12, tzinfo=dt.UTC)
+    person = onboarding()
+    w = wallet_of(person)
+    hold = held_cashout(w, 100, expires_in_s=3_600)
+    await apply_all(at_clock(writer, day1), person, cashin(w, 1_000), hold)
+    next_day = at_clock(writer, day1 + dt.timedelta(days=1))
+    if how == "expired":
+        [voided] = await next_day.expire_holds()
+        assert voided.topic.endswith("cashout.voided")
+    else:
+        [voided] = await apply_all(next_day, returned(hold))
+        assert voided.topic.endswith("cashout.voided")
+    row = await admin.fetchrow(
+        "SELECT held, out_day, out_day_total, out_month_total FROM balances WHERE account_id = $1",
+        w,
+    )
+    assert dict(row) == {
+        "held": 0,
+        "out_day": dt.date(2031, 5, 11),
+        "out_day_total": 0,
+        "out_month_total": 0,
+    }
+    assert failing(await audit(admin)) == set()
+
+
+async def test_a_held_amount_that_is_not_its_pending_holds_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    ledger = await ledger_with_holds(writer)
+    w = ledger["wallet"]
+    await admin.execute("UPDATE balances SET held = held + 1 WHERE account_id = $1", w)
+    results = await audit(admin)
+    assert failing(results) == {"held_equals_pending_holds"}
+    assert results["held_equals_pending_holds"].examples == [
+        {"account_id": str(w), "held": 910, "pending": 909}
+    ]
+    await admin.execute("UPDATE balances SET held = held - 1 WHERE account_id = $1", w)
+    assert failing(await audit(admin)) == set()
+    # A pending hold marked expired behind the ledger's back: the wallet still holds its money.
+    await admin.execute(
+        "UPDATE holds SET status = 'voided', void_reason = 'expired', resolved_at = now()"
+        " WHERE cashout_id = $1",
+        ledger["pending"].cashout_id,
+    )
+    assert failing(await audit(admin)) == {"held_equals_pending_holds"}
+    await admin.execute(
+        "UPDATE holds SET status = 'pending', void_reason = NULL, resolved_at = NULL"
+        " WHERE cashout_id = $1",
+        ledger["pending"].cashout_id,
+    )
+    assert failing(await audit(admin)) == set()
+    # Past the database's own word (a constraint only a superuser can drop): the wallet spends
+    # what it holds.
+    await admin.execute("ALTER TABLE balances DROP CONSTRAINT balances_available_not_negative")
+    await admin.execute("UPDATE balances SET balance = held - 1 WHERE account_id = $1", w)
+    results = await audit(admin)
+    assert failing(results) == {"no_negative_wallet", "balances_equal_postings"}
+    assert results["no_negative_wallet"].examples == [
+        {"account_id": str(w), "balance": 908, "held": 909}
+    ]
+
+
+async def test_a_settlement_that_is_not_its_hold_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    """The settle record and its entry agree with each other (both rewritten): only the hold
+    still says what was paid out."""
+    ledger = await ledger_with_holds(writer)
+    settled = ledger["settled"]
+    await admin.execute("DELETE FROM outbox")
+    entry = await entry_of_flow(admin, "cashout_settle", settled.cashout_id)
+    await shift_posting(admin, entry, FEE_REVENUE, CASHOUT_CLEARING, 1)
+    await set_data(admin, "cashout_settle", settled.cashout_id, amount=3_001, fee=49)
+    results = await audit(admin)
+    assert failing(results) == {"settled_holds_have_their_entry"}
+    [example] = results["settled_holds_have_their_entry"].examples
+    assert (example["cashout_id"], example["entry_id"]) == (str(settled.cashout_id), str(entry))
+    assert f"{FEE_REVENUE}:50" in example["hold_implies"]
+    assert f"{CASHOUT_CLEARING}:3001" in example["posted"]
+
+
+async def test_a_settlement_entry_counted_toward_the_totals_again_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    ledger = await ledger_with_holds(writer)
+    await admin.execute(
+        "UPDATE journal_entries SET out_day = (now() AT TIME ZONE 'UTC')::date"
+        " WHERE flow = 'cashout_settle' AND idempotency_key = $1",
+        ledger["settled"].cashout_id,
+    )
+    assert failing(await audit(admin)) == {"settled_holds_have_their_entry"}
+
+
+async def test_a_settlement_entry_of_a_hold_not_settled_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    ledger = await ledger_with_holds(writer)
+    settled = ledger["settled"]
+    entry = await entry_of_flow(admin, "cashout_settle", settled.cashout_id)
+    # The hold rewritten as expired (no settlement), its entry left in the journal.
+    await admin.execute(
+        "UPDATE holds SET status = 'voided', void_reason = 'expired', settle_entry_id = NULL"
+        " WHERE cashout_id = $1",
+        settled.cashout_id,
+    )
+    results = await audit(admin)
+    assert failing(results) == {"settle_entries_have_settled_holds"}
+    assert results["settle_entries_have_settled_holds"].examples == [
+        {"entry_id": str(entry), "cashout_id": str(settled.cashout_id), "status": "voided"}
+    ]
+
+
+async def test_a_reversal_that_does_not_mirror_its_cash_out_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    """The reversal's record and entry agree (both rewritten: part of the fee came back as
+    amount); only the cash-out's own entry says what went where."""
+    ledger = await ledger_with_holds(writer)
+    paid = ledger["reversed"]
+    await admin.execute("DELETE FROM outbox")
+    entry = await entry_of_flow(admin, "cashout_return", paid.cashout_id)
+    await shift_posting(admin, entry, FEE_REVENUE, CASHOUT_CLEARING, -1)
+    await set_data(admin, "cashout_return", paid.cashout_id, amount=401, fee=3)
+    results = await audit(admin)
+    assert failing(results) == {"reversals_mirror_their_cashouts"}
+    [example] = results["reversals_mirror_their_cashouts"].examples
+    assert example["entry_id"] == str(entry)
+    assert f"{FEE_REVENUE}:-4" in example["cashout_mirrored"]
+    assert f"{FEE_REVENUE}:-3" in example["posted"]
+
+
+async def test_a_reversal_of_a_cash_out_never_paid_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    """Money credited back for a hold the bank returned before it was ever posted."""
+    ledger = await ledger_with_holds(writer)
+    hold, w = ledger["returned"], ledger["wallet"]
+    entry = uuid.uuid4()
+    await admin.execute(
+        "INSERT INTO journal_entries (id, flow, idempotency_key) VALUES ($1, 'cashout_return', $2)",
+        entry,
+        hold.cashout_id,
+    )
+    for seq, (account, amount) in enumerate(((w, 2_020), (CASHOUT_CLEARING, -2_000))):
+        await admin.execute(
+            "INSERT INTO postings (entry_id, seq, account_id, currency, amount)"
+            " VALUES ($1, $2, $3, 'EUR', $4)",
+            entry,
+            seq,
+            account,
+            amount,
+        )
+    await admin.execute(
+        "INSERT INTO postings (entry_id, seq, account_id, currency, amount)"
+        " VALUES ($1, 2, $2, 'EUR', -20)",
+        entry,
+        FEE_REVENUE,
+    )
+    for account, amount in ((w, 2_020), (CASHOUT_CLEARING, -2_000), (FEE_REVENUE, -20)):
+        await admin.execute(
+            "UPDATE balances SET balance = balance + $2 WHERE account_id = $1 AND shard ="
+            " (SELECT min(shard) FROM balances WHERE account_id = $1)",
+            account,
+            amount,
+        )
+    results = await audit(admin)
+    # Its return's record says voided, with no entry: this one is nobody's.
+    assert failing(results) == {"reversals_mirror_their_cashouts", "entries_have_records"}
+    [example] = results["reversals_mirror_their_cashouts"].examples
+    assert (example["entry_id"], example["cashout_entries"]) == (str(entry), 0)
+
+
+async def test_a_hold_that_is_not_its_records_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    ledger = await ledger_with_holds(writer)
+    await admin.execute("DELETE FROM outbox")
+    pending = ledger["pending"].cashout_id
+    # Amount and fee swapped a little: the wallet holds the same, the result says otherwise.
+    await admin.execute(
+        "UPDATE holds SET amount = amount - 1, fee = fee + 1 WHERE cashout_id = $1", pending
+    )
+    results = await audit(admin)
+    assert failing(results) == {"holds_match_their_records"}
+    assert results["holds_match_their_records"].examples == [
+        {
+            "side": "record",
+            "flow": "cashout",
+            "cashout_id": str(pending),
+            "status": "pending",
+            "void_reason": None,
+        }
+    ]
+    await admin.execute(
+        "UPDATE holds SET amount = amount + 1, fee = fee - 1 WHERE cashout_id = $1", pending
+    )
+    assert failing(await audit(admin)) == set()
+    # A hold nobody approved: its cash-out's record is gone.
+    await admin.execute(
+        "DELETE FROM idempotency_records WHERE flow = 'cashout' AND key = $1", pending
+    )
+    results = await audit(admin)
+    assert failing(results) == {"holds_match_their_records"}
+    assert [e["side"] for e in results["holds_match_their_records"].examples] == ["hold"]
+
+
+async def test_a_returned_hold_said_to_have_expired_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    ledger = await ledger_with_holds(writer)
+    await admin.execute(
+        "UPDATE holds SET void_reason = 'expired' WHERE cashout_id = $1",
+        ledger["returned"].cashout_id,
+    )
+    results = await audit(admin)
+    assert failing(results) == {"holds_match_their_records"}
+    [example] = results["holds_match_their_records"].examples
+    assert (example["flow"], example["void_reason"]) == ("cashout_return", "expired")
+
+
+async def test_a_held_result_with_an_entry_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    ledger = await ledger_with_holds(writer)
+    settle_entry = await entry_of_flow(admin, "cashout_settle", ledger["settled"].cashout_id)
+    await admin.execute(
+        "UPDATE idempotency_records SET journal_entry_id = $2 WHERE flow = 'cashout' AND key = $1",
+        ledger["pending"].cashout_id,
+        settle_entry,
+    )
+    results = await audit(admin)
+    assert failing(results) == {"records_have_outcomes", "entries_match_results"}
+    [example] = results["records_have_outcomes"].examples
+    assert (example["flow"], example["key"]) == ("cashout", str(ledger["pending"].cashout_id))
+
+
+async def test_a_settle_record_answering_with_another_results_type_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    ledger = await ledger_with_holds(writer)
+    await admin.execute("DELETE FROM outbox")
+    await admin.execute(
+        "UPDATE idempotency_records SET result_topic = $2, result_payload = convert_to(jsonb_set("
+        "convert_from(result_payload, 'UTF8')::jsonb, '{type}', '\"cashout.reversed\"')::text,"
+        " 'UTF8') WHERE flow = 'cashout_settle' AND key = $1",
+        ledger["settled"].cashout_id,
+        PREFIX + "cashout.reversed",
+    )
+    results = await audit(admin)
+    assert failing(results) == {"records_keep_their_results", "entries_match_results"}
+
+
+async def test_expiry_events_are_accepted_only_as_their_holds_once(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    ledger = await ledger_with_holds(writer)
+    expired = ledger["expired"].cashout_id
+    # The voided event of a return has its record; the only unrecorded one is the expiry's.
+    row = await admin.fetchrow(
+        "SELECT event_id, topic, key, payload FROM outbox o WHERE topic = $1 AND NOT EXISTS"
+        " (SELECT 1 FROM idempotency_records r WHERE r.result_event_id = o.event_id)",
+        PREFIX + "cashout.voided",
+    )
+    assert row is not None
+    assert orjson.loads(row["payload"])["data"]["cashout_id"] == str(expired)
+    insert = "INSERT INTO outbox (event_id, topic, key, payload) VALUES ($1, $2, $3, $4)"
+    # Published twice as two events: one expiry, two answers.
+    await admin.execute(insert, uuid.uuid4(), row["topic"], row["key"], row["payload"])
+    results = await audit(admin)
+    assert failing(results) == {"outbox_rows_match_records"}
+    assert len(results["outbox_rows_match_records"].examples) == 2
+    await admin.execute("DELETE FROM outbox WHERE payload = $1", row["payload"])
+    assert failing(await audit(admin)) == set()
+    # An expiry of another amount than its hold's, or of a hold that did not expire.
+    event = orjson.loads(row["payload"])
+    wrong = [
+        {**event, "data": {**event["data"], "amount": 999}},
+        {**event, "data": {**event["data"], "cashout_id": str(ledger["returned"].cashout_id)}},
+        {**event, "data": {**event["data"], "reason": "returned"}},
+    ]
+    for payload in wrong:
+        await admin.execute(insert, uuid.uuid4(), row["topic"], row["key"], orjson.dumps(payload))
+        assert failing(await audit(admin)) == {"outbox_rows_match_records"}, payload
+        await admin.execute("DELETE FROM outbox")
+    # An unrecorded answer that is no rejection: a hold the ledger never placed.
+    held = orjson.dumps({"type": "cashout.held", "data": {"cashout_id": str(uuid.uuid4())}})
+    await admin.execute(insert, uuid.uuid4(), PREFIX + "cashout.held", b"k", held)
     assert failing(await audit(admin)) == {"outbox_rows_match_records"}

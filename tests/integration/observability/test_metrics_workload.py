@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from observability_helpers import Samples, scrape
 
-from ledgerflow.contracts.topics import CASHIN, ONBOARDING, TRANSFER
+from ledgerflow.contracts.topics import CASHIN, FLOWS, ONBOARDING, TRANSFER
 from ledgerflow.testkit.commands import cashin, onboarding, transfer, wallet_of
 from ledgerflow.testkit.pipeline import event_id_of, publish, running_pipeline
 from ledgerflow.testkit.plugin import wait_until
@@ -151,7 +151,7 @@ async def test_metrics_follow_the_workload_and_lag_follows_the_worker(
         )
         partitions = scrape(p.relay).labels_of("ledgerflow_consumer_lag_messages")
         assert {x["partition"] for x in partitions} == {str(i) for i in range(6)}
-        assert {x["flow"] for x in partitions} == set(sent) | {"cashout"}
+        assert {x["flow"] for x in partitions} == {flow.name for flow in FLOWS}
         # ... and falls to zero once a worker runs again.
         resumed = p.start("worker", "all")
         for rec in late:

@@ -9,27 +9,47 @@ import phonenumbers
 from hypothesis import strategies as st
 
 from ledgerflow.contracts.commands import (
+    HOLD_EXPIRES_IN_S_MAX,
+    HOLD_EXPIRES_IN_S_MIN,
+    RETURN_CODE_MAX_CHARS,
+    RETURN_DETAIL_MAX_CHARS,
     ApproveCashOut,
     BankAccount,
     ConfirmCashIn,
     InitiateTransfer,
     RequestOnboarding,
+    ReturnCashOut,
+    SettleCashOut,
+    Settlement,
 )
 from ledgerflow.contracts.events import (
     DETAIL_MAX_CHARS,
     CashInCompleted,
     CashInRejected,
     CashOutCompleted,
+    CashOutHeld,
     CashOutRejected,
+    CashOutReversed,
+    CashOutVoided,
     OnboardingCompleted,
     OnboardingRejected,
     RejectReason,
     Tier,
     TransferCompleted,
     TransferRejected,
+    VoidReason,
 )
 from ledgerflow.contracts.money import CURRENCIES, MAX_AMOUNT, MAX_BALANCE
-from ledgerflow.contracts.topics import CASHIN, CASHOUT, FLOWS, ONBOARDING, TRANSFER, Flow
+from ledgerflow.contracts.topics import (
+    CASHIN,
+    CASHOUT,
+    CASHOUT_RETURN,
+    CASHOUT_SETTLE,
+    FLOWS,
+    ONBOARDING,
+    TRANSFER,
+    Flow,
+)
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -65,6 +85,12 @@ bank_accounts = st.builds(
     account_number=alnum_dash.filter(lambda s: len(s) <= 34),
 )
 emails = st.emails().filter(lambda e: len(e) <= 254)
+event_ids = st.text(min_size=1, max_size=256)
+aware_times = st.datetimes(
+    min_value=datetime(1970, 1, 1),  # noqa: DTZ001 - hypothesis bounds are naive by definition
+    max_value=datetime(9999, 12, 31),  # noqa: DTZ001
+    timezones=st.just(UTC),
+)
 
 request_onboarding = st.builds(
     RequestOnboarding,
@@ -93,6 +119,8 @@ initiate_transfer = st.builds(
     currency=currencies,
     note=st.none() | texts(max_size=140),
 )
+hold_expiries = st.integers(min_value=HOLD_EXPIRES_IN_S_MIN, max_value=HOLD_EXPIRES_IN_S_MAX)
+# v1 cash-outs (no settlement field), explicit ones of either kind, with or without an expiry.
 approve_cash_out = st.builds(
     ApproveCashOut,
     cashout_id=st.uuids(),
@@ -101,6 +129,21 @@ approve_cash_out = st.builds(
     currency=currencies,
     fee=fees,
     destination=bank_accounts,
+    settlement=st.none() | st.sampled_from(Settlement),
+    hold_expires_in_s=st.none() | hold_expiries,
+)
+settle_cash_out = st.builds(
+    SettleCashOut,
+    cashout_id=st.uuids(),
+    wallet_account_id=st.uuids(),
+    bank_reference=texts(min_size=1, max_size=128),
+)
+return_cash_out = st.builds(
+    ReturnCashOut,
+    cashout_id=st.uuids(),
+    wallet_account_id=st.uuids(),
+    return_code=texts(min_size=1, max_size=RETURN_CODE_MAX_CHARS),
+    detail=st.none() | texts(max_size=RETURN_DETAIL_MAX_CHARS),
 )
 
 COMMANDS: dict[str, st.SearchStrategy[BaseModel]] = {
@@ -108,16 +151,68 @@ COMMANDS: dict[str, st.SearchStrategy[BaseModel]] = {
     CASHIN.name: confirm_cash_in,
     TRANSFER.name: initiate_transfer,
     CASHOUT.name: approve_cash_out,
+    CASHOUT_SETTLE.name: settle_cash_out,
+    CASHOUT_RETURN.name: return_cash_out,
 }
 
 
-def _rejected(model: type[BaseModel], id_field: str) -> st.SearchStrategy[BaseModel]:
+def _rejected(flow: Flow, model: type[BaseModel]) -> st.SearchStrategy[BaseModel]:
+    """Rejections as `flow` writes them: with `answers` when its rejections carry it."""
+    extra = {"answers": st.just(flow.command_topic)} if flow.rejection_answers else {}
     return st.builds(
         model,
-        **{id_field: st.uuids()},
+        **{flow.id_field: st.uuids()},
         reason=st.sampled_from(RejectReason),
         detail=texts(max_size=DETAIL_MAX_CHARS),
+        **extra,
     )
+
+
+cash_out_completed = st.builds(
+    CashOutCompleted,
+    cashout_id=st.uuids(),
+    wallet_account_id=st.uuids(),
+    amount=amounts,
+    currency=currencies,
+    fee=fees,
+    journal_entry_id=st.uuids(),
+    balance_after=balances,
+)
+cash_out_held = st.builds(
+    CashOutHeld,
+    cashout_id=st.uuids(),
+    wallet_account_id=st.uuids(),
+    amount=amounts,
+    currency=currencies,
+    fee=fees,
+    hold_expires_at=aware_times,
+    available_after=balances,
+)
+
+
+def _cash_out_voided(reasons: st.SearchStrategy[VoidReason]) -> st.SearchStrategy[BaseModel]:
+    return st.builds(
+        CashOutVoided,
+        cashout_id=st.uuids(),
+        wallet_account_id=st.uuids(),
+        amount=amounts,
+        currency=currencies,
+        fee=fees,
+        reason=reasons,
+        available_after=balances,
+    )
+
+
+cash_out_reversed = st.builds(
+    CashOutReversed,
+    cashout_id=st.uuids(),
+    wallet_account_id=st.uuids(),
+    amount=amounts,
+    currency=currencies,
+    fee=fees,
+    journal_entry_id=st.uuids(),
+    balance_after=balances,
+)
 
 
 COMPLETED: dict[str, st.SearchStrategy[BaseModel]] = {
@@ -147,36 +242,54 @@ COMPLETED: dict[str, st.SearchStrategy[BaseModel]] = {
         journal_entry_id=st.uuids(),
         balance_after=balances,
     ),
-    CASHOUT.name: st.builds(
-        CashOutCompleted,
-        cashout_id=st.uuids(),
-        wallet_account_id=st.uuids(),
-        amount=amounts,
-        currency=currencies,
-        fee=fees,
-        journal_entry_id=st.uuids(),
-        balance_after=balances,
-    ),
+    CASHOUT.name: cash_out_completed,
+    CASHOUT_SETTLE.name: cash_out_completed,
+    # The return flow's `completed` is the void of a pending hold.
+    CASHOUT_RETURN.name: _cash_out_voided(st.just(VoidReason.RETURNED)),
 }
 REJECTED: dict[str, st.SearchStrategy[BaseModel]] = {
-    ONBOARDING.name: _rejected(OnboardingRejected, "customer_id"),
-    CASHIN.name: _rejected(CashInRejected, "cashin_id"),
-    TRANSFER.name: _rejected(TransferRejected, "transfer_id"),
-    CASHOUT.name: _rejected(CashOutRejected, "cashout_id"),
+    ONBOARDING.name: _rejected(ONBOARDING, OnboardingRejected),
+    CASHIN.name: _rejected(CASHIN, CashInRejected),
+    TRANSFER.name: _rejected(TRANSFER, TransferRejected),
+    CASHOUT.name: _rejected(CASHOUT, CashOutRejected),
+    CASHOUT_SETTLE.name: _rejected(CASHOUT_SETTLE, CashOutRejected),
+    CASHOUT_RETURN.name: _rejected(CASHOUT_RETURN, CashOutRejected),
 }
-
-event_ids = st.text(min_size=1, max_size=256)
-aware_times = st.datetimes(
-    min_value=datetime(1970, 1, 1),  # noqa: DTZ001 - hypothesis bounds are naive by definition
-    max_value=datetime(9999, 12, 31),  # noqa: DTZ001
-    timezones=st.just(UTC),
-)
+# Each flow's results besides completed and rejected, by flow name and topic.
+OTHER_RESULTS: dict[str, dict[str, st.SearchStrategy[BaseModel]]] = {
+    ONBOARDING.name: {},
+    CASHIN.name: {},
+    TRANSFER.name: {},
+    CASHOUT.name: {
+        "cashout.held": cash_out_held,
+        "cashout.voided": _cash_out_voided(st.just(VoidReason.EXPIRED)),  # its expiry
+    },
+    CASHOUT_SETTLE.name: {},
+    CASHOUT_RETURN.name: {"cashout.reversed": cash_out_reversed},
+}
 
 
 def flows_with_commands() -> st.SearchStrategy[tuple[Flow, BaseModel]]:
     """A flow and a valid command of it."""
     return st.sampled_from(FLOWS).flatmap(
         lambda flow: COMMANDS[flow.name].map(lambda command: (flow, command))
+    )
+
+
+def _result_strategies(flow: Flow) -> dict[str, st.SearchStrategy[BaseModel]]:
+    return {
+        flow.completed_topic: COMPLETED[flow.name],
+        flow.rejected_topic: REJECTED[flow.name],
+        **OTHER_RESULTS[flow.name],
+    }
+
+
+def flows_with_results() -> st.SearchStrategy[tuple[Flow, str, BaseModel]]:
+    """A flow, one of its result topics and a valid result event's data for that topic."""
+    return st.sampled_from(FLOWS).flatmap(
+        lambda flow: st.sampled_from(flow.result_topics).flatmap(
+            lambda topic: _result_strategies(flow)[topic].map(lambda event: (flow, topic, event))
+        )
     )
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ledgerflow.contracts.codec import (
     KafkaRecord,
@@ -16,10 +16,19 @@ from ledgerflow.contracts.codec import (
     encode_command,
     encode_event,
 )
-from ledgerflow.contracts.commands import ConfirmCashIn, InitiateTransfer
-from ledgerflow.contracts.events import RejectReason, TransferCompleted, TransferRejected
+from ledgerflow.contracts.commands import ConfirmCashIn, InitiateTransfer, SettleCashOut
+from ledgerflow.contracts.events import (
+    CashOutHeld,
+    CashOutRejected,
+    CashOutReversed,
+    CashOutVoided,
+    RejectReason,
+    TransferCompleted,
+    TransferRejected,
+    VoidReason,
+)
 from ledgerflow.contracts.parsing import ValidCommand, parse_command
-from ledgerflow.contracts.topics import CASHIN, TRANSFER
+from ledgerflow.contracts.topics import CASHIN, CASHOUT, CASHOUT_RETURN, CASHOUT_SETTLE, TRANSFER
 
 WHEN = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
@@ -171,3 +180,62 @@ def test_decode_result_refuses_other_types() -> None:
         )
     with pytest.raises(ValidationError):
         decode_event(b'{"specversion": "1.0"}')
+
+
+def _event(topic: str, data: BaseModel) -> bytes:
+    return encode_event(
+        topic,
+        data,
+        event_id="e",
+        source="/ledgerflow/ledger",
+        causation_id="c",
+        correlation_id="k",
+        time=WHEN,
+    )
+
+
+def test_second_phase_command_is_keyed_by_the_wallet() -> None:
+    command = SettleCashOut(
+        cashout_id=uuid.uuid4(), wallet_account_id=uuid.uuid4(), bank_reference="SEPA-1"
+    )
+    record = encode_command(CASHOUT_SETTLE, command)
+    assert record.topic == "cashout.settled"
+    assert record.key == str(command.wallet_account_id).encode()
+    assert orjson.loads(record.value)["type"] == "cashout.settled"
+
+
+def test_decode_result_reads_every_lifecycle_result() -> None:
+    cashout_id, wallet = uuid.uuid4(), uuid.uuid4()
+    money = {"cashout_id": cashout_id, "wallet_account_id": wallet, "amount": 5, "currency": "EUR"}
+    held = CashOutHeld(**money, fee=1, hold_expires_at=WHEN, available_after=0)
+    expired = CashOutVoided(**money, fee=1, reason=VoidReason.EXPIRED, available_after=6)
+    returned = CashOutVoided(**money, fee=1, reason=VoidReason.RETURNED, available_after=6)
+    reversed_ = CashOutReversed(**money, fee=1, journal_entry_id=uuid.uuid4(), balance_after=6)
+    for flow, topic, data in (
+        (CASHOUT, "cashout.held", held),
+        (CASHOUT, "cashout.voided", expired),
+        (CASHOUT_RETURN, "cashout.voided", returned),
+        (CASHOUT_RETURN, "cashout.reversed", reversed_),
+    ):
+        envelope = decode_result(flow, _event(topic, data))
+        assert envelope.type == topic
+        assert envelope.data == data
+    held_document = orjson.loads(_event("cashout.held", held))
+    assert held_document["data"]["hold_expires_at"] == "2026-11-29T10:00:00Z"
+    # A result of one flow is not a result of another.
+    with pytest.raises(ValueError, match="not a result of cashout_settle"):
+        decode_result(CASHOUT_SETTLE, _event("cashout.reversed", reversed_))
+    with pytest.raises(ValueError, match="not a result of cashout_return"):
+        decode_result(CASHOUT_RETURN, _event("cashout.held", held))
+
+
+def test_a_shared_rejected_topic_says_what_it_answers() -> None:
+    cashout_id = uuid.uuid4()
+    rejected = CASHOUT_RETURN.rejected(cashout_id, RejectReason.ALREADY_VOIDED, "voided")
+    document = orjson.loads(_event("cashout.rejected", rejected))
+    assert document["data"]["answers"] == "cashout.returned"
+    envelope = decode_result(CASHOUT, _event("cashout.rejected", rejected))
+    assert isinstance(envelope.data, CashOutRejected)
+    assert envelope.data.answers == "cashout.returned"
+    v1 = CASHOUT.rejected(cashout_id, RejectReason.INSUFFICIENT_FUNDS, "no")
+    assert "answers" not in orjson.loads(_event("cashout.rejected", v1))["data"]

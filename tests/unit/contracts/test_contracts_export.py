@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jsonschema
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from ledgerflow.cli.contracts_cmd import contracts_app, stale_files
+from ledgerflow.contracts import schema_export
+from ledgerflow.contracts.events import TransferCompleted
 from ledgerflow.contracts.schema_export import (
     asyncapi_document,
     message_schema,
@@ -16,7 +20,14 @@ from ledgerflow.contracts.schema_export import (
     render_asyncapi,
     to_yaml,
 )
-from ledgerflow.contracts.topics import FLOWS, MESSAGE_TYPES, all_topics
+from ledgerflow.contracts.topics import (
+    CASHOUT_RETURN,
+    CASHOUT_SETTLE,
+    FLOWS,
+    MESSAGE_TYPES,
+    TRANSFER,
+    all_topics,
+)
 
 PACKAGE = Path(__file__).resolve().parents[3] / "contracts"
 
@@ -26,12 +37,13 @@ def test_committed_files_are_current() -> None:
     assert stale == [], f"run `ledgerflow contracts export` and commit: {stale}"
 
 
-def test_twelve_schemas_and_one_asyncapi_document() -> None:
+def test_one_schema_per_message_type_and_one_asyncapi_document() -> None:
     files = render_all()
     schemas = sorted(p for p in files if p.startswith("schemas/"))
     assert schemas == sorted(f"schemas/{t}.v1.json" for t in MESSAGE_TYPES)
-    assert len(schemas) == 12
+    assert len(schemas) == 17  # v1's 12 and §5.1's held, voided, settled, returned, reversed
     assert "asyncapi.yaml" in files
+    assert set(files) == {*schemas, "asyncapi.yaml"}
 
 
 def test_schemas_are_valid_json_schema() -> None:
@@ -60,6 +72,81 @@ def test_asyncapi_yaml_round_trips_and_covers_every_channel() -> None:
         payload = message["payload"].get("$ref")
         if payload:
             assert (PACKAGE / payload).is_file()
+
+
+def test_asyncapi_has_one_channel_operation_and_message_per_topic() -> None:
+    document = asyncapi_document()
+    channels, operations = document["channels"], document["operations"]
+    messages = document["components"]["messages"]
+    assert len(channels) == len(operations) == len(messages) == len(all_topics()) == 23
+    by_channel = {
+        op["channel"]["$ref"].removeprefix("#/channels/"): op for op in operations.values()
+    }
+    assert set(by_channel) == set(channels)  # exactly one operation per channel
+    commands = {f.command_topic for f in FLOWS}
+    for topic, operation in by_channel.items():
+        assert operation["action"] == ("receive" if topic in commands else "send"), topic
+        ((message_id, ref),) = channels[topic]["messages"].items()
+        assert ref == {"$ref": f"#/components/messages/{message_id}"}
+        assert messages[message_id]["name"] == topic
+    # The operation ids name their topic: shared results are published once.
+    assert "sendCashoutCompleted" in operations
+    assert "receiveCashoutSettled" in operations
+    assert "receiveCashoutReturned" in operations
+    assert "sendCashoutReversedDlq" not in operations
+
+
+def test_asyncapi_shared_result_channels_name_every_command() -> None:
+    channels = asyncapi_document()["channels"]
+    expected = {
+        "cashout.completed": "Results of cashout.approved and cashout.settled",
+        "cashout.rejected": "Results of cashout.approved, cashout.settled and cashout.returned",
+        "cashout.voided": "Results of cashout.approved and cashout.returned",
+        "cashout.held": "Results of cashout.approved,",
+        "cashout.reversed": "Results of cashout.returned,",
+        "transfer.completed": "Results of transfer.initiated,",
+    }
+    for topic, start in expected.items():
+        assert channels[topic]["description"].startswith(start), channels[topic]["description"]
+    # The cash-out phases share cashout_id: each command type keeps its own idempotency records.
+    for topic in ("cashout.approved", "cashout.settled", "cashout.returned"):
+        assert "Idempotency key: (type, data.cashout_id)" in channels[topic]["description"]
+    assert "Idempotency key: data.transfer_id;" in channels["transfer.initiated"]["description"]
+
+
+def test_asyncapi_keys_of_the_lifecycle_messages() -> None:
+    messages = asyncapi_document()["components"]["messages"]
+    for topic in (
+        "cashout.settled",
+        "cashout.returned",
+        "cashout.held",
+        "cashout.voided",
+        "cashout.reversed",
+        "cashout.completed",
+        "cashout.rejected",
+    ):
+        message = next(m for m in messages.values() if m["name"] == topic)
+        key = message["bindings"]["kafka"]["key"]
+        assert key["description"] == "data.wallet_account_id of the command", topic
+        assert message["payload"] == {"$ref": f"./schemas/{topic}.v1.json"}
+    command_headers = next(m for m in messages.values() if m["name"] == "cashout.settled")
+    assert "authorization" in command_headers["headers"]["properties"]
+
+
+def test_asyncapi_refuses_a_registry_it_cannot_describe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conflict is an error, never a channel silently overwritten by the last flow."""
+    wrong_model = dataclasses.replace(CASHOUT_SETTLE, completed_model=TransferCompleted)
+    monkeypatch.setattr(schema_export, "FLOWS", (*FLOWS[:-2], wrong_model))
+    with pytest.raises(ValueError, match=r"share cashout\.completed with different"):
+        asyncapi_document()
+    wrong_key = dataclasses.replace(CASHOUT_RETURN, key_field="cashout_id")
+    monkeypatch.setattr(schema_export, "FLOWS", (*FLOWS[:-1], wrong_key))
+    with pytest.raises(ValueError, match=r"share cashout\.rejected with different"):
+        asyncapi_document()
+    twice = dataclasses.replace(TRANSFER, name="transfer_again")
+    monkeypatch.setattr(schema_export, "FLOWS", (*FLOWS, twice))
+    with pytest.raises(ValueError, match="duplicate AsyncAPI id"):
+        asyncapi_document()
 
 
 def test_yaml_emitter_quotes_what_yaml_would_misread() -> None:

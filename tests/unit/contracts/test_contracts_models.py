@@ -9,9 +9,29 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from ledgerflow.contracts.commands import BankAccount, InitiateTransfer, RequestOnboarding
+from ledgerflow.contracts.commands import (
+    HOLD_EXPIRES_IN_S_MAX,
+    HOLD_EXPIRES_IN_S_MIN,
+    ApproveCashOut,
+    BankAccount,
+    InitiateTransfer,
+    RequestOnboarding,
+    ReturnCashOut,
+    SettleCashOut,
+    Settlement,
+)
 from ledgerflow.contracts.envelope import CONTENT_TYPE, SPECVERSION, Envelope
-from ledgerflow.contracts.events import DETAIL_MAX_CHARS, RejectReason, Tier, bound_detail
+from ledgerflow.contracts.events import (
+    DETAIL_MAX_CHARS,
+    CashOutHeld,
+    CashOutRejected,
+    CashOutReversed,
+    CashOutVoided,
+    RejectReason,
+    Tier,
+    VoidReason,
+    bound_detail,
+)
 from ledgerflow.contracts.fields import Timestamp, Uuid
 from ledgerflow.contracts.money import CURRENCIES, MAX_AMOUNT, Amount, Currency, Fee, is_currency
 
@@ -204,8 +224,16 @@ def test_reason_codes_are_the_design_codes() -> None:
         "phone_number_taken",
         "id_conflict",
         "unauthorized",
+        # DESIGN.md §5.1, appended: the v1 codes keep their places.
+        "hold_not_found",
+        "hold_expired",
+        "already_settled",
+        "already_voided",
+        "already_reversed",
     ]
     assert [t.value for t in Tier] == ["basic", "standard", "full"]
+    assert [r.value for r in VoidReason] == ["returned", "expired"]
+    assert [s.value for s in Settlement] == ["immediate", "on_confirmation"]
 
 
 def test_bound_detail() -> None:
@@ -213,3 +241,108 @@ def test_bound_detail() -> None:
     cut = bound_detail("x" * 5000)
     assert len(cut) == DETAIL_MAX_CHARS
     assert cut.endswith("…")
+
+
+CASH_OUT = {
+    "cashout_id": str(uuid.uuid4()),
+    "wallet_account_id": str(uuid.uuid4()),
+    "amount": 50000,
+    "currency": "EUR",
+    "fee": 150,
+    "destination": {"bank_code": "DEUTDEFF", "account_number": "DE89370400440532013000"},
+}
+
+
+def test_hold_expiry_bounds() -> None:
+    assert (HOLD_EXPIRES_IN_S_MIN, HOLD_EXPIRES_IN_S_MAX) == (60, 30 * 24 * 3600)
+    for good in (60, 259_200, 2_592_000):
+        command = ApproveCashOut.model_validate(
+            CASH_OUT | {"settlement": "on_confirmation", "hold_expires_in_s": good}
+        )
+        assert command.hold_expires_in_s == good
+        assert command.holds
+    for bad in (59, 2_592_001, 0, -60, "3600", 3600.0, True, 3600.5):
+        with pytest.raises(ValidationError):
+            ApproveCashOut.model_validate(CASH_OUT | {"hold_expires_in_s": bad})
+
+
+def test_settlement_values() -> None:
+    assert not ApproveCashOut.model_validate(CASH_OUT).holds
+    immediate = ApproveCashOut.model_validate(CASH_OUT | {"settlement": "immediate"})
+    assert immediate.settlement is None  # the default spelled out reads as absent
+    assert not immediate.holds
+    held = ApproveCashOut.model_validate(CASH_OUT | {"settlement": "on_confirmation"})
+    assert held.settlement is Settlement.ON_CONFIRMATION
+    for bad in ("later", "ON_CONFIRMATION", "", 1, True):
+        with pytest.raises(ValidationError):
+            ApproveCashOut.model_validate(CASH_OUT | {"settlement": bad})
+
+
+def test_second_phase_command_bounds() -> None:
+    ids = {"cashout_id": str(uuid.uuid4()), "wallet_account_id": str(uuid.uuid4())}
+    assert SettleCashOut.model_validate(ids | {"bank_reference": "r" * 128})
+    for bad in ("", "r" * 129, None, 5):
+        with pytest.raises(ValidationError):
+            SettleCashOut.model_validate(ids | {"bank_reference": bad})
+    returned = ReturnCashOut.model_validate(ids | {"return_code": "AC04"})
+    assert returned.detail is None
+    assert ReturnCashOut.model_validate(ids | {"return_code": "X" * 35, "detail": "d" * 500})
+    for changes in (
+        {"return_code": ""},
+        {"return_code": "X" * 36},
+        {"return_code": None},
+        {"return_code": "AC04", "detail": "d" * 501},
+        {},
+    ):
+        with pytest.raises(ValidationError):
+            ReturnCashOut.model_validate(ids | changes)
+    with pytest.raises(ValidationError):
+        SettleCashOut.model_validate({"cashout_id": ids["cashout_id"], "bank_reference": "r"})
+
+
+def test_lifecycle_results() -> None:
+    common = {
+        "cashout_id": str(uuid.uuid4()),
+        "wallet_account_id": str(uuid.uuid4()),
+        "amount": 50000,
+        "currency": "EUR",
+        "fee": 0,
+    }
+    held = CashOutHeld.model_validate(
+        common | {"hold_expires_at": "2026-11-30T10:00:00Z", "available_after": 0}
+    )
+    assert held.hold_expires_at == datetime(2026, 11, 30, 10, tzinfo=UTC)
+    # The expiry is an RFC 3339 timestamp with an offset, as the JSON Schema says: no Unix
+    # seconds, no naive time.
+    for bad in ("2026-11-30T10:00:00", 1796032800, "2026-11-30"):
+        with pytest.raises(ValidationError):
+            CashOutHeld.model_validate(common | {"hold_expires_at": bad, "available_after": 0})
+    with pytest.raises(ValidationError):
+        CashOutHeld.model_validate(
+            common | {"hold_expires_at": "2026-11-30T10:00:00Z", "available_after": -1}
+        )
+    for reason in VoidReason:
+        voided = CashOutVoided.model_validate(common | {"reason": reason, "available_after": 1})
+        assert voided.reason is reason
+    with pytest.raises(ValidationError):
+        CashOutVoided.model_validate(common | {"reason": "cancelled", "available_after": 1})
+    reversed_ = CashOutReversed.model_validate(
+        common | {"journal_entry_id": str(uuid.uuid4()), "balance_after": 50000}
+    )
+    assert reversed_.fee == 0
+    for amount in (0, "1", 1.0):
+        with pytest.raises(ValidationError):
+            CashOutReversed.model_validate(
+                common
+                | {"amount": amount, "journal_entry_id": str(uuid.uuid4()), "balance_after": 0}
+            )
+
+
+def test_rejection_answers() -> None:
+    base = {"cashout_id": str(uuid.uuid4()), "reason": "hold_not_found", "detail": ""}
+    assert CashOutRejected.model_validate(base).answers is None
+    for answers in ("cashout.approved", "cashout.settled", "cashout.returned"):
+        assert CashOutRejected.model_validate(base | {"answers": answers}).answers == answers
+    for bad in ("cashout.completed", "transfer.initiated", "CASHOUT.SETTLED", ""):
+        with pytest.raises(ValidationError):
+            CashOutRejected.model_validate(base | {"answers": bad})

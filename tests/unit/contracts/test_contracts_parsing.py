@@ -17,8 +17,16 @@ from ledgerflow.contracts.commands import (
     BankAccount,
     InitiateTransfer,
     RequestOnboarding,
+    ReturnCashOut,
+    SettleCashOut,
+    Settlement,
 )
-from ledgerflow.contracts.events import DETAIL_MAX_CHARS, RejectReason, TransferRejected
+from ledgerflow.contracts.events import (
+    DETAIL_MAX_CHARS,
+    CashOutRejected,
+    RejectReason,
+    TransferRejected,
+)
 from ledgerflow.contracts.parsing import (
     ERRORS_MAX,
     MAX_BYTES_DEFAULT,
@@ -33,7 +41,13 @@ from ledgerflow.contracts.parsing import (
     content_hash,
     parse_command,
 )
-from ledgerflow.contracts.topics import CASHOUT, ONBOARDING, TRANSFER
+from ledgerflow.contracts.topics import (
+    CASHOUT,
+    CASHOUT_RETURN,
+    CASHOUT_SETTLE,
+    ONBOARDING,
+    TRANSFER,
+)
 
 TRANSFER_ID = "5f0c1a4e-8f7d-4a39-9d0c-0d6f5d2b7c11"
 FROM_ID = "9b2c4d6e-8f0a-4b1c-8d3e-5f6a7b8c9d0e"
@@ -464,3 +478,184 @@ def test_deep_unknown_field_within_limits_parses() -> None:
     result = parse_command(TRANSFER, raw)
     assert isinstance(result, Unattributable)
     assert result.error_class == ErrorClass.NOT_JSON
+
+
+# --- The cash-out lifecycle (DESIGN.md §5.1) ---
+
+CASHOUT_ID = "7e8f9a0b-1c2d-4e3f-8a4b-5c6d7e8f9a0b"
+WALLET_ID = "9b2c4d6e-8f0a-4b1c-8d3e-5f6a7b8c9d0e"
+
+
+def cashout_message(type_: str = "cashout.approved", **data_changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"cashout_id": CASHOUT_ID, "wallet_account_id": WALLET_ID}
+    if type_ == "cashout.approved":
+        data |= {
+            "amount": 50000,
+            "currency": "EUR",
+            "fee": 150,
+            "destination": {"bank_code": "DEUTDEFF", "account_number": "DE89370400440532013000"},
+        }
+    elif type_ == "cashout.settled":
+        data |= {"bank_reference": "SEPA-1"}
+    else:
+        data |= {"return_code": "AC04"}
+    data.update(data_changes)
+    return {"specversion": "1.0", "id": "e", "source": "/s", "type": type_, "data": data}
+
+
+def _approved(**data_changes: Any) -> ValidCommand:
+    result = parse_command(CASHOUT, dumps(cashout_message(**data_changes)))
+    assert isinstance(result, ValidCommand), result
+    return result
+
+
+def test_a_v1_cash_out_is_immediate_and_hashes_as_before() -> None:
+    v1 = _approved()
+    assert isinstance(v1.data, ApproveCashOut)
+    assert v1.data.settlement is None
+    assert v1.data.hold_expires_in_s is None
+    assert not v1.data.holds
+    # The hash of a v1 command has no trace of the new fields: retries across the upgrade match.
+    v1_fields = {
+        "cashout_id": CASHOUT_ID,
+        "wallet_account_id": WALLET_ID,
+        "amount": 50000,
+        "currency": "EUR",
+        "fee": 150,
+        "destination": {"bank_code": "DEUTDEFF", "account_number": "DE89370400440532013000"},
+    }
+    assert (
+        v1.content_hash
+        == hashlib.sha256(orjson.dumps(v1_fields, option=orjson.OPT_SORT_KEYS)).digest()
+    )
+
+
+def test_explicit_immediate_is_the_same_content_as_absent() -> None:
+    v1 = _approved()
+    for spelled in ("immediate", None):
+        again = _approved(settlement=spelled)
+        assert isinstance(again.data, ApproveCashOut)
+        assert again.data.settlement is None
+        assert again.content_hash == v1.content_hash
+    assert (
+        ApproveCashOut.model_validate(v1.data.model_dump() | {"settlement": Settlement.IMMEDIATE})
+        == v1.data
+    )
+
+
+def test_a_hold_is_other_content() -> None:
+    v1 = _approved()
+    held = _approved(settlement="on_confirmation")
+    assert isinstance(held.data, ApproveCashOut)
+    assert held.data.settlement is Settlement.ON_CONFIRMATION
+    assert held.data.holds
+    assert held.content_hash != v1.content_hash
+    shorter = _approved(settlement="on_confirmation", hold_expires_in_s=3600)
+    assert shorter.content_hash not in {v1.content_hash, held.content_hash}
+    canonical = orjson.dumps(
+        shorter.data.model_dump(mode="json", exclude_none=True), option=orjson.OPT_SORT_KEYS
+    )
+    assert shorter.content_hash == hashlib.sha256(canonical).digest()
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"hold_expires_in_s": 59},
+            "data.hold_expires_in_s: Input should be greater than or equal to 60",
+        ),
+        (
+            {"hold_expires_in_s": 2_592_001},
+            "data.hold_expires_in_s: Input should be less than or equal to 2592000",
+        ),
+        ({"hold_expires_in_s": "3600"}, "data.hold_expires_in_s: Input should be a valid integer"),
+        ({"hold_expires_in_s": 3600.0}, "data.hold_expires_in_s: Input should be a valid integer"),
+        ({"hold_expires_in_s": True}, "data.hold_expires_in_s: Input should be a valid integer"),
+        (
+            {"settlement": "later"},
+            "data.settlement: Input should be 'immediate' or 'on_confirmation'",
+        ),
+    ],
+)
+def test_invalid_hold_fields_are_attributed(changes: dict[str, Any], expected: str) -> None:
+    message = cashout_message(**({"settlement": "on_confirmation"} | changes))
+    result = parse_command(CASHOUT, dumps(message))
+    assert isinstance(result, InvalidCommand)
+    assert any(error.startswith(expected) for error in result.errors), result.errors
+    rejection = result.rejection()
+    assert isinstance(rejection, CashOutRejected)
+    assert rejection.answers is None  # the approve flow's rejections keep the v1 shape
+
+
+def test_second_phase_commands_parse_with_the_cash_out_as_key() -> None:
+    for flow, type_, model in (
+        (CASHOUT_SETTLE, "cashout.settled", SettleCashOut),
+        (CASHOUT_RETURN, "cashout.returned", ReturnCashOut),
+    ):
+        result = parse_command(flow, dumps(cashout_message(type_)))
+        assert isinstance(result, ValidCommand), result
+        assert isinstance(result.data, model)
+        assert result.idempotency_key == CASHOUT_ID
+        assert result.message_key == WALLET_ID
+        # Each command type is its own topic: a settle is not a valid return, nor an approval.
+        other = CASHOUT_RETURN if flow is CASHOUT_SETTLE else CASHOUT_SETTLE
+        assert isinstance(parse_command(other, dumps(cashout_message(type_))), InvalidCommand)
+        assert isinstance(parse_command(CASHOUT, dumps(cashout_message(type_))), InvalidCommand)
+
+
+@pytest.mark.parametrize(
+    ("flow", "type_", "changes", "expected"),
+    [
+        (
+            CASHOUT_SETTLE,
+            "cashout.settled",
+            {"bank_reference": ""},
+            "data.bank_reference: String should have at least 1 character",
+        ),
+        (
+            CASHOUT_SETTLE,
+            "cashout.settled",
+            {"bank_reference": "r" * 129},
+            "data.bank_reference: String should have at most 128 characters",
+        ),
+        (
+            CASHOUT_RETURN,
+            "cashout.returned",
+            {"return_code": ""},
+            "data.return_code: String should have at least 1 character",
+        ),
+        (
+            CASHOUT_RETURN,
+            "cashout.returned",
+            {"return_code": "X" * 36},
+            "data.return_code: String should have at most 35 characters",
+        ),
+        (
+            CASHOUT_RETURN,
+            "cashout.returned",
+            {"detail": "d" * 501},
+            "data.detail: String should have at most 500 characters",
+        ),
+        (
+            CASHOUT_RETURN,
+            "cashout.returned",
+            {"wallet_account_id": "w"},
+            "data.wallet_account_id: Input should be a UUID",
+        ),
+    ],
+)
+def test_invalid_second_phase_command_is_answered_with_its_type(
+    flow: Any, type_: str, changes: dict[str, Any], expected: str
+) -> None:
+    result = parse_command(flow, dumps(cashout_message(type_, **changes)))
+    assert isinstance(result, InvalidCommand)
+    assert result.idempotency_key == CASHOUT_ID
+    assert any(error.startswith(expected) for error in result.errors), result.errors
+    rejection = result.rejection()
+    assert rejection == CashOutRejected(
+        cashout_id=uuid.UUID(CASHOUT_ID),
+        reason=RejectReason.INVALID_COMMAND,
+        detail="; ".join(result.errors),
+        answers=type_,
+    )

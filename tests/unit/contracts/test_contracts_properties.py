@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from contracts_strategies import (
+    COMMANDS,
     COMPLETED,
+    OTHER_RESULTS,
     REJECTED,
     aware_times,
     event_ids,
     flows_with_commands,
+    flows_with_results,
     json_values,
 )
 from hypothesis import HealthCheck, assume, given, settings
@@ -105,6 +108,32 @@ def test_rejected_round_trips(flow_and_event: tuple[Flow, BaseModel]) -> None:
         time=_now(),
     )
     assert decode_result(flow, value).data == event
+
+
+@given(flows_with_results())
+def test_every_result_round_trips(flow_topic_event: tuple[Flow, str, BaseModel]) -> None:
+    """Each result topic of each flow, the lifecycle's held, voided and reversed included."""
+    flow, topic, event = flow_topic_event
+    value = encode_event(
+        topic,
+        event,
+        event_id="r",
+        source="/ledgerflow/ledger",
+        causation_id="c",
+        correlation_id="k",
+        time=_now(),
+    )
+    envelope = decode_result(flow, value)
+    assert envelope.type == topic
+    assert type(envelope.data) is flow.model_of(topic)
+    assert envelope.data == event
+
+
+def test_every_flow_and_result_has_a_strategy() -> None:
+    assert set(COMMANDS) == set(COMPLETED) == set(REJECTED) == set(OTHER_RESULTS)
+    assert set(COMMANDS) == {flow.name for flow in FLOWS}
+    for flow in FLOWS:
+        assert set(OTHER_RESULTS[flow.name]) == {topic for topic, _ in flow.other_results}
 
 
 def _now() -> datetime:

@@ -73,7 +73,9 @@ def test_second_debit_in_a_batch_sees_the_first() -> None:
     ledger = book(a, b)
     assert isinstance(ledger.decide(transfer(a, b, 400)), MoneyMoved)
     second = ledger.decide(transfer(a, b, 400))
-    assert second == Rejected(RejectReason.INSUFFICIENT_FUNDS, "the sender's balance is too low")
+    assert second == Rejected(
+        RejectReason.INSUFFICIENT_FUNDS, "the sender's available balance is too low"
+    )
     assert (a.balance, b.balance) == (100, 400)
 
 
