@@ -84,8 +84,8 @@ def e2e(
     auth: bool = typer.Option(True, help="Sign commands and verify tokens, as in production."),
     flow: str = typer.Option(
         "transfer",
-        help="transfer, or cashout-two-phase (held cash-outs then their settles, measured in "
-        "the same run as transfers, per command).",
+        help="transfer; cashout-two-phase (held cash-outs, then their settles) or payment (to "
+        "one hot merchant): both measured in the same run as transfers, per command.",
     ),
     as_json: JsonFlag = False,
 ) -> None:

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 from ledgerflow.cli.bench_ledger import create_bench_database, with_database
 from ledgerflow.contracts.codec import KafkaRecord, encode_command
 from ledgerflow.contracts.commands import RequestOnboarding
-from ledgerflow.contracts.topics import CASHOUT, CASHOUT_SETTLE, TRANSFER, Flow
+from ledgerflow.contracts.topics import CASHOUT, CASHOUT_SETTLE, PAYMENT, TRANSFER, Flow
 from ledgerflow.harness.identity import PAYOUT_SERVICE, Issuer, customer_subject
 from ledgerflow.harness.processes import ManagedProcess, ledgerflow_env, start_process
 from ledgerflow.harness.results import ResultCollector
@@ -34,8 +34,10 @@ from ledgerflow.testkit.commands import (
     cashin,
     flow_of,
     held_cashout,
+    merchant,
     onboarding,
     parsed,
+    payment,
     settle,
     transfer,
     wallet_of,
@@ -46,12 +48,13 @@ from ledgerflow.workers.topics import ensure_topics, topic_specs
 SETUP_BATCH = 2_000
 RESULT_TIMEOUT_S = 300.0
 FUNDS = 10**9
-FLOWS = ("transfer", "cashout-two-phase")
+FLOWS = ("transfer", "cashout-two-phase", "payment")
 # Each flow's worker kind and the flows whose results it waits for.
-_WORKER = {"transfer": "transfer", "cashout-two-phase": "cashout"}
+_WORKER = {"transfer": "transfer", "cashout-two-phase": "cashout", "payment": "transfer"}
 _RESULTS: dict[str, tuple[Flow, ...]] = {
     "transfer": (TRANSFER,),
     "cashout-two-phase": (CASHOUT, CASHOUT_SETTLE),
+    "payment": (PAYMENT,),
 }
 
 
@@ -88,6 +91,18 @@ class E2EResult:
             "worker_batch_mean_ms": round(self.batch_ms_mean, 1),
             "flow": self.flow,
         }
+
+
+async def _open_merchant(app_url: str, topic_prefix: str) -> uuid.UUID:
+    """One merchant wallet (setup, straight in the ledger), paid by every payment."""
+    pool = await create_pool(app_url, size_max=1)
+    try:
+        writer = LedgerWriter(pool, {"basic": TierLimits()}, topic_prefix=topic_prefix)
+        shop = merchant()
+        await writer.apply([Incoming(parsed(shop), subject=owner_of(shop))])
+        return wallet_of(shop)
+    finally:
+        await pool.close()
 
 
 def owner_of(person: RequestOnboarding) -> str:
@@ -184,7 +199,19 @@ async def run_e2e(
 
             # Phases: each is published whole, then awaited (a settle needs its hold first).
             phases: list[list[tuple[str, KafkaRecord]]] = []
-            if flow == "transfer":
+            if flow == "payment":
+                # Every payment pays one merchant: its wallet is the hottest row there is.
+                shop = await _open_merchant(bench_app_url, prefix)
+                phases.append(
+                    [
+                        (str(c.payment_id), signed(c, owners[c.from_account_id]))
+                        for c in (
+                            payment(rng.choice(ids), shop, rng.randint(100, 10_000))
+                            for _ in range(transfers + warm_up)
+                        )
+                    ]
+                )
+            elif flow == "transfer":
                 phase = []
                 for _ in range(transfers + warm_up):
                     a, b = rng.sample(ids, 2)

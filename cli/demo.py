@@ -2,13 +2,15 @@
 
 Brings up the embedded stack, migrates, creates topics, starts the workers and the relay as
 child processes, then drives onboarding, cash-in, a burst of P2P transfers (with invalid,
-duplicate, overdrawing and conflicting ones on purpose) and cash-out through Kafka, and shows
-what came back. Child processes are stopped on exit and on Ctrl-C.
+duplicate, overdrawing and conflicting ones on purpose), cash-out (immediate and held until the
+bank answers) and a merchant paid by customers and refunding some of it, through Kafka, and
+shows what came back. Child processes are stopped on exit and on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
 import tempfile
@@ -36,8 +38,11 @@ from ledgerflow.contracts.commands import (
     ApproveCashOut,
     BankAccount,
     ConfirmCashIn,
+    CustomerKind,
+    InitiatePayment,
     InitiateTransfer,
     RequestOnboarding,
+    RequestRefund,
     ReturnCashOut,
     SettleCashOut,
     Settlement,
@@ -48,6 +53,8 @@ from ledgerflow.contracts.topics import (
     CASHOUT_RETURN,
     CASHOUT_SETTLE,
     ONBOARDING,
+    PAYMENT,
+    REFUND,
     TRANSFER,
     Flow,
 )
@@ -55,9 +62,10 @@ from ledgerflow.harness.identity import Issuer, Signer
 from ledgerflow.harness.processes import ManagedProcess, ledgerflow_env, start_process
 from ledgerflow.harness.results import ResultCollector
 from ledgerflow.ledger_db.audit import run_audit
+from ledgerflow.ledger_db.merchants import MerchantFee, set_merchant_fee
 from ledgerflow.ledger_db.migrate import migrate
 from ledgerflow.ledger_db.queries import AccountView, get_account
-from ledgerflow.ledger_db.rules import wallet_account_id
+from ledgerflow.ledger_db.rules import AccountKind, house_account_id, wallet_account_id
 from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 console = Console()
@@ -65,6 +73,10 @@ RESULT_TIMEOUT_S = 120.0
 CASH_IN = 200_000  # 2,000.00 per wallet
 DEMO_HOLD_EXPIRES_S = 4
 HELD_AMOUNT, HELD_FEE = 50_000, 250
+# The merchant's fee, set by operations as `ledgerflow merchants set-fee` does: 2.5% + 0.30.
+MERCHANT_FEE_BPS, MERCHANT_FEE_FIXED = 250, 30
+PAYMENTS = (12_000, 4_990, 25_000)  # 120.00, 49.90, 250.00
+PARTIAL_REFUND = 5_000  # of the first payment; the second is refunded in full
 
 
 @dataclass
@@ -326,6 +338,11 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
                     str(holds[2].cashout_id), timeout_s=DEMO_HOLD_EXPIRES_S + 30, count=2
                 )
                 after = [await get_account(conn, w) for w in held_on]
+                console.print(
+                    "    a merchant: its fee set by operations, three customers pay it,"
+                    " one refund in part, one in full"
+                )
+                story = await merchant_story(traffic, progress, conn, wallets)
             finally:
                 await conn.close()
 
@@ -333,6 +350,7 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
         show_outcomes(results.events)
         show_latency(traffic, transfers, burst_s)
         show_holds(results, holds, before, during, after)
+        show_merchant(results, story)
         conn = await asyncpg.connect(endpoints.app_database_url)
         try:
             await show_balances(conn, wallets[:8])
@@ -348,6 +366,150 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
         )
         return ok
     return False
+
+
+@dataclass
+class MerchantStory:
+    """What the merchant part of the demo did, and the balances around it."""
+
+    merchant: uuid.UUID  # its wallet
+    fee: MerchantFee
+    payments: list[InitiatePayment]
+    refunds: list[RequestRefund]
+    # account -> balance before the payments, after them, after the refunds
+    balances: dict[uuid.UUID, list[int]] = field(default_factory=dict)
+    roles: dict[uuid.UUID, str] = field(default_factory=dict)
+
+
+async def _balances(conn: asyncpg.Connection, story: MerchantStory) -> None:
+    for account in story.roles:
+        view = await get_account(conn, account)
+        story.balances.setdefault(account, []).append(view.balance if view else 0)
+
+
+async def merchant_story(
+    traffic: Traffic, progress: Progress, conn: asyncpg.Connection, wallets: list[uuid.UUID]
+) -> MerchantStory:
+    """Onboard a merchant (signed, through Kafka), set its fee as operations would, have the
+    customers with the most to spend pay it, then refund one payment in part and one in full
+    (signed as the merchant)."""
+    shop = RequestOnboarding(
+        customer_id=uuid.uuid4(),
+        full_name="Demo Coffee Roasters GmbH",
+        phone_number=phone_number(),
+        currency="EUR",
+        kind=CustomerKind.MERCHANT,
+    )
+    await traffic.send(ONBOARDING, shop)
+    await traffic.drain(progress, "merchant onboarding")
+    merchant = wallet_account_id(shop.customer_id, shop.currency)
+    fee = await set_merchant_fee(
+        conn,
+        shop.customer_id,
+        MERCHANT_FEE_BPS,
+        MERCHANT_FEE_FIXED,
+        f"ledgerflow demo ({os.environ['USER']})" if os.environ.get("USER") else "ledgerflow demo",
+    )
+    views = [v for v in [await get_account(conn, w) for w in wallets] if v is not None]
+    # With only two customers, one of them pays twice.
+    payers = [v.id for v in sorted(views, key=lambda v: (-v.available, v.id))[: len(PAYMENTS)]]
+    payers = [payers[i % len(payers)] for i in range(len(PAYMENTS))]
+    payments = [
+        InitiatePayment(
+            payment_id=uuid.uuid4(),
+            from_account_id=payer,
+            merchant_account_id=merchant,
+            amount=amount,
+            currency="EUR",
+            order_reference=f"DEMO-ORDER-{i + 1}",
+        )
+        for i, (payer, amount) in enumerate(zip(payers, PAYMENTS, strict=True))
+    ]
+    fee_revenue = house_account_id(AccountKind.FEE_REVENUE, "EUR")
+    story = MerchantStory(merchant, fee, payments, [])
+    story.roles = {merchant: "merchant"}
+    for i, paid in enumerate(payments):
+        story.roles.setdefault(paid.from_account_id, f"payer {i + 1}")
+    story.roles[fee_revenue] = "fee revenue"
+    await _balances(conn, story)
+    for paid in payments:
+        await traffic.send(PAYMENT, paid)
+    await traffic.drain(progress, "payments")
+    await _balances(conn, story)
+    story.refunds = [
+        RequestRefund(
+            refund_id=uuid.uuid4(),
+            payment_id=paid.payment_id,
+            merchant_account_id=merchant,
+            amount=amount,
+            currency="EUR",
+            reason=reason,
+        )
+        for paid, amount, reason in (
+            (payments[0], PARTIAL_REFUND, "one bag arrived damaged"),
+            (payments[1], payments[1].amount, "order cancelled"),
+        )
+    ]
+    for back in story.refunds:
+        await traffic.send(REFUND, back)
+    await traffic.drain(progress, "refunds")
+    await _balances(conn, story)
+    return story
+
+
+def show_merchant(results: ResultCollector, story: MerchantStory) -> None:
+    """The merchant's, its payers' and fee revenue's balances around the payments and refunds,
+    and what each payment and refund answered."""
+    table = Table(
+        "account",
+        "role",
+        "before",
+        "after payments",
+        "after refunds",
+        title="Merchant, payers and fee revenue: balances (EUR)",
+        caption=(
+            f"the merchant's fee: {story.fee.bps} bps + {_eur(story.fee.fixed)}, set by "
+            f"{story.fee.changed_by}"
+        ),
+    )
+    for account, role in story.roles.items():
+        table.add_row(
+            str(account)[:8] + "…", role, *(_eur(b) for b in story.balances.get(account, []))
+        )
+    console.print(table)
+    answers = Table(
+        "payment",
+        "paid",
+        "fee",
+        "refunded",
+        "fee returned",
+        "answers",
+        title="Payments to the merchant and their refunds (EUR)",
+    )
+
+    def answers_to(key: uuid.UUID, prefix: str) -> list[dict[str, Any]]:
+        events = results.by_command_key.get(str(key), [])
+        return [e for e in events if e["type"].startswith(prefix)]
+
+    for paid in story.payments:
+        done = answers_to(paid.payment_id, "payment.")
+        backs = [b for b in story.refunds if b.payment_id == paid.payment_id]
+        refunds = [e for b in backs for e in answers_to(b.refund_id, "refund.")]
+        fee = next((e["data"]["fee"] for e in done if "fee" in e["data"]), None)
+        back = [e["data"] for e in refunds if "fee_returned" in e["data"]]
+        answers.add_row(
+            str(paid.payment_id)[:8] + "…",
+            _eur(paid.amount),
+            "-" if fee is None else _eur(fee),
+            _eur(sum(d["amount"] for d in back)) if back else "-",
+            _eur(sum(d["fee_returned"] for d in back)) if back else "-",
+            " → ".join(
+                e["type"].replace("payment.", "").replace(".", " ")
+                + (f" ({e['data']['reason']})" if "reason" in e["data"] else "")
+                for e in done + refunds
+            ),
+        )
+    console.print(answers)
 
 
 def show_outcomes(events: list[dict[str, Any]]) -> None:

@@ -1,9 +1,11 @@
-"""Reading the ledger: balances, accounts, pending holds and the audit."""
+"""Reading the ledger: balances, accounts, pending holds, merchants and the audit; setting a
+customer's tier and a merchant's fee."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
@@ -11,17 +13,21 @@ from typing import Annotated, TypeVar
 import asyncpg
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from ledgerflow.contracts.events import Tier
 from ledgerflow.ledger_db.audit import CheckResult, run_audit
+from ledgerflow.ledger_db.merchants import FeeRefusedError, set_merchant_fee
 from ledgerflow.ledger_db.pii_rotation import rotate_pii
 from ledgerflow.ledger_db.queries import (
     HOLDS_LISTED_MAX,
+    MERCHANTS_LISTED_MAX,
     AccountView,
     HoldView,
+    MerchantView,
     get_account,
     list_accounts,
+    list_merchants,
     list_pending_holds,
 )
 from ledgerflow.workers.settings import Settings, pii_vault
@@ -192,6 +198,81 @@ def set_tier(
         console.print(f"[red]no customer {customer_id}[/red]")
         raise typer.Exit(1)
     console.print(f"customer {customer_id} is now {tier}")
+
+
+merchants_app = typer.Typer(no_args_is_help=True, help="Merchants and their fees.")
+
+
+@merchants_app.command("set-fee")
+def merchants_set_fee(
+    customer_id: Annotated[uuid.UUID, typer.Argument(help="The merchant customer's id.")],
+    bps: Annotated[
+        int, typer.Option("--bps", help="Basis points of each payment's amount, 0 to 10000.")
+    ],
+    fixed: Annotated[
+        int, typer.Option("--fixed", help="Added to each payment's fee, in minor units.")
+    ] = 0,
+    by: Annotated[
+        str | None, typer.Option("--by", help="Who sets it, on record (default: $USER).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Put a merchant's fee in force from its next payment on: min(amount, floor(amount x bps /
+    10,000) + fixed). The previous schedules stay on record, with who set them and when."""
+    operator = by if by is not None else os.environ.get("USER", "")
+    try:
+        fee = _with_connection(
+            lambda conn: set_merchant_fee(conn, customer_id, bps, fixed, operator)
+        )
+    except FeeRefusedError as refused:
+        console.print(f"[red]refused: {refused}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(fee.as_json()))
+        return
+    console.print(
+        f"merchant {customer_id} now pays {fee.bps} bps + {fee.fixed:,} fixed per payment"
+        f" (set by {fee.changed_by} at {fee.changed_at.isoformat(timespec='seconds')})",
+        highlight=False,
+    )
+
+
+@merchants_app.command("list")
+def merchants_list(
+    limit: Annotated[int, typer.Option(min=1, max=MERCHANTS_LISTED_MAX)] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """List merchants, oldest first: their wallets and the fee in force, with when and by whom
+    it was set (`default`: none set, LEDGERFLOW_MERCHANT_FEE_BPS and _FIXED apply)."""
+    settings = Settings()
+    merchants = _with_connection(
+        lambda conn: list_merchants(
+            conn, settings.merchant_fee_bps, settings.merchant_fee_fixed, limit
+        )
+    )
+    if as_json:
+        print(json.dumps([m.as_json() for m in merchants]))
+        return
+    console.print(_merchants_table(merchants))
+    console.print(f"{len(merchants)} merchant(s) shown")
+
+
+def _merchants_table(merchants: list[MerchantView]) -> Table:
+    # Folded, not cut: an id must stay whole to be copied, however narrow the terminal.
+    headers = ("merchant", "wallet", "currency", "balance", "bps", "fixed", "set at", "set by")
+    table = Table(*(Column(h, overflow="fold") for h in headers))
+    for m in merchants:
+        table.add_row(
+            str(m.customer_id),
+            "\n".join(str(w.account_id) for w in m.wallets),
+            "\n".join(w.currency for w in m.wallets),
+            "\n".join(f"{w.balance:,}" for w in m.wallets),
+            str(m.bps),
+            f"{m.fixed:,}",
+            m.changed_at.isoformat(timespec="seconds") if m.changed_at else "default",
+            m.changed_by or "",
+        )
+    return table
 
 
 pii_app = typer.Typer(no_args_is_help=True, help="Personal data at rest.")

@@ -29,6 +29,9 @@ HOLD_EXPIRES_IN_S_MAX: Final = 2_592_000
 # ISO 20022 return reason codes are 4 characters; 35 is the longest proprietary code field.
 RETURN_CODE_MAX_CHARS: Final = 35
 RETURN_DETAIL_MAX_CHARS: Final = 500
+# A merchant's order or invoice number, and a refund's reason for the payer (DESIGN.md §5.2).
+ORDER_REFERENCE_MAX_CHARS: Final = 64
+REFUND_REASON_MAX_CHARS: Final = 140
 
 
 class BankAccount(BaseModel):
@@ -46,6 +49,19 @@ class BankAccount(BaseModel):
             min_length=1, max_length=ACCOUNT_NUMBER_MAX_CHARS, pattern=r"^[A-Za-z0-9-]+$"
         ),
     ] = Field(description="IBAN or national account number, without spaces.")
+
+
+class CustomerKind(StrEnum):
+    """Who a wallet belongs to: a person, or a merchant that is paid (DESIGN.md §5.2)."""
+
+    CONSUMER = "consumer"
+    MERCHANT = "merchant"
+
+
+def _consumer_as_absent(kind: CustomerKind | None) -> CustomerKind | None:
+    # An explicit "consumer" is the default spelled out: it means what an absent field means,
+    # so it must not change the content hash (a retry that spells it out is the same command).
+    return None if kind is CustomerKind.CONSUMER else kind
 
 
 class RequestOnboarding(BaseModel):
@@ -72,6 +88,18 @@ class RequestOnboarding(BaseModel):
     bank_account: BankAccount | None = Field(
         default=None, description="The basic bank account used for cash-in and cash-out."
     )
+    # Absent means consumer (v1): None keeps the content hash of every v1 command as it was,
+    # and an explicit "consumer" is read as absent for the same reason.
+    kind: Annotated[CustomerKind | None, AfterValidator(_consumer_as_absent)] = Field(
+        default=None,
+        description="`consumer` (the default) or `merchant` (a wallet that payments pay into; "
+        "its fee is set by operations, never by the requester).",
+    )
+
+    @property
+    def customer_kind(self) -> CustomerKind:
+        """The kind of the new customer: `consumer` when the field is absent."""
+        return self.kind or CustomerKind.CONSUMER
 
 
 class ConfirmCashIn(BaseModel):
@@ -170,3 +198,40 @@ class ReturnCashOut(BaseModel):
         str, StringConstraints(min_length=1, max_length=RETURN_CODE_MAX_CHARS)
     ] = Field(description="The bank's reason, e.g. an ISO 20022 code such as AC04.")
     detail: Annotated[str, StringConstraints(max_length=RETURN_DETAIL_MAX_CHARS)] | None = None
+
+
+class InitiatePayment(BaseModel):
+    """`payment.initiated`: a customer pays a merchant; the platform keeps the merchant's fee."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    payment_id: Uuid = Field(description="Idempotency key.")
+    from_account_id: Uuid = Field(
+        description="The payer's wallet, debited; the message key. The token must own it."
+    )
+    merchant_account_id: Uuid = Field(description="The merchant's wallet, credited.")
+    amount: Amount = Field(description="What the payer pays, fee included, in minor units.")
+    currency: Currency
+    order_reference: (
+        Annotated[str, StringConstraints(min_length=1, max_length=ORDER_REFERENCE_MAX_CHARS)] | None
+    ) = Field(default=None, description="The merchant's order or invoice number.")
+
+
+class RequestRefund(BaseModel):
+    """`refund.requested`: a merchant gives back part or all of a payment."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    refund_id: Uuid = Field(description="Idempotency key.")
+    payment_id: Uuid = Field(description="The payment refunded, made to this merchant.")
+    merchant_account_id: Uuid = Field(
+        description="The merchant's wallet, debited; the message key. The token must own it."
+    )
+    amount: Amount = Field(
+        description="Given back to the payer, in minor units; the payment's refunds never sum "
+        "above its amount."
+    )
+    currency: Currency
+    reason: Annotated[str, StringConstraints(max_length=REFUND_REASON_MAX_CHARS)] | None = Field(
+        default=None, description="Why, for the payer."
+    )

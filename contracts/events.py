@@ -9,6 +9,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from ledgerflow.contracts.commands import CustomerKind
 from ledgerflow.contracts.fields import Timestamp, Uuid
 from ledgerflow.contracts.money import Amount, Balance, Currency, Fee
 
@@ -36,6 +37,10 @@ class RejectReason(StrEnum):
     ALREADY_SETTLED = "already_settled"
     ALREADY_VOIDED = "already_voided"
     ALREADY_REVERSED = "already_reversed"
+    # Merchants (`payment.initiated`, `refund.requested`), DESIGN.md §5.2.
+    NOT_A_MERCHANT = "not_a_merchant"
+    PAYMENT_NOT_FOUND = "payment_not_found"
+    REFUND_EXCEEDS_PAYMENT = "refund_exceeds_payment"
 
 
 class VoidReason(StrEnum):
@@ -68,6 +73,10 @@ class OnboardingCompleted(BaseModel):
     wallet_account_id: Uuid = Field(description="The new wallet.")
     currency: Currency
     tier: Tier
+    kind: CustomerKind = Field(
+        default=CustomerKind.CONSUMER,
+        description="`consumer` or `merchant`; absent before contract 1.2, read as `consumer`.",
+    )
 
 
 class CashInCompleted(BaseModel):
@@ -213,3 +222,60 @@ def bound_detail(detail: str) -> str:
     if len(detail) <= DETAIL_MAX_CHARS:
         return detail
     return detail[: DETAIL_MAX_CHARS - 1] + "…"
+
+
+class PaymentCompleted(BaseModel):
+    """`payment.completed`: the payer paid; the merchant got amount - fee, fee revenue the fee."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    payment_id: Uuid
+    from_account_id: Uuid
+    merchant_account_id: Uuid
+    amount: Amount
+    fee: Fee = Field(description="min(amount, floor(amount x bps / 10,000) + fixed).")
+    currency: Currency
+    journal_entry_id: Uuid = Field(description=_JOURNAL_ENTRY)
+    balance_after: Balance = Field(description="The payer's balance after it, in minor units.")
+
+
+class PaymentRejected(BaseModel):
+    """`payment.rejected`: no money moved."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    payment_id: Uuid
+    reason: RejectReason
+    detail: Detail
+
+
+class RefundCompleted(BaseModel):
+    """`refund.completed`: the payer got the amount back; the fee went back in proportion."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    refund_id: Uuid
+    payment_id: Uuid
+    merchant_account_id: Uuid
+    to_account_id: Uuid = Field(description="The payer's wallet, credited.")
+    amount: Amount
+    fee_returned: Fee = Field(
+        description="The share of the payment's fee this refund returned: floor(fee x "
+        "refunded_total / payment amount), less what earlier refunds returned."
+    )
+    refunded_total: Amount = Field(
+        description="The payment's refunds so far, this one included: at most its amount."
+    )
+    currency: Currency
+    journal_entry_id: Uuid = Field(description=_JOURNAL_ENTRY)
+    balance_after: Balance = Field(description="The merchant's balance after it, in minor units.")
+
+
+class RefundRejected(BaseModel):
+    """`refund.rejected`: nothing was refunded."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    refund_id: Uuid
+    reason: RejectReason
+    detail: Detail

@@ -17,7 +17,8 @@ from ledgerflow.contracts.topics import FLOWS, MESSAGE_TYPES, Flow, message_mode
 SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 ASYNCAPI_VERSION: Final = "3.0.0"
 # 1.1: the cash-out lifecycle of DESIGN.md §5.1, additive (new types, optional fields).
-CONTRACT_VERSION: Final = "1.1.0"
+# 1.2: merchants, payments with a fee split and refunds (DESIGN.md §5.2), additive as well.
+CONTRACT_VERSION: Final = "1.2.0"
 KAFKA_BINDING_VERSION: Final = "0.5.0"
 SCHEMAS_DIR: Final = "schemas"
 ASYNCAPI_FILE: Final = "asyncapi.yaml"

@@ -13,8 +13,10 @@ from pydantic import BaseModel
 from ledgerflow.contracts.commands import (
     ApproveCashOut,
     ConfirmCashIn,
+    InitiatePayment,
     InitiateTransfer,
     RequestOnboarding,
+    RequestRefund,
     ReturnCashOut,
     SettleCashOut,
 )
@@ -28,6 +30,10 @@ from ledgerflow.contracts.events import (
     CashOutVoided,
     OnboardingCompleted,
     OnboardingRejected,
+    PaymentCompleted,
+    PaymentRejected,
+    RefundCompleted,
+    RefundRejected,
     RejectReason,
     TransferCompleted,
     TransferRejected,
@@ -177,6 +183,32 @@ CASHOUT_RETURN: Final = Flow(
     rejection_answers=True,
 )
 
+# Merchants (DESIGN.md §5.2), consumed by the transfer worker: money between two wallets.
+PAYMENT: Final = Flow(
+    name="payment",
+    command_topic="payment.initiated",
+    command_model=InitiatePayment,
+    completed_topic="payment.completed",
+    completed_model=PaymentCompleted,
+    rejected_topic="payment.rejected",
+    rejected_model=PaymentRejected,
+    key_field="from_account_id",
+    id_field="payment_id",
+    worker="transfer",
+)
+REFUND: Final = Flow(
+    name="refund",
+    command_topic="refund.requested",
+    command_model=RequestRefund,
+    completed_topic="refund.completed",
+    completed_model=RefundCompleted,
+    rejected_topic="refund.rejected",
+    rejected_model=RefundRejected,
+    key_field="merchant_account_id",
+    id_field="refund_id",
+    worker="transfer",
+)
+
 FLOWS: Final[tuple[Flow, ...]] = (
     ONBOARDING,
     CASHIN,
@@ -184,10 +216,12 @@ FLOWS: Final[tuple[Flow, ...]] = (
     CASHOUT,
     CASHOUT_SETTLE,
     CASHOUT_RETURN,
+    PAYMENT,
+    REFUND,
 )
 WORKERS: Final[tuple[str, ...]] = tuple(dict.fromkeys(flow.worker_name for flow in FLOWS))
 """The worker kinds (`ledgerflow worker NAME`): one per v1 flow; the cash-out worker also
-consumes the second-phase topics."""
+consumes the second-phase topics, the transfer worker payments and refunds."""
 
 _BY_NAME: Final = {flow.name: flow for flow in FLOWS}
 # A result topic shared by several flows (`cashout.completed`) maps to the first that has it.

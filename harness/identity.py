@@ -128,8 +128,9 @@ class Signer:
             wallet = wallet_account_id(command.customer_id, command.currency)
             self.owners.setdefault(wallet, subject)
         else:
-            # The debited wallet: a transfer's sender, a cash-out's wallet.
-            fields = ("from_account_id", "wallet_account_id")
+            # The debited wallet: a transfer's or payment's sender, a cash-out's wallet, the
+            # merchant giving a refund.
+            fields = ("from_account_id", "wallet_account_id", "merchant_account_id")
             debited: uuid.UUID = next(getattr(command, f) for f in fields if hasattr(command, f))
             subject = as_subject or self.owners.get(debited, f"user-unknown-{debited}")
         if as_subject is not None and scope is not None:

@@ -129,3 +129,23 @@ def start_process(
     if wait:
         managed.wait_ready()
     return managed
+
+
+CLI_TIMEOUT_S = 120.0
+
+
+def run_cli(
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    check: bool = True,
+    timeout_s: float = CLI_TIMEOUT_S,
+) -> subprocess.CompletedProcess[bytes]:
+    """One `ledgerflow ARGS` command to completion (an operator's or a script's), output kept."""
+    return subprocess.run(
+        [sys.executable, "-m", "ledgerflow.cli", *args],
+        env=dict(env),
+        capture_output=True,
+        check=check,
+        timeout=timeout_s,
+    )

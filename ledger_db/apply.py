@@ -20,8 +20,10 @@ from ledgerflow.contracts.codec import encode_event
 from ledgerflow.contracts.commands import (
     ApproveCashOut,
     ConfirmCashIn,
+    InitiatePayment,
     InitiateTransfer,
     RequestOnboarding,
+    RequestRefund,
     ReturnCashOut,
     SettleCashOut,
 )
@@ -32,6 +34,8 @@ from ledgerflow.contracts.events import (
     CashOutReversed,
     CashOutVoided,
     OnboardingCompleted,
+    PaymentCompleted,
+    RefundCompleted,
     RejectReason,
     Tier,
     TransferCompleted,
@@ -49,10 +53,13 @@ from ledgerflow.ledger_db.rules import (
     CashOutState,
     CustomerOpened,
     Decision,
+    FeeSchedule,
     HoldPlaced,
     HoldVoided,
     LedgerCommand,
     MoneyMoved,
+    Payment,
+    RefundDecided,
     Rejected,
     TierLimits,
     Wallet,
@@ -76,9 +83,10 @@ BATCH_COMMANDS_MAX = 5_000
 HOLD_EXPIRES_S_DEFAULT = 259_200
 # Holds voided per expiry round: one bounded transaction, like a batch.
 EXPIRY_ROUND_MAX = 500
-# A second-phase command naming a cash-out not held (yet) is answered, not recorded: the payout
-# service may send it again once the hold exists (DESIGN.md §5.1).
-_NOT_RECORDED = frozenset({RejectReason.HOLD_NOT_FOUND.value})
+# A command naming what does not exist (yet) is answered, not recorded, so it may be sent again
+# once it does: a second-phase cash-out command overtaking its approval (another topic,
+# DESIGN.md §5.1), a refund overtaking its payment (keyed by the payer, another partition).
+_NOT_RECORDED = frozenset({RejectReason.HOLD_NOT_FOUND.value, RejectReason.PAYMENT_NOT_FOUND.value})
 RESULT_SOURCE = "/ledgerflow"
 OUTBOX_CHANNEL = "ledgerflow_outbox"
 
@@ -138,6 +146,9 @@ class _Writes:
     records: list[tuple[Any, ...]] = field(default_factory=list)
     outbox: list[tuple[Any, ...]] = field(default_factory=list)
     holds: list[tuple[Any, ...]] = field(default_factory=list)
+    payments: list[tuple[Any, ...]] = field(default_factory=list)
+    # (payment_id, refunded, fee_returned) after the batch's refunds, one per payment
+    refunded: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)
     # (cashout_id, status, void_reason, day given back, month given back, settle entry id)
     resolved: list[tuple[Any, ...]] = field(default_factory=list)
 
@@ -162,6 +173,8 @@ class LedgerWriter:
     # a batch across midnight.
     clock: Callable[[], datetime | None] = database_clock
     hold_expires_s: int = HOLD_EXPIRES_S_DEFAULT
+    # A merchant's fee when operations set none (LEDGERFLOW_MERCHANT_FEE_BPS, _FIXED).
+    default_fee: FeeSchedule = field(default_factory=FeeSchedule)
     _house_currencies: set[str] = field(default_factory=set)
 
     async def apply(self, batch: Sequence[Incoming]) -> list[Outcome]:
@@ -231,6 +244,12 @@ def _touched_wallets(commands: Iterable[LedgerCommand]) -> list[uuid.UUID]:
             transfer = cast("InitiateTransfer", cmd)
             ids.add(transfer.from_account_id)
             ids.add(transfer.to_account_id)
+        elif kind is InitiatePayment:
+            payment = cast("InitiatePayment", cmd)
+            ids.add(payment.from_account_id)
+            ids.add(payment.merchant_account_id)
+        elif kind is RequestRefund:
+            ids.add(cast("RequestRefund", cmd).merchant_account_id)
         elif kind is not RequestOnboarding:
             ids.add(
                 cast(
@@ -238,6 +257,11 @@ def _touched_wallets(commands: Iterable[LedgerCommand]) -> list[uuid.UUID]:
                 ).wallet_account_id
             )
     return sorted(ids)
+
+
+def _refunded_payments(commands: Iterable[LedgerCommand]) -> list[uuid.UUID]:
+    """The payments the batch's refunds name."""
+    return sorted({cmd.payment_id for cmd in commands if type(cmd) is RequestRefund})
 
 
 def _named_cashouts(commands: Iterable[LedgerCommand]) -> list[uuid.UUID]:
@@ -266,9 +290,11 @@ async def _lock_book(
     writer: LedgerWriter,
     wallet_ids: list[uuid.UUID],
     cashout_ids: list[uuid.UUID],
+    payment_ids: Sequence[uuid.UUID] = (),
 ) -> Book:
     """The rows a batch decides on, locked: wallets first (ascending id), then holds
-    (ascending cashout_id), the same order for commands and expiry, so neither deadlocks."""
+    (ascending cashout_id), then payments (ascending payment_id), the same order for commands
+    and expiry, so none of them deadlocks."""
     wallets: dict[uuid.UUID, Wallet] = {}
     today: date | None = None
     now: datetime | None = None
@@ -290,6 +316,8 @@ async def _lock_book(
                 row["out_month"],
                 row["out_day"],
                 row["held"],
+                row["kind"],
+                row["customer_id"],
             )
     cashouts: dict[uuid.UUID, CashOut] = {}
     if cashout_ids:
@@ -306,6 +334,19 @@ async def _lock_book(
                 void_reason=VoidReason(row["void_reason"]) if row["void_reason"] else None,
                 reversed=row["reversed"],
             )
+    payments: dict[uuid.UUID, Payment] = {}
+    if payment_ids:
+        for row in await conn.fetch(sql.LOCK_PAYMENTS, list(payment_ids)):
+            payments[row["payment_id"]] = Payment(
+                row["payment_id"],
+                row["payer_account_id"],
+                row["merchant_account_id"],
+                row["currency"].strip(),
+                row["amount"],
+                row["fee"],
+                row["refunded"],
+                row["fee_returned"],
+            )
     return Book(
         wallets=wallets,
         taken_phone_numbers=set(),
@@ -314,6 +355,8 @@ async def _lock_book(
         today=today,
         now=now,
         hold_expires_s=writer.hold_expires_s,
+        default_fee=writer.default_fee,
+        payments=payments,
     )
 
 
@@ -348,7 +391,22 @@ async def _apply_in_transaction(
 
     # 2. Lock the wallets the batch touches, in ascending id order (no deadlock cycles), and
     #    read the clock under the locks; then the cash-outs the second phase names.
-    book = await _lock_book(conn, writer, _touched_wallets(commands), _named_cashouts(commands))
+    refunded = _refunded_payments(commands)
+    wallet_ids = _touched_wallets(commands)
+    if refunded:  # the payers are credited: their wallets are locked with the others
+        payers = await conn.fetch(sql.SELECT_PAYMENT_PAYERS, refunded)
+        wallet_ids = sorted(set(wallet_ids) | {row["payer_account_id"] for row in payers})
+    book = await _lock_book(conn, writer, wallet_ids, _named_cashouts(commands), refunded)
+    merchants = [
+        w.customer_id
+        for w in book.wallets.values()
+        if w.kind == "merchant" and w.customer_id is not None
+    ]
+    if merchants and any(type(cmd) is InitiatePayment for cmd in commands):
+        book.fees = {
+            row["customer_id"]: FeeSchedule(row["bps"], row["fixed"])
+            for row in await conn.fetch(sql.SELECT_MERCHANT_FEES, merchants)
+        }
     phones = {
         vault.phone_index(cmd.phone_number): cmd.phone_number
         for cmd in commands
@@ -506,15 +564,32 @@ def _decide(
     decision = book.decide(command, item.subject)
     event_type, data = _result(flow, command, decision, book)
     entry_id: uuid.UUID | None = None
-    if isinstance(decision, MoneyMoved):
-        entry_id = decision.entry_id
-        writes.entries.append((entry_id, flow.name, cmd.idempotency_key, decision.out_day))
-        for seq, posting in enumerate(decision.postings):
+    if isinstance(decision, RefundDecided):
+        paid = decision.payment
+        writes.refunded[paid.payment_id] = (paid.refunded, paid.fee_returned)
+    moved = decision.moved if isinstance(decision, RefundDecided) else decision
+    if isinstance(moved, MoneyMoved):
+        entry_id = moved.entry_id
+        writes.entries.append((entry_id, flow.name, cmd.idempotency_key, moved.out_day))
+        for seq, posting in enumerate(moved.postings):
             writes.postings.append(
                 (entry_id, seq, posting.account_id, posting.currency, posting.amount)
             )
             writes.deltas[posting.account_id] = (
                 writes.deltas.get(posting.account_id, 0) + posting.amount
+            )
+        if type(command) is InitiatePayment:
+            paid = book.payments[command.payment_id]
+            writes.payments.append(
+                (
+                    paid.payment_id,
+                    paid.payer_id,
+                    paid.merchant_id,
+                    paid.currency,
+                    paid.amount,
+                    paid.fee,
+                    entry_id,
+                )
             )
         if type(command) is SettleCashOut:
             settled = book.cashouts[command.cashout_id]
@@ -639,7 +714,7 @@ def _add_customer(
 ) -> None:
     bank = cmd.bank_account
     cid = cmd.customer_id
-    writes.customers.append((cid, opened.wallet.tier, subject))
+    writes.customers.append((cid, opened.wallet.tier, subject, opened.wallet.kind))
     writes.pii.append(
         (
             cid,
@@ -687,6 +762,7 @@ def _result(
             wallet_account_id=decision.wallet.id,
             currency=onboard.currency,
             tier=Tier(decision.wallet.tier),
+            kind=onboard.customer_kind,
         )
     if isinstance(decision, HoldPlaced):
         held = decision.cashout
@@ -701,7 +777,33 @@ def _result(
         )
     if isinstance(decision, HoldVoided):
         return "cashout.voided", _voided(decision.cashout, decision)
+    if isinstance(decision, RefundDecided):
+        r, paid = cast("RequestRefund", cmd), decision.payment
+        return flow.completed_topic, RefundCompleted.model_construct(
+            refund_id=r.refund_id,
+            payment_id=paid.payment_id,
+            merchant_account_id=paid.merchant_id,
+            to_account_id=paid.payer_id,
+            amount=r.amount,
+            fee_returned=decision.fee_returned,
+            refunded_total=paid.refunded,
+            currency=paid.currency,
+            journal_entry_id=decision.moved.entry_id,
+            balance_after=decision.moved.balance_after,
+        )
     assert isinstance(decision, MoneyMoved), decision
+    if kind is InitiatePayment:
+        paid = book.payments[cast("InitiatePayment", cmd).payment_id]
+        return flow.completed_topic, PaymentCompleted.model_construct(
+            payment_id=paid.payment_id,
+            from_account_id=paid.payer_id,
+            merchant_account_id=paid.merchant_id,
+            amount=paid.amount,
+            fee=paid.fee,
+            currency=paid.currency,
+            journal_entry_id=decision.entry_id,
+            balance_after=decision.balance_after,
+        )
     data: BaseModel
     if kind in (SettleCashOut, ReturnCashOut):
         cashout = book.cashouts[cast("SettleCashOut | ReturnCashOut", cmd).cashout_id]
@@ -796,6 +898,16 @@ async def _write_ledger(conn: asyncpg.Connection, w: _Writes, book: Book) -> Non
     if w.entries:
         await _copy(conn, "journal_entries", sql.ENTRY_COLUMNS, w.entries)
         await _copy(conn, "postings", sql.POSTING_COLUMNS, w.postings)
+    if w.payments:
+        await _copy(conn, "payments", sql.PAYMENT_COLUMNS, w.payments)
+    if w.refunded:
+        ids = list(w.refunded)
+        await conn.execute(
+            sql.REFUND_PAYMENTS,
+            ids,
+            [w.refunded[i][0] for i in ids],
+            [w.refunded[i][1] for i in ids],
+        )
     if w.holds:
         await _copy(conn, "holds", sql.HOLD_COLUMNS, w.holds)
     if w.resolved:

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from ledgerflow.contracts.topics import CASHOUT, CASHOUT_RETURN, FLOWS
+from ledgerflow.contracts.topics import CASHOUT, CASHOUT_RETURN, FLOWS, PAYMENT, REFUND
 
 VIOLATIONS_SHOWN_MAX = 20
 
@@ -123,7 +123,8 @@ CHECKS: dict[str, tuple[str, str]] = {
     "outgoing_totals_match_debits": (
         "every wallet's outgoing totals equal its debits and holds, less what voids gave back",
         # A day's total is its wallet debits (not a settlement's: its hold counted when it was
-        # placed; a reversal debits no wallet and gives nothing back), plus amount + fee of the
+        # placed; a reversal debits no wallet and gives nothing back; a refund debits the
+        # merchant but counts toward nobody's totals, DESIGN.md §5.2), plus amount + fee of the
         # holds placed that day, less what voids gave back to the day; its month's likewise
         # (month_given_back). The balance row keeps its latest day's and month's: a day some
         # debit or hold counted on, after which no day counts anything (a later day may net to
@@ -138,7 +139,7 @@ CHECKS: dict[str, tuple[str, str]] = {
             FROM postings p
             JOIN journal_entries e ON e.id = p.entry_id
             JOIN balances w ON w.account_id = p.account_id AND w.kind = 'wallet'
-            WHERE p.amount < 0 AND e.flow NOT IN ('cashout_settle', 'cashout_return')
+            WHERE p.amount < 0 AND e.flow NOT IN ('cashout_settle', 'cashout_return', 'refund')
             UNION ALL
             SELECT wallet_account_id, out_day, amount + fee, amount + fee FROM holds
             UNION ALL
@@ -190,14 +191,19 @@ CHECKS: dict[str, tuple[str, str]] = {
         # lists with the entry's: a wrong amount, a wrong wallet or a fee posted to another
         # house account than fee revenue all differ. A cash-out's entry (at once, or settling
         # its hold) pays amount + fee out of the wallet; a reversal posts its exact negation.
-        # A result that posts nothing (a hold placed or released) implies no postings.
+        # A payment: payer -amount, merchant +(amount - fee), fee revenue +fee; a refund: payer
+        # +amount, merchant -(amount - fee_returned), fee revenue -fee_returned (a part of 0 is
+        # not posted). A result that posts nothing (a hold placed or released) implies none.
         f"""
         WITH {_RESULTS},
         r AS (
             SELECT r.flow, r.key, r.journal_entry_id, k.id_field,
                    coalesce(k.posts, false) AS posts,
-                   CASE r.flow WHEN 'cashout_return' THEN -1 ELSE 1 END AS sign,
-                   e.event -> 'data' AS d
+                   CASE WHEN r.flow IN ('cashout_return', 'refund') THEN -1 ELSE 1 END AS sign,
+                   e.event -> 'data' AS d,
+                   -- What of a payment or refund is fee revenue's: its fee, its fee_returned.
+                   e.event -> 'data' ->> CASE r.flow WHEN 'refund' THEN 'fee_returned'
+                                                     ELSE 'fee' END AS fee_part
             FROM idempotency_records r
             CROSS JOIN LATERAL (
                 SELECT convert_from(r.result_payload, 'UTF8')::jsonb AS event) AS e
@@ -233,6 +239,21 @@ CHECKS: dict[str, tuple[str, str]] = {
             FROM r JOIN accounts h ON h.kind = 'fee_revenue' AND h.currency = r.d ->> 'currency'
             WHERE r.flow IN ('cashout', 'cashout_settle', 'cashout_return') AND r.posts
               AND (r.d ->> 'fee')::numeric > 0
+            UNION ALL
+            SELECT flow, key, (d ->> 'from_account_id')::uuid, -(d ->> 'amount')::numeric
+            FROM r WHERE flow = 'payment' AND posts
+            UNION ALL
+            SELECT flow, key, (d ->> 'to_account_id')::uuid, (d ->> 'amount')::numeric
+            FROM r WHERE flow = 'refund' AND posts
+            UNION ALL
+            SELECT flow, key, (d ->> 'merchant_account_id')::uuid,
+                   sign * ((d ->> 'amount')::numeric - fee_part::numeric)
+            FROM r WHERE flow IN ('payment', 'refund') AND posts
+              AND (d ->> 'amount')::numeric <> fee_part::numeric
+            UNION ALL
+            SELECT r.flow, r.key, h.id, r.sign * r.fee_part::numeric
+            FROM r JOIN accounts h ON h.kind = 'fee_revenue' AND h.currency = r.d ->> 'currency'
+            WHERE r.flow IN ('payment', 'refund') AND r.posts AND r.fee_part::numeric <> 0
         ),
         i AS (
             SELECT flow, key, string_agg(account_id || ':' || amount, ' '
@@ -462,6 +483,178 @@ CHECKS: dict[str, tuple[str, str]] = {
            OR NOT EXISTS (SELECT 1 FROM k WHERE k.flow = 'cashout' AND k.key = h.cashout_id)
            OR (h.void_reason = 'returned' AND NOT EXISTS (
                SELECT 1 FROM k WHERE k.flow = 'cashout_return' AND k.key = h.cashout_id))
+        """,
+    ),
+    "payments_have_their_entry": (
+        "every payment has one entry: payer -amount, merchant +(amount - fee), fee revenue +fee",
+        # From the payments row (what refunds are decided on), compared with its entry and with
+        # its record's result: the entry is the payment's own (flow, key), posts exactly what
+        # DESIGN.md §5.2 says (a part of 0 not posted), in the payment's currency, from a wallet
+        # into a merchant's wallet. And every payment entry has its payments row.
+        f"""
+        WITH implied AS (
+            SELECT payment_id, payer_account_id AS account_id, -amount AS amount FROM payments
+            UNION ALL
+            SELECT payment_id, merchant_account_id, amount - fee FROM payments
+            WHERE amount <> fee
+            UNION ALL
+            SELECT p.payment_id, a.id, p.fee
+            FROM payments p JOIN accounts a ON a.kind = 'fee_revenue' AND a.currency = p.currency
+            WHERE p.fee <> 0
+        ),
+        i AS (
+            SELECT payment_id, string_agg(account_id || ':' || amount, ' '
+                                          ORDER BY account_id, amount) AS postings
+            FROM implied GROUP BY payment_id
+        ),
+        posted AS (
+            SELECT p.payment_id, string_agg(q.account_id || ':' || q.amount, ' '
+                                            ORDER BY q.account_id, q.amount) AS postings,
+                   bool_or(q.currency <> p.currency) AS other_currency
+            FROM payments p JOIN postings q ON q.entry_id = p.entry_id
+            GROUP BY p.payment_id
+        ),
+        rec AS (
+            SELECT r.key AS payment_id,
+                   convert_from(r.result_payload, 'UTF8')::jsonb -> 'data' AS d
+            FROM idempotency_records r
+            WHERE r.flow = '{PAYMENT.name}' AND r.outcome = 'completed'
+        )
+        SELECT 'payment' AS side, p.payment_id::text AS payment_id, p.entry_id::text AS entry_id,
+               i.postings AS payment_implies, posted.postings AS posted,
+               mc.kind AS merchant_kind
+        FROM payments p
+        LEFT JOIN journal_entries e ON e.id = p.entry_id
+        LEFT JOIN i USING (payment_id) LEFT JOIN posted USING (payment_id)
+        LEFT JOIN rec USING (payment_id)
+        LEFT JOIN accounts pa ON pa.id = p.payer_account_id
+        LEFT JOIN accounts ma ON ma.id = p.merchant_account_id
+        LEFT JOIN customers mc ON mc.id = ma.customer_id
+        WHERE e.id IS NULL
+           OR e.flow <> '{PAYMENT.name}'
+           OR e.idempotency_key <> p.payment_id
+           OR i.postings IS DISTINCT FROM posted.postings
+           OR coalesce(posted.other_currency, false)
+           OR pa.kind IS DISTINCT FROM 'wallet' OR pa.currency <> p.currency
+           OR ma.kind IS DISTINCT FROM 'wallet' OR ma.currency <> p.currency
+           OR mc.kind IS DISTINCT FROM 'merchant'
+           OR rec.d IS NULL
+           OR rec.d ->> 'from_account_id' IS DISTINCT FROM p.payer_account_id::text
+           OR rec.d ->> 'merchant_account_id' IS DISTINCT FROM p.merchant_account_id::text
+           OR rec.d ->> 'amount' IS DISTINCT FROM p.amount::text
+           OR rec.d ->> 'fee' IS DISTINCT FROM p.fee::text
+           OR rec.d ->> 'currency' IS DISTINCT FROM p.currency::text
+           OR rec.d ->> 'journal_entry_id' IS DISTINCT FROM p.entry_id::text
+        UNION ALL
+        SELECT 'entry', e.idempotency_key::text, e.id::text, NULL, NULL, NULL
+        FROM journal_entries e
+        WHERE e.flow = '{PAYMENT.name}'
+          AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.entry_id = e.id)
+        """,
+    ),
+    "refunds_add_up_to_their_payments": (
+        "every payment's refunds sum to its refunded (at most its amount), fee back by the floor",
+        # A refund belongs to the payment its recorded result names (its entry, keyed by
+        # refund_id, does not say), to that payment's merchant and payer. In the order they were
+        # decided (by refunded_total: refunds of one payment are serialised by its row's lock),
+        # each one's refunded_total is the running sum of the amounts, its fee_returned is
+        # floor(fee x total / amount) less the same before it, and its entry counted toward
+        # nobody's outgoing totals (no out_day). Per payment: refunded is the sum, never above
+        # the amount; fee_returned is floor(fee x refunded / amount), and is what its refunds'
+        # entries took out of fee revenue.
+        f"""
+        WITH rf AS (
+            SELECT r.key AS refund_id,
+                   convert_from(r.result_payload, 'UTF8')::jsonb -> 'data' AS d
+            FROM idempotency_records r
+            WHERE r.flow = '{REFUND.name}' AND r.outcome = 'completed'
+        ),
+        refund AS (
+            SELECT rf.refund_id, (rf.d ->> 'payment_id')::uuid AS payment_id, rf.d,
+                   (rf.d ->> 'amount')::bigint AS amount,
+                   (rf.d ->> 'fee_returned')::bigint AS fee_returned,
+                   (rf.d ->> 'refunded_total')::bigint AS refunded_total,
+                   e.out_day::text AS counted_on,
+                   coalesce((
+                       SELECT -sum(q.amount)
+                       FROM postings q
+                       JOIN accounts a ON a.id = q.account_id AND a.kind = 'fee_revenue'
+                       WHERE q.entry_id = e.id
+                   ), 0)::bigint AS fee_taken
+            FROM rf LEFT JOIN journal_entries e
+              ON e.flow = '{REFUND.name}' AND e.idempotency_key = rf.refund_id
+        ),
+        ordered AS (
+            SELECT refund.*,
+                   sum(amount) OVER (PARTITION BY payment_id
+                                     ORDER BY refunded_total, refund_id)::bigint AS running
+            FROM refund
+        ),
+        per_payment AS (
+            SELECT payment_id, sum(amount)::bigint AS refunds,
+                   sum(fee_taken)::bigint AS fee_taken
+            FROM refund GROUP BY payment_id
+        )
+        SELECT 'refund' AS side, o.payment_id::text AS payment_id, o.refund_id::text AS refund_id,
+               p.amount AS payment_amount, o.refunded_total AS refunded, o.running AS refunds,
+               o.fee_returned, (floor(p.fee::numeric * o.running / p.amount)
+                                - floor(p.fee::numeric * (o.running - o.amount) / p.amount)
+                               )::bigint AS fee_due,
+               o.fee_taken, o.counted_on
+        FROM ordered o LEFT JOIN payments p USING (payment_id)
+        WHERE p.payment_id IS NULL
+           OR o.counted_on IS NOT NULL
+           OR o.d ->> 'merchant_account_id' IS DISTINCT FROM p.merchant_account_id::text
+           OR o.d ->> 'to_account_id' IS DISTINCT FROM p.payer_account_id::text
+           OR o.d ->> 'currency' IS DISTINCT FROM p.currency::text
+           OR o.refunded_total IS DISTINCT FROM o.running
+           OR o.running > p.amount
+           OR o.fee_returned IS DISTINCT FROM (
+               floor(p.fee::numeric * o.running / p.amount)
+               - floor(p.fee::numeric * (o.running - o.amount) / p.amount))
+        UNION ALL
+        SELECT 'payment', p.payment_id::text, NULL, p.amount, p.refunded,
+               coalesce(x.refunds, 0), p.fee_returned,
+               floor(p.fee::numeric * p.refunded / p.amount)::bigint,
+               coalesce(x.fee_taken, 0), NULL
+        FROM payments p LEFT JOIN per_payment x USING (payment_id)
+        WHERE p.refunded <> coalesce(x.refunds, 0)
+           OR p.refunded > p.amount
+           OR coalesce(x.refunds, 0) > p.amount
+           OR p.fee_returned <> floor(p.fee::numeric * p.refunded / p.amount)
+           OR p.fee_returned <> coalesce(x.fee_taken, 0)
+        """,
+    ),
+    "fee_revenue_matches_payments": (
+        "per currency, fee revenue taken by payments less returned by refunds is what payments say",
+        # Over the whole journal, not payment by payment: the fee revenue postings of every
+        # payment entry sum to sum(fee) over payments, those of every refund entry to
+        # -sum(fee_returned), so their net is sum(fee) - sum(fee_returned).
+        f"""
+        WITH posted AS (
+            SELECT q.currency,
+                   coalesce(sum(q.amount) FILTER (WHERE e.flow = '{PAYMENT.name}'), 0)::bigint
+                       AS taken,
+                   coalesce(-sum(q.amount) FILTER (WHERE e.flow = '{REFUND.name}'), 0)::bigint
+                       AS returned
+            FROM journal_entries e
+            JOIN postings q ON q.entry_id = e.id
+            JOIN accounts a ON a.id = q.account_id AND a.kind = 'fee_revenue'
+            WHERE e.flow IN ('{PAYMENT.name}', '{REFUND.name}')
+            GROUP BY q.currency
+        ),
+        paid AS (
+            SELECT currency, sum(fee)::bigint AS fees, sum(fee_returned)::bigint AS returned
+            FROM payments GROUP BY currency
+        )
+        SELECT coalesce(posted.currency, paid.currency)::text AS currency,
+               coalesce(posted.taken, 0) AS fee_revenue_taken,
+               coalesce(posted.returned, 0) AS fee_revenue_returned,
+               coalesce(paid.fees, 0) AS payments_fee,
+               coalesce(paid.returned, 0) AS payments_fee_returned
+        FROM posted FULL JOIN paid USING (currency)
+        WHERE coalesce(posted.taken, 0) <> coalesce(paid.fees, 0)
+           OR coalesce(posted.returned, 0) <> coalesce(paid.returned, 0)
         """,
     ),
     "records_keep_their_results": (

@@ -1,4 +1,4 @@
-"""Read models for people and scripts: balances, account listings and pending holds."""
+"""Read models for people and scripts: balances, account listings, pending holds and merchants."""
 
 from __future__ import annotations
 
@@ -137,6 +137,105 @@ async def list_pending_holds(
             r["currency"].strip(),
             r["placed_at"],
             r["expires_at"],
+        )
+        for r in rows
+    ]
+
+
+MERCHANTS_LISTED_MAX = 10_000
+
+# Merchant customers, oldest first, each with its wallets (with balances) and the fee schedule
+# in force: its latest merchant_fees row (none: the deployment's default applies).
+_MERCHANTS = """
+SELECT c.id AS customer_id, c.tier, c.created_at,
+       w.wallets, w.currencies, w.balances,
+       f.bps, f.fixed, f.changed_at, f.changed_by
+FROM customers c
+CROSS JOIN LATERAL (
+    SELECT coalesce(array_agg(a.id ORDER BY a.currency, a.id), '{}') AS wallets,
+           coalesce(array_agg(a.currency::text ORDER BY a.currency, a.id), '{}') AS currencies,
+           coalesce(array_agg(coalesce(b.balance, 0) ORDER BY a.currency, a.id), '{}')
+               AS balances
+    FROM accounts a
+    LEFT JOIN balances b ON b.account_id = a.id AND b.shard = 0
+    WHERE a.customer_id = c.id AND a.kind = 'wallet'
+) AS w
+LEFT JOIN LATERAL (
+    SELECT m.bps, m.fixed, m.changed_at, m.changed_by
+    FROM merchant_fees m WHERE m.customer_id = c.id
+    ORDER BY m.changed_at DESC, m.id DESC
+    LIMIT 1
+) AS f ON true
+WHERE c.kind = 'merchant'
+ORDER BY c.created_at, c.id
+LIMIT $1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantWallet:
+    account_id: UUID
+    currency: str
+    balance: int
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantView:
+    """A merchant customer, its wallets and the fee in force. `changed_at` is None when no fee
+    was ever set: the deployment's default (LEDGERFLOW_MERCHANT_FEE_BPS, _FIXED) applies, given
+    here as `bps` and `fixed`."""
+
+    customer_id: UUID
+    tier: str
+    created_at: datetime
+    wallets: tuple[MerchantWallet, ...]
+    bps: int
+    fixed: int
+    changed_at: datetime | None
+    changed_by: str | None
+
+    @property
+    def fee_is_default(self) -> bool:
+        return self.changed_at is None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "customer_id": str(self.customer_id),
+            "tier": self.tier,
+            "created_at": self.created_at.isoformat(),
+            "wallets": [
+                {"account_id": str(w.account_id), "currency": w.currency, "balance": w.balance}
+                for w in self.wallets
+            ],
+            "fee": {
+                "bps": self.bps,
+                "fixed": self.fixed,
+                "default": self.fee_is_default,
+                "changed_at": self.changed_at.isoformat() if self.changed_at else None,
+                "changed_by": self.changed_by,
+            },
+        }
+
+
+async def list_merchants(
+    conn: asyncpg.Connection, default_bps: int, default_fixed: int, limit: int = 100
+) -> list[MerchantView]:
+    """Merchants, oldest first, at most `limit` (bounded by MERCHANTS_LISTED_MAX); a merchant
+    without a fee schedule of its own shows the default given."""
+    rows = await conn.fetch(_MERCHANTS, max(1, min(limit, MERCHANTS_LISTED_MAX)))
+    return [
+        MerchantView(
+            r["customer_id"],
+            r["tier"],
+            r["created_at"],
+            tuple(
+                MerchantWallet(a, c.strip(), b)
+                for a, c, b in zip(r["wallets"], r["currencies"], r["balances"], strict=True)
+            ),
+            default_bps if r["changed_at"] is None else r["bps"],
+            default_fixed if r["changed_at"] is None else r["fixed"],
+            r["changed_at"],
+            r["changed_by"],
         )
         for r in rows
     ]

@@ -18,8 +18,11 @@ from typing import TYPE_CHECKING, cast
 from ledgerflow.contracts.commands import (
     ApproveCashOut,
     ConfirmCashIn,
+    CustomerKind,
+    InitiatePayment,
     InitiateTransfer,
     RequestOnboarding,
+    RequestRefund,
     ReturnCashOut,
     SettleCashOut,
 )
@@ -40,7 +43,10 @@ LedgerCommand = (
     | ApproveCashOut
     | SettleCashOut
     | ReturnCashOut
+    | InitiatePayment
+    | RequestRefund
 )
+BPS_PER_UNIT = 10_000
 
 
 class AccountKind(StrEnum):
@@ -92,6 +98,8 @@ class Wallet:
     out_day: date | None = None
     # Reserved by pending holds (two-phase cash-outs); every debit checks `available`.
     held: int = 0
+    kind: str = CustomerKind.CONSUMER.value
+    customer_id: UUID | None = None
 
     @property
     def available(self) -> int:
@@ -128,6 +136,44 @@ class CashOut:
 
     def expired_at(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
+
+
+@dataclass(frozen=True, slots=True)
+class FeeSchedule:
+    """A merchant's fee: basis points of the amount, plus a fixed part, in minor units."""
+
+    bps: int = 150
+    fixed: int = 0
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.bps <= BPS_PER_UNIT, "a fee is at most the whole amount"
+        assert self.fixed >= 0, "a fixed fee is never negative"
+
+    def fee(self, amount: int) -> int:
+        """min(amount, floor(amount * bps / 10,000) + fixed), in integers: at most the amount."""
+        return min(amount, amount * self.bps // BPS_PER_UNIT + self.fixed)
+
+
+def fee_returned_total(fee: int, refunded: int, amount: int) -> int:
+    """The fee returned once refunds total `refunded` of a payment: floor(fee * refunded / amount),
+    so a full refund returns exactly the fee."""
+    assert amount > 0, "a payment moves money"
+    assert 0 <= refunded <= amount, "refunds never pass the payment"
+    return fee * refunded // amount
+
+
+@dataclass(slots=True)
+class Payment:
+    """A completed payment as its refunds see it (locked by the batch)."""
+
+    payment_id: UUID
+    payer_id: UUID
+    merchant_id: UUID
+    currency: str
+    amount: int
+    fee: int
+    refunded: int = 0
+    fee_returned: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +228,16 @@ class Rejected:
     detail: str
 
 
-Decision = MoneyMoved | CustomerOpened | HoldPlaced | HoldVoided | Rejected
+@dataclass(frozen=True, slots=True)
+class RefundDecided:
+    """A refund's entry, and its payment after it (refunded so far, fee returned so far)."""
+
+    moved: MoneyMoved
+    payment: Payment
+    fee_returned: int
+
+
+Decision = MoneyMoved | CustomerOpened | HoldPlaced | HoldVoided | RefundDecided | Rejected
 
 
 def assert_balanced(postings: Iterable[Posting]) -> None:
@@ -219,6 +274,11 @@ class Book:
     now: datetime | None = None
     # LEDGERFLOW_HOLD_EXPIRES_S: a hold's life when its command does not say.
     hold_expires_s: int = 259_200
+    # Merchants' fee schedules in force, by customer id; the default for those without one.
+    fees: Mapping[UUID, FeeSchedule] = field(default_factory=dict)
+    default_fee: FeeSchedule = field(default_factory=FeeSchedule)
+    # The payments the batch's refunds name, and those it completes, by payment_id.
+    payments: dict[UUID, Payment] = field(default_factory=dict)
 
     def refuse_owner(self, command: LedgerCommand, subject: str | None) -> str | None:
         """Why `subject` may not debit the wallet the command names (None: it may).
@@ -233,6 +293,10 @@ class Book:
             debited = cast("InitiateTransfer", command).from_account_id
         elif kind is ApproveCashOut:
             debited = cast("ApproveCashOut", command).wallet_account_id
+        elif kind is InitiatePayment:
+            debited = cast("InitiatePayment", command).from_account_id
+        elif kind is RequestRefund:
+            debited = cast("RequestRefund", command).merchant_account_id
         else:
             return None
         wallet = self.wallets.get(debited)
@@ -254,6 +318,10 @@ class Book:
             return self._settle(cast("SettleCashOut", command))
         if kind is ReturnCashOut:
             return self._return(cast("ReturnCashOut", command))
+        if kind is InitiatePayment:
+            return self._payment(cast("InitiatePayment", command))
+        if kind is RequestRefund:
+            return self._refund(cast("RequestRefund", command))
         assert kind is RequestOnboarding, kind
         return self._onboard(cast("RequestOnboarding", command), subject)
 
@@ -270,6 +338,8 @@ class Book:
             balance=0,
             owner=subject,
             out_day=self.today,
+            kind=cmd.customer_kind.value,
+            customer_id=cmd.customer_id,
         )
         if wallet.id in self.wallets:
             # Only reachable if a customer row exists without its idempotency record.
@@ -350,6 +420,78 @@ class Book:
             CashOutState.IMMEDIATE,
         )
         return self._post(_cash_out_postings(paid, wallet.id), wallet)
+
+    def _payment(self, cmd: InitiatePayment) -> Decision:
+        if cmd.from_account_id == cmd.merchant_account_id:
+            return Rejected(RejectReason.SAME_ACCOUNT, "payer and merchant are one account")
+        payer = self._wallet(cmd.from_account_id, cmd.currency, role="payer")
+        if isinstance(payer, Rejected):
+            return payer
+        merchant = self._wallet(cmd.merchant_account_id, cmd.currency, role="merchant")
+        if isinstance(merchant, Rejected):
+            return merchant
+        if merchant.kind != CustomerKind.MERCHANT.value:
+            return Rejected(RejectReason.NOT_A_MERCHANT, "the receiving wallet is not a merchant's")
+        refused = self._over_single_limit(payer, cmd.amount)
+        if refused:
+            return refused
+        if payer.available < cmd.amount:
+            return Rejected(
+                RejectReason.INSUFFICIENT_FUNDS, "the payer's available balance is too low"
+            )
+        refused = self._over_period_limits(payer, cmd.amount)
+        if refused:
+            return refused
+        assert merchant.customer_id is not None, "a merchant wallet has its customer"
+        fee = self.fees.get(merchant.customer_id, self.default_fee).fee(cmd.amount)
+        postings = [Posting(payer.id, cmd.currency, -cmd.amount)]
+        if cmd.amount - fee:
+            postings.append(Posting(merchant.id, cmd.currency, cmd.amount - fee))
+        if fee:
+            fee_revenue = house_account_id(AccountKind.FEE_REVENUE, cmd.currency)
+            postings.append(Posting(fee_revenue, cmd.currency, fee))
+        moved = self._post(tuple(postings), payer)
+        self.payments[cmd.payment_id] = Payment(
+            cmd.payment_id, payer.id, merchant.id, cmd.currency, cmd.amount, fee
+        )
+        return moved
+
+    def _refund(self, cmd: RequestRefund) -> Decision:
+        payment = self.payments.get(cmd.payment_id)
+        if payment is None or payment.merchant_id != cmd.merchant_account_id:
+            return Rejected(
+                RejectReason.PAYMENT_NOT_FOUND, "no payment with this id to this merchant"
+            )
+        merchant = self._wallet(cmd.merchant_account_id, cmd.currency, role="merchant")
+        if isinstance(merchant, Rejected):
+            return merchant
+        payer = self.wallets.get(payment.payer_id)
+        if payer is None:  # locked with the batch: only missing if the ledger is broken
+            raise AssertionError(f"payment {payment.payment_id}: its payer is not locked")
+        if payer.status != "open":
+            return Rejected(RejectReason.ACCOUNT_CLOSED, "the payer's account is closed")
+        if cmd.amount > payment.amount - payment.refunded:
+            return Rejected(
+                RejectReason.REFUND_EXCEEDS_PAYMENT,
+                f"only {payment.amount - payment.refunded} of the payment is left to refund",
+            )
+        refunded = payment.refunded + cmd.amount
+        fee_back = fee_returned_total(payment.fee, refunded, payment.amount) - payment.fee_returned
+        from_merchant = cmd.amount - fee_back
+        if merchant.available < from_merchant:
+            return Rejected(
+                RejectReason.INSUFFICIENT_FUNDS, "the merchant's available balance is too low"
+            )
+        postings = [Posting(payer.id, cmd.currency, cmd.amount)]
+        if from_merchant:
+            postings.append(Posting(merchant.id, cmd.currency, -from_merchant))
+        if fee_back:
+            fee_revenue = house_account_id(AccountKind.FEE_REVENUE, cmd.currency)
+            postings.append(Posting(fee_revenue, cmd.currency, -fee_back))
+        # Refunds are not limited by the merchant's tier, nor counted toward its totals.
+        moved = self._post(tuple(postings), merchant, counts_outgoing=False)
+        payment.refunded, payment.fee_returned = refunded, payment.fee_returned + fee_back
+        return RefundDecided(moved, payment, fee_back)
 
     def _hold(self, cmd: ApproveCashOut, wallet: Wallet) -> HoldPlaced:
         assert self.now is not None, "a hold is placed in a batch that read the clock"

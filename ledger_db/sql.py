@@ -3,7 +3,7 @@
 Reads and updates take arrays (`unnest`, `= ANY`); plain inserts go by binary COPY.
 """
 
-CUSTOMER_COLUMNS = ("id", "tier", "subject")
+CUSTOMER_COLUMNS = ("id", "tier", "subject", "kind")
 CUSTOMER_PII_COLUMNS = (
     "customer_id",
     "key_id",
@@ -61,8 +61,8 @@ FROM keying LEFT JOIN (
 # batch opens; APPLY_BALANCE_DELTAS gets it back and applies the same rule.
 LOCK_WALLETS = """
 WITH locked AS MATERIALIZED (
-    SELECT a.id, a.currency, a.status, c.tier, c.subject, b.balance, b.held,
-           b.out_day, b.out_day_total, b.out_month, b.out_month_total
+    SELECT a.id, a.currency, a.status, c.tier, c.subject, c.kind, a.customer_id, b.balance,
+           b.held, b.out_day, b.out_day_total, b.out_month, b.out_month_total
     FROM unnest(string_to_array($1, ',')::uuid[]) AS w(id)
     JOIN balances b ON b.account_id = w.id AND b.shard = 0
     JOIN accounts a ON a.id = b.account_id
@@ -78,7 +78,7 @@ clock AS MATERIALIZED (
     WHERE every_row_locked.n >= 0
 )
 SELECT clock.day AS clock_day, clock.at AS clock_now, l.id, l.currency, l.status, l.tier,
-       l.subject, l.balance, l.held,
+       l.subject, l.kind, l.customer_id, l.balance, l.held,
        greatest(l.out_day, clock.day) AS out_day,
        CASE WHEN l.out_day >= clock.day THEN l.out_day_total ELSE 0 END AS out_today,
        CASE WHEN l.out_month >= date_trunc('month', clock.day)::date
@@ -228,3 +228,43 @@ WHERE cashout_id = ANY($1::uuid[])
 """
 
 NOTIFY_OUTBOX = "SELECT pg_notify('ledgerflow_outbox', '')"
+
+PAYMENT_COLUMNS = (
+    "payment_id",
+    "payer_account_id",
+    "merchant_account_id",
+    "currency",
+    "amount",
+    "fee",
+    "entry_id",
+)
+
+# The payers of the payments a batch's refunds name, read before any lock: their wallets are
+# credited, so they are locked with the others (a payment's accounts never change).
+SELECT_PAYMENT_PAYERS = """
+SELECT payment_id, payer_account_id FROM payments
+WHERE payment_id = ANY($1::uuid[])
+"""
+
+# The payments refunded, locked after the wallets (ascending payment_id): two refunds of one
+# payment, in two batches, are decided one after the other, each on the other's result.
+LOCK_PAYMENTS = """
+SELECT payment_id, payer_account_id, merchant_account_id, currency, amount, fee, refunded,
+       fee_returned
+FROM payments WHERE payment_id = ANY($1::uuid[])
+ORDER BY payment_id
+FOR UPDATE
+"""
+
+REFUND_PAYMENTS = """
+UPDATE payments p SET refunded = r.refunded, fee_returned = r.fee_returned
+FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS r(payment_id, refunded, fee_returned)
+WHERE p.payment_id = r.payment_id
+"""
+
+# The fee schedule in force for each merchant customer: its latest row.
+SELECT_MERCHANT_FEES = """
+SELECT DISTINCT ON (customer_id) customer_id, bps, fixed
+FROM merchant_fees WHERE customer_id = ANY($1::uuid[])
+ORDER BY customer_id, changed_at DESC, id DESC
+"""

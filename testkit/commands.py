@@ -12,8 +12,11 @@ from ledgerflow.contracts.commands import (
     ApproveCashOut,
     BankAccount,
     ConfirmCashIn,
+    CustomerKind,
+    InitiatePayment,
     InitiateTransfer,
     RequestOnboarding,
+    RequestRefund,
     ReturnCashOut,
     SettleCashOut,
     Settlement,
@@ -25,6 +28,8 @@ from ledgerflow.contracts.topics import (
     CASHOUT_RETURN,
     CASHOUT_SETTLE,
     ONBOARDING,
+    PAYMENT,
+    REFUND,
     TRANSFER,
     Flow,
 )
@@ -122,6 +127,35 @@ def returned(approved: ApproveCashOut, return_code: str = "AC04") -> ReturnCashO
     )
 
 
+def merchant(currency: str = "EUR") -> RequestOnboarding:
+    """Onboarding of a merchant: a wallet payments pay into (its fee set by operations)."""
+    return onboarding(currency).model_copy(update={"kind": CustomerKind.MERCHANT})
+
+
+def payment(
+    payer: uuid.UUID, merchant_wallet: uuid.UUID, amount: int, currency: str = "EUR"
+) -> InitiatePayment:
+    return InitiatePayment(
+        payment_id=uuid.uuid4(),
+        from_account_id=payer,
+        merchant_account_id=merchant_wallet,
+        amount=amount,
+        currency=currency,
+        order_reference=f"ORDER-{next(_phones)}",
+    )
+
+
+def refund(paid: InitiatePayment, amount: int | None = None) -> RequestRefund:
+    """A refund of `amount` (default: all) of a payment, requested by its merchant."""
+    return RequestRefund(
+        refund_id=uuid.uuid4(),
+        payment_id=paid.payment_id,
+        merchant_account_id=paid.merchant_account_id,
+        amount=paid.amount if amount is None else amount,
+        currency=paid.currency,
+    )
+
+
 def flow_of(command: BaseModel) -> Flow:
     match command:
         case RequestOnboarding():
@@ -136,6 +170,10 @@ def flow_of(command: BaseModel) -> Flow:
             return CASHOUT_SETTLE
         case ReturnCashOut():
             return CASHOUT_RETURN
+        case InitiatePayment():
+            return PAYMENT
+        case RequestRefund():
+            return REFUND
     raise TypeError(type(command).__name__)
 
 

@@ -23,7 +23,7 @@ from faststream.kafka.annotations import KafkaMessage
 from ledgerflow.contracts.topics import CASHOUT, WORKERS, flows_of_worker
 from ledgerflow.ledger_db.apply import LedgerWriter, load_tier_limits
 from ledgerflow.ledger_db.pii import DEV_KEY_ID
-from ledgerflow.ledger_db.rules import TierLimits
+from ledgerflow.ledger_db.rules import FeeSchedule, TierLimits
 from ledgerflow.ledger_db.unit_of_work import create_pool
 from ledgerflow.workers import http, metrics, tracing
 from ledgerflow.workers.auth import Authenticator, AuthMode
@@ -189,6 +189,7 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
             content_hash_key=content_key,
         )
         writer.hold_expires_s = settings.hold_expires_s
+        writer.default_fee = FeeSchedule(settings.merchant_fee_bps, settings.merchant_fee_fixed)
         if CASHOUT in flows:  # the cash-out worker expires holds: no process kind of its own
             expiry.start(writer)
         verifier = authenticator(settings)

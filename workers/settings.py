@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     hold_expires_s: int = Field(default=259_200, ge=1, le=2_592_000)
     hold_expiry_interval_s: float = Field(default=1.0, gt=0, le=300)
     hold_expiry_round_max: int = Field(default=500, ge=1, le=500)
+    # A merchant's fee when operations set none (`ledgerflow merchants set-fee`), DESIGN.md §5.2.
+    merchant_fee_bps: int = Field(default=150, ge=0, le=10_000)
+    merchant_fee_fixed: int = Field(default=0, ge=0, le=10**15)
 
     # HTTP (/metrics, /healthz, /readyz). No port: the process kind's own (DEFAULT_HTTP_PORTS).
     http_host: str = "127.0.0.1"

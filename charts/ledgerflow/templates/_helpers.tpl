@@ -67,8 +67,12 @@ cashout: cashout.approved
 {{- end }}
 
 {{/* The further topics a worker consumes, by flow (the consumer group is ledgerflow.<flow>):
-the cash-out worker also takes the second phase of held cash-outs (DESIGN.md §5.1). */}}
+the transfer worker also takes merchant payments and refunds (DESIGN.md §5.2), the cash-out
+worker the second phase of held cash-outs (§5.1). */}}
 {{- define "ledgerflow.moreCommandTopics" -}}
+transfer:
+  payment: payment.initiated
+  refund: refund.requested
 cashout:
   cashout_settle: cashout.settled
   cashout_return: cashout.returned

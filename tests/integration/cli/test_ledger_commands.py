@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-import sys
 from typing import Any
 
 import asyncpg
@@ -14,6 +13,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from ledgerflow.contracts.topics import all_topics
+from ledgerflow.harness.processes import run_cli
 from ledgerflow.ledger_db.apply import LedgerWriter
 from ledgerflow.ledger_db.rules import TierLimits
 from ledgerflow.ledger_db.unit_of_work import create_pool
@@ -33,13 +33,7 @@ pytestmark = pytest.mark.integration
 def ledgerflow(
     env: dict[str, str], *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "ledgerflow.cli", *args],
-        env=env,
-        capture_output=True,
-        check=check,
-        timeout=120,
-    )
+    return run_cli(args, env, check=check)
 
 
 def env_for(database: Any, **extra: str) -> dict[str, str]:

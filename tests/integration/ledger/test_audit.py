@@ -16,13 +16,17 @@ import pytest
 
 from ledgerflow.ledger_db.apply import LedgerWriter, OutcomeKind, load_tier_limits
 from ledgerflow.ledger_db.audit import run_audit
-from ledgerflow.ledger_db.rules import AccountKind, house_account_id
+from ledgerflow.ledger_db.merchants import set_merchant_fee
+from ledgerflow.ledger_db.rules import AccountKind, FeeSchedule, house_account_id
 from ledgerflow.testkit.commands import (
     apply_all,
     cashin,
     cashout,
     held_cashout,
+    merchant,
     onboarding,
+    payment,
+    refund,
     returned,
     settle,
     transfer,
@@ -721,3 +725,315 @@ async def test_expiry_events_are_accepted_only_as_their_holds_once(
     held = orjson.dumps({"type": "cashout.held", "data": {"cashout_id": str(uuid.uuid4())}})
     await admin.execute(insert, uuid.uuid4(), PREFIX + "cashout.held", b"k", held)
     assert failing(await audit(admin)) == {"outbox_rows_match_records"}
+
+
+# -- merchants (DESIGN.md §5.2) -----------------------------------------------------------------
+
+
+async def merchant_ledger(writer: LedgerWriter) -> dict[str, Any]:
+    """Payments into three merchants: `shop` on the default fee (150 bps + 30), `free` with a
+    fee of 0 set by operations, `kiosk` with a fixed fee above a small payment's amount (all of
+    it is fee: the merchant gets nothing). Refunded in part, in full in two steps of one batch,
+    and not at all; rejections, a replay and a conflict. The shop also sends a transfer: it
+    counts toward its totals, its refunds do not."""
+    fees = LedgerWriter(writer.pool, writer.limits, default_fee=FeeSchedule(150, 30))
+    alice, bob = onboarding(), onboarding()
+    shop, free, kiosk = merchant(), merchant(), merchant()
+    wa, wb = wallet_of(alice), wallet_of(bob)
+    await apply_all(fees, alice, bob, shop, free, kiosk, cashin(wa, 100_000), cashin(wb, 50_000))
+    async with writer.pool.acquire() as conn:
+        await set_merchant_fee(conn, free.customer_id, 0, 0, "ops-test")
+        await set_merchant_fee(conn, kiosk.customer_id, 0, 30, "ops-test")
+    ledger: dict[str, Any] = {
+        "alice": wa,
+        "bob": wb,
+        "shop": wallet_of(shop),
+        "kiosk_customer": kiosk.customer_id,
+        "partial": payment(wa, wallet_of(shop), 10_000),  # fee 180
+        "full": payment(wb, wallet_of(shop), 5_000),  # fee 75 + 30
+        "kept": payment(wa, wallet_of(shop), 7_777),  # fee 116 + 30
+        "free": payment(wa, wallet_of(free), 1_000),  # fee 0
+        "all_fee": payment(wb, wallet_of(kiosk), 20),  # fee min(20, 30)
+    }
+    names = ("partial", "full", "kept", "free", "all_fee")
+    paid = await apply_all(fees, *(ledger[k] for k in names), payment(wa, wb, 100))
+    assert [o.kind for o in paid] == [OutcomeKind.COMPLETED] * 5 + [OutcomeKind.REJECTED]
+    assert paid[-1].reason == "not_a_merchant"
+    ledger |= {
+        "partial_refund": refund(ledger["partial"], 3_333),  # fee back 59
+        "full_first": refund(ledger["full"], 2_000),  # fee back 42
+        "full_rest": refund(ledger["full"], 3_000),  # fee back 63
+        "free_refund": refund(ledger["free"], 400),  # no fee back
+        "all_fee_refund": refund(ledger["all_fee"]),  # the fee back, nothing from the kiosk
+    }
+    names = ("partial_refund", "full_first", "full_rest", "free_refund", "all_fee_refund")
+    refunded = await apply_all(
+        fees,
+        *(ledger[k] for k in names),
+        refund(ledger["kept"], 7_778),
+        refund(ledger["kept"]).model_copy(update={"payment_id": uuid.uuid4()}),
+        transfer(ledger["shop"], wa, 500),
+    )
+    assert [o.kind for o in refunded] == [OutcomeKind.COMPLETED] * 5 + [
+        OutcomeKind.REJECTED
+    ] * 2 + [OutcomeKind.COMPLETED]
+    assert [o.reason for o in refunded[5:7]] == ["refund_exceeds_payment", "payment_not_found"]
+    again = await apply_all(
+        fees,
+        ledger["partial"],
+        ledger["partial_refund"],
+        ledger["partial_refund"].model_copy(update={"amount": 3_334}),
+    )
+    assert [o.kind for o in again] == [
+        OutcomeKind.REPLAYED,
+        OutcomeKind.REPLAYED,
+        OutcomeKind.CONFLICT,
+    ]
+    return ledger
+
+
+async def test_an_honest_merchant_ledger_passes_even_once_the_outbox_is_pruned(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    ledger = await merchant_ledger(writer)
+    await ledger_with_holds(writer)
+    await honest_ledger(writer)
+    assert failing(await audit(admin)) == set()
+    rows = {
+        r["payment_id"]: tuple(r)[1:]
+        for r in await admin.fetch(
+            "SELECT payment_id, amount, fee, refunded, fee_returned FROM payments"
+        )
+    }
+    assert rows == {
+        ledger["partial"].payment_id: (10_000, 180, 3_333, 59),
+        ledger["full"].payment_id: (5_000, 105, 5_000, 105),
+        ledger["kept"].payment_id: (7_777, 146, 0, 0),
+        ledger["free"].payment_id: (1_000, 0, 400, 0),
+        ledger["all_fee"].payment_id: (20, 20, 20, 20),
+    }
+    # The shop's totals count its transfer only, not its refunds.
+    out = await admin.fetchval(
+        "SELECT out_day_total FROM balances WHERE account_id = $1", ledger["shop"]
+    )
+    assert out == 500
+    await admin.execute("DELETE FROM outbox")
+    assert failing(await audit(admin)) == set()
+
+
+async def test_refunds_counted_toward_the_merchants_totals_are_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    ledger = await merchant_ledger(writer)
+    refunded = 3_333 - 59 + 2_000 - 42 + 3_000 - 63
+    await admin.execute(
+        "UPDATE balances SET out_day_total = out_day_total + $2,"
+        " out_month_total = out_month_total + $2 WHERE account_id = $1",
+        ledger["shop"],
+        refunded,
+    )
+    results = await audit(admin)
+    assert failing(results) == {"outgoing_totals_match_debits"}
+    [example] = results["outgoing_totals_match_debits"].examples
+    assert (example["outgoing_day"], example["debits_day"]) == (500 + refunded, 500)
+    # A refund's entry said to have counted toward a day.
+    await admin.execute(
+        "UPDATE balances SET out_day_total = out_day_total - $2,"
+        " out_month_total = out_month_total - $2 WHERE account_id = $1",
+        ledger["shop"],
+        refunded,
+    )
+    await admin.execute(
+        "UPDATE journal_entries SET out_day = (now() AT TIME ZONE 'UTC')::date"
+        " WHERE flow = 'refund' AND idempotency_key = $1",
+        ledger["full_rest"].refund_id,
+    )
+    results = await audit(admin)
+    assert failing(results) == {"refunds_add_up_to_their_payments"}
+    [example] = results["refunds_add_up_to_their_payments"].examples
+    assert example["refund_id"] == str(ledger["full_rest"].refund_id)
+    assert example["counted_on"] is not None
+
+
+async def test_a_payment_entry_and_record_that_took_another_fee_are_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    """The payment's record and entry agree with each other (both rewritten: one more of the
+    amount went to fee revenue); only its payments row still says what the fee was."""
+    ledger = await merchant_ledger(writer)
+    kept = ledger["kept"]
+    await admin.execute("DELETE FROM outbox")
+    entry = await entry_of_flow(admin, "payment", kept.payment_id)
+    await shift_posting(admin, entry, ledger["shop"], FEE_REVENUE, 1)
+    await set_data(admin, "payment", kept.payment_id, fee=147)
+    results = await audit(admin)
+    assert failing(results) == {"payments_have_their_entry", "fee_revenue_matches_payments"}
+    [example] = results["payments_have_their_entry"].examples
+    assert (example["side"], example["payment_id"], example["entry_id"]) == (
+        "payment",
+        str(kept.payment_id),
+        str(entry),
+    )
+    assert f"{FEE_REVENUE}:146" in example["payment_implies"]
+    assert f"{FEE_REVENUE}:147" in example["posted"]
+    [fees] = results["fee_revenue_matches_payments"].examples
+    assert fees["fee_revenue_taken"] == fees["payments_fee"] + 1
+    # Only the record rewritten: the entry no longer posts what its result says either.
+    await shift_posting(admin, entry, FEE_REVENUE, ledger["shop"], 1)
+    assert failing(await audit(admin)) == {"payments_have_their_entry", "entries_match_results"}
+
+
+async def test_a_payment_into_a_wallet_that_is_no_merchants_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    """Entry, record and payments row all rewritten to pay Bob, a consumer, instead of the
+    shop: they agree, and a consumer is never paid."""
+    ledger = await merchant_ledger(writer)
+    kept = ledger["kept"]
+    await admin.execute("DELETE FROM outbox")
+    entry = await entry_of_flow(admin, "payment", kept.payment_id)
+    await move_posting(admin, entry, ledger["shop"], ledger["bob"])
+    await set_data(admin, "payment", kept.payment_id, merchant_account_id=str(ledger["bob"]))
+    await admin.execute(
+        "UPDATE payments SET merchant_account_id = $2 WHERE payment_id = $1",
+        kept.payment_id,
+        ledger["bob"],
+    )
+    results = await audit(admin)
+    assert failing(results) == {"payments_have_their_entry"}
+    [example] = results["payments_have_their_entry"].examples
+    assert (example["payment_id"], example["merchant_kind"]) == (str(kept.payment_id), "consumer")
+    await move_posting(admin, entry, ledger["bob"], ledger["shop"])
+    await set_data(admin, "payment", kept.payment_id, merchant_account_id=str(ledger["shop"]))
+    await admin.execute(
+        "UPDATE payments SET merchant_account_id = $2 WHERE payment_id = $1",
+        kept.payment_id,
+        ledger["shop"],
+    )
+    assert failing(await audit(admin)) == set()
+    # A merchant turned into a consumer behind the ledger's back (the app role may not).
+    await admin.execute(
+        "UPDATE customers SET kind = 'consumer' WHERE id = $1", ledger["kiosk_customer"]
+    )
+    results = await audit(admin)
+    assert failing(results) == {"payments_have_their_entry"}
+    [example] = results["payments_have_their_entry"].examples
+    assert example["payment_id"] == str(ledger["all_fee"].payment_id)
+
+
+async def test_a_payment_entry_without_its_payment_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    ledger = await merchant_ledger(writer)
+    kept = ledger["kept"]
+    entry = await entry_of_flow(admin, "payment", kept.payment_id)
+    await admin.execute("DELETE FROM payments WHERE payment_id = $1", kept.payment_id)
+    results = await audit(admin)
+    assert failing(results) == {"payments_have_their_entry", "fee_revenue_matches_payments"}
+    assert results["payments_have_their_entry"].examples == [
+        {
+            "side": "entry",
+            "payment_id": str(kept.payment_id),
+            "entry_id": str(entry),
+            "payment_implies": None,
+            "posted": None,
+            "merchant_kind": None,
+        }
+    ]
+    [fees] = results["fee_revenue_matches_payments"].examples
+    assert fees["fee_revenue_taken"] - fees["payments_fee"] == 146
+
+
+async def test_a_payment_that_lost_count_of_its_refunds_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    """3,300 refunded of 10,000 instead of 3,333: the fee returned is the same (floor of 59.4
+    and of 59.994), so the row still satisfies its own CHECK."""
+    ledger = await merchant_ledger(writer)
+    partial = ledger["partial"]
+    await admin.execute(
+        "UPDATE payments SET refunded = 3300 WHERE payment_id = $1", partial.payment_id
+    )
+    results = await audit(admin)
+    assert failing(results) == {"refunds_add_up_to_their_payments"}
+    assert results["refunds_add_up_to_their_payments"].examples == [
+        {
+            "side": "payment",
+            "payment_id": str(partial.payment_id),
+            "refund_id": None,
+            "payment_amount": 10_000,
+            "refunded": 3_300,
+            "refunds": 3_333,
+            "fee_returned": 59,
+            "fee_due": 59,
+            "fee_taken": 59,
+            "counted_on": None,
+        }
+    ]
+
+
+async def test_a_refund_that_took_back_more_fee_than_the_floor_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    """The refund's record and entry agree (both rewritten: fee revenue gave back 60, the shop
+    1 less); the payment and the floor rule say 59."""
+    ledger = await merchant_ledger(writer)
+    back = ledger["partial_refund"]
+    await admin.execute("DELETE FROM outbox")
+    entry = await entry_of_flow(admin, "refund", back.refund_id)
+    await shift_posting(admin, entry, FEE_REVENUE, ledger["shop"], 1)
+    await set_data(admin, "refund", back.refund_id, fee_returned=60)
+    results = await audit(admin)
+    assert failing(results) == {"refunds_add_up_to_their_payments", "fee_revenue_matches_payments"}
+    examples = {e["side"]: e for e in results["refunds_add_up_to_their_payments"].examples}
+    assert (examples["refund"]["fee_returned"], examples["refund"]["fee_due"]) == (60, 59)
+    assert (examples["payment"]["fee_returned"], examples["payment"]["fee_taken"]) == (59, 60)
+    [fees] = results["fee_revenue_matches_payments"].examples
+    assert fees["fee_revenue_returned"] == fees["payments_fee_returned"] + 1
+
+
+async def test_refunds_above_their_payment_are_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    """The full refund's second step rewritten to 3,001 (record and entry agree, the shop pays
+    the extra 1): its refunds sum to 5,001 of a payment of 5,000."""
+    ledger = await merchant_ledger(writer)
+    rest, full = ledger["full_rest"], ledger["full"]
+    await admin.execute("DELETE FROM outbox")
+    entry = await entry_of_flow(admin, "refund", rest.refund_id)
+    await shift_posting(admin, entry, ledger["shop"], ledger["bob"], 1)
+    await set_data(admin, "refund", rest.refund_id, amount=3_001, refunded_total=5_001)
+    results = await audit(admin)
+    assert failing(results) == {"refunds_add_up_to_their_payments"}
+    examples = {e["side"]: e for e in results["refunds_add_up_to_their_payments"].examples}
+    assert examples["refund"]["refund_id"] == str(rest.refund_id)
+    assert (examples["refund"]["refunded"], examples["refund"]["payment_amount"]) == (5_001, 5_000)
+    assert examples["payment"]["payment_id"] == str(full.payment_id)
+    assert (examples["payment"]["refunded"], examples["payment"]["refunds"]) == (5_000, 5_001)
+
+
+async def test_a_refund_to_someone_who_did_not_pay_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    """Bob paid; his refund's entry and record rewritten to credit Alice instead."""
+    ledger = await merchant_ledger(writer)
+    first = ledger["full_first"]
+    await admin.execute("DELETE FROM outbox")
+    entry = await entry_of_flow(admin, "refund", first.refund_id)
+    await move_posting(admin, entry, ledger["bob"], ledger["alice"])
+    await set_data(admin, "refund", first.refund_id, to_account_id=str(ledger["alice"]))
+    results = await audit(admin)
+    assert failing(results) == {"refunds_add_up_to_their_payments"}
+    [example] = results["refunds_add_up_to_their_payments"].examples
+    assert (example["side"], example["refund_id"]) == ("refund", str(first.refund_id))
+    # A refund of a payment that does not exist.
+    await move_posting(admin, entry, ledger["alice"], ledger["bob"])
+    await set_data(admin, "refund", first.refund_id, to_account_id=str(ledger["bob"]))
+    assert failing(await audit(admin)) == set()
+    await set_data(admin, "refund", first.refund_id, payment_id=str(uuid.uuid4()))
+    results = await audit(admin)
+    assert failing(results) == {"refunds_add_up_to_their_payments"}
+    assert {e["side"] for e in results["refunds_add_up_to_their_payments"].examples} == {
+        "refund",
+        "payment",
+    }

@@ -11,13 +11,18 @@ from hypothesis import strategies as st
 from ledgerflow.contracts.commands import (
     HOLD_EXPIRES_IN_S_MAX,
     HOLD_EXPIRES_IN_S_MIN,
+    ORDER_REFERENCE_MAX_CHARS,
+    REFUND_REASON_MAX_CHARS,
     RETURN_CODE_MAX_CHARS,
     RETURN_DETAIL_MAX_CHARS,
     ApproveCashOut,
     BankAccount,
     ConfirmCashIn,
+    CustomerKind,
+    InitiatePayment,
     InitiateTransfer,
     RequestOnboarding,
+    RequestRefund,
     ReturnCashOut,
     SettleCashOut,
     Settlement,
@@ -33,6 +38,10 @@ from ledgerflow.contracts.events import (
     CashOutVoided,
     OnboardingCompleted,
     OnboardingRejected,
+    PaymentCompleted,
+    PaymentRejected,
+    RefundCompleted,
+    RefundRejected,
     RejectReason,
     Tier,
     TransferCompleted,
@@ -47,6 +56,8 @@ from ledgerflow.contracts.topics import (
     CASHOUT_SETTLE,
     FLOWS,
     ONBOARDING,
+    PAYMENT,
+    REFUND,
     TRANSFER,
     Flow,
 )
@@ -101,6 +112,8 @@ request_onboarding = st.builds(
     email=st.none() | emails,
     national_id=st.none() | texts(min_size=1, max_size=64),
     bank_account=st.none() | bank_accounts,
+    # v1 requests (no kind), and either kind spelled out (an explicit consumer reads as absent).
+    kind=st.none() | st.sampled_from(CustomerKind),
 )
 confirm_cash_in = st.builds(
     ConfirmCashIn,
@@ -145,6 +158,24 @@ return_cash_out = st.builds(
     return_code=texts(min_size=1, max_size=RETURN_CODE_MAX_CHARS),
     detail=st.none() | texts(max_size=RETURN_DETAIL_MAX_CHARS),
 )
+initiate_payment = st.builds(
+    InitiatePayment,
+    payment_id=st.uuids(),
+    from_account_id=st.uuids(),
+    merchant_account_id=st.uuids(),
+    amount=amounts,
+    currency=currencies,
+    order_reference=st.none() | texts(min_size=1, max_size=ORDER_REFERENCE_MAX_CHARS),
+)
+request_refund = st.builds(
+    RequestRefund,
+    refund_id=st.uuids(),
+    payment_id=st.uuids(),
+    merchant_account_id=st.uuids(),
+    amount=amounts,
+    currency=currencies,
+    reason=st.none() | texts(max_size=REFUND_REASON_MAX_CHARS),
+)
 
 COMMANDS: dict[str, st.SearchStrategy[BaseModel]] = {
     ONBOARDING.name: request_onboarding,
@@ -153,6 +184,8 @@ COMMANDS: dict[str, st.SearchStrategy[BaseModel]] = {
     CASHOUT.name: approve_cash_out,
     CASHOUT_SETTLE.name: settle_cash_out,
     CASHOUT_RETURN.name: return_cash_out,
+    PAYMENT.name: initiate_payment,
+    REFUND.name: request_refund,
 }
 
 
@@ -222,6 +255,7 @@ COMPLETED: dict[str, st.SearchStrategy[BaseModel]] = {
         wallet_account_id=st.uuids(),
         currency=currencies,
         tier=st.sampled_from(Tier),
+        kind=st.sampled_from(CustomerKind),
     ),
     CASHIN.name: st.builds(
         CashInCompleted,
@@ -246,6 +280,30 @@ COMPLETED: dict[str, st.SearchStrategy[BaseModel]] = {
     CASHOUT_SETTLE.name: cash_out_completed,
     # The return flow's `completed` is the void of a pending hold.
     CASHOUT_RETURN.name: _cash_out_voided(st.just(VoidReason.RETURNED)),
+    PAYMENT.name: st.builds(
+        PaymentCompleted,
+        payment_id=st.uuids(),
+        from_account_id=st.uuids(),
+        merchant_account_id=st.uuids(),
+        amount=amounts,
+        fee=fees,
+        currency=currencies,
+        journal_entry_id=st.uuids(),
+        balance_after=balances,
+    ),
+    REFUND.name: st.builds(
+        RefundCompleted,
+        refund_id=st.uuids(),
+        payment_id=st.uuids(),
+        merchant_account_id=st.uuids(),
+        to_account_id=st.uuids(),
+        amount=amounts,
+        fee_returned=fees,
+        refunded_total=amounts,
+        currency=currencies,
+        journal_entry_id=st.uuids(),
+        balance_after=balances,
+    ),
 }
 REJECTED: dict[str, st.SearchStrategy[BaseModel]] = {
     ONBOARDING.name: _rejected(ONBOARDING, OnboardingRejected),
@@ -254,6 +312,8 @@ REJECTED: dict[str, st.SearchStrategy[BaseModel]] = {
     CASHOUT.name: _rejected(CASHOUT, CashOutRejected),
     CASHOUT_SETTLE.name: _rejected(CASHOUT_SETTLE, CashOutRejected),
     CASHOUT_RETURN.name: _rejected(CASHOUT_RETURN, CashOutRejected),
+    PAYMENT.name: _rejected(PAYMENT, PaymentRejected),
+    REFUND.name: _rejected(REFUND, RefundRejected),
 }
 # Each flow's results besides completed and rejected, by flow name and topic.
 OTHER_RESULTS: dict[str, dict[str, st.SearchStrategy[BaseModel]]] = {
@@ -266,6 +326,8 @@ OTHER_RESULTS: dict[str, dict[str, st.SearchStrategy[BaseModel]]] = {
     },
     CASHOUT_SETTLE.name: {},
     CASHOUT_RETURN.name: {"cashout.reversed": cash_out_reversed},
+    PAYMENT.name: {},
+    REFUND.name: {},
 }
 
 

@@ -16,19 +16,42 @@ from ledgerflow.contracts.codec import (
     encode_command,
     encode_event,
 )
-from ledgerflow.contracts.commands import ConfirmCashIn, InitiateTransfer, SettleCashOut
+from ledgerflow.contracts.commands import (
+    ConfirmCashIn,
+    CustomerKind,
+    InitiatePayment,
+    InitiateTransfer,
+    RequestOnboarding,
+    RequestRefund,
+    SettleCashOut,
+)
 from ledgerflow.contracts.events import (
     CashOutHeld,
     CashOutRejected,
     CashOutReversed,
     CashOutVoided,
+    OnboardingCompleted,
+    PaymentCompleted,
+    PaymentRejected,
+    RefundCompleted,
+    RefundRejected,
     RejectReason,
+    Tier,
     TransferCompleted,
     TransferRejected,
     VoidReason,
 )
 from ledgerflow.contracts.parsing import ValidCommand, parse_command
-from ledgerflow.contracts.topics import CASHIN, CASHOUT, CASHOUT_RETURN, CASHOUT_SETTLE, TRANSFER
+from ledgerflow.contracts.topics import (
+    CASHIN,
+    CASHOUT,
+    CASHOUT_RETURN,
+    CASHOUT_SETTLE,
+    ONBOARDING,
+    PAYMENT,
+    REFUND,
+    TRANSFER,
+)
 
 WHEN = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
@@ -239,3 +262,114 @@ def test_a_shared_rejected_topic_says_what_it_answers() -> None:
     assert envelope.data.answers == "cashout.returned"
     v1 = CASHOUT.rejected(cashout_id, RejectReason.INSUFFICIENT_FUNDS, "no")
     assert "answers" not in orjson.loads(_event("cashout.rejected", v1))["data"]
+
+
+# --- Merchants, payments and refunds (DESIGN.md §5.2) ---
+
+
+def test_payment_is_keyed_by_the_payer_and_refund_by_the_merchant() -> None:
+    payer, merchant, payment_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    payment = InitiatePayment(
+        payment_id=payment_id,
+        from_account_id=payer,
+        merchant_account_id=merchant,
+        amount=10_000,
+        currency="EUR",
+    )
+    record = encode_command(PAYMENT, payment, topic_prefix="prod.")
+    assert record.topic == "prod.payment.initiated"
+    assert record.key == str(payer).encode()
+    document = orjson.loads(record.value)
+    assert document["type"] == "payment.initiated"
+    assert "order_reference" not in document["data"]  # absent, not null
+    refund = RequestRefund(
+        refund_id=uuid.uuid4(),
+        payment_id=payment_id,
+        merchant_account_id=merchant,
+        amount=3_333,
+        currency="EUR",
+    )
+    record = encode_command(REFUND, refund)
+    assert record.topic == "refund.requested"
+    assert record.key == str(merchant).encode()
+    assert "reason" not in orjson.loads(record.value)["data"]
+    with pytest.raises(TypeError):
+        encode_command(PAYMENT, refund)
+    with pytest.raises(TypeError):
+        encode_command(TRANSFER, payment)
+
+
+def test_decode_result_reads_the_merchant_results() -> None:
+    payer, merchant, payment_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    paid = PaymentCompleted(
+        payment_id=payment_id,
+        from_account_id=payer,
+        merchant_account_id=merchant,
+        amount=10_000,
+        fee=180,
+        currency="EUR",
+        journal_entry_id=uuid.uuid4(),
+        balance_after=40_000,
+    )
+    refunded = RefundCompleted(
+        refund_id=uuid.uuid4(),
+        payment_id=payment_id,
+        merchant_account_id=merchant,
+        to_account_id=payer,
+        amount=3_333,
+        fee_returned=59,
+        refunded_total=3_333,
+        currency="EUR",
+        journal_entry_id=uuid.uuid4(),
+        balance_after=106_546,
+    )
+    not_a_merchant = PAYMENT.rejected(payment_id, RejectReason.NOT_A_MERCHANT, "consumer")
+    too_much = REFUND.rejected(refunded.refund_id, RejectReason.REFUND_EXCEEDS_PAYMENT, "6667")
+    for flow, topic, data, model in (
+        (PAYMENT, "payment.completed", paid, PaymentCompleted),
+        (PAYMENT, "payment.rejected", not_a_merchant, PaymentRejected),
+        (REFUND, "refund.completed", refunded, RefundCompleted),
+        (REFUND, "refund.rejected", too_much, RefundRejected),
+    ):
+        envelope = decode_result(flow, _event(topic, data))
+        assert envelope.type == topic
+        assert type(envelope.data) is model
+        assert envelope.data == data
+    document = orjson.loads(_event("refund.completed", refunded))["data"]
+    assert (document["fee_returned"], document["refunded_total"]) == (59, 3_333)
+    assert "answers" not in orjson.loads(_event("payment.rejected", not_a_merchant))["data"]
+    # A result of one flow is not a result of another, nor of a transfer.
+    with pytest.raises(ValueError, match="not a result of payment"):
+        decode_result(PAYMENT, _event("refund.completed", refunded))
+    with pytest.raises(ValueError, match="not a result of transfer"):
+        decode_result(TRANSFER, _event("payment.completed", paid))
+
+
+def test_onboarding_kind_on_the_wire() -> None:
+    customer_id = uuid.uuid4()
+    v1 = RequestOnboarding(
+        customer_id=customer_id, full_name="A", phone_number="+447911123456", currency="GBP"
+    )
+    assert "kind" not in orjson.loads(encode_command(ONBOARDING, v1).value)["data"]
+    spelled = RequestOnboarding(
+        customer_id=customer_id,
+        full_name="A",
+        phone_number="+447911123456",
+        currency="GBP",
+        kind=CustomerKind.CONSUMER,
+    )
+    assert "kind" not in orjson.loads(encode_command(ONBOARDING, spelled).value)["data"]
+    merchant = RequestOnboarding.model_validate(v1.model_dump() | {"kind": "merchant"})
+    data = orjson.loads(encode_command(ONBOARDING, merchant).value)["data"]
+    assert data["kind"] == "merchant"
+    completed = OnboardingCompleted(
+        customer_id=customer_id, wallet_account_id=uuid.uuid4(), currency="GBP", tier=Tier.BASIC
+    )
+    # The result always says which kind it opened, a consumer included.
+    assert orjson.loads(_event("onboarding.completed", completed))["data"]["kind"] == "consumer"
+    # An event published before contract 1.2 has no kind: it reads as a consumer.
+    old = orjson.loads(_event("onboarding.completed", completed))
+    del old["data"]["kind"]
+    envelope = decode_result(ONBOARDING, orjson.dumps(old))
+    assert isinstance(envelope.data, OnboardingCompleted)
+    assert envelope.data.kind is CustomerKind.CONSUMER

@@ -102,6 +102,69 @@ def test_phone_number_validity_is_checked_by_pydantic_alone() -> None:
     assert not pydantic_accepts("onboarding.requested", document)
 
 
+# The fee schedule the merchant examples (and docs/contracts.md's worked example) assume.
+EXAMPLE_BPS, EXAMPLE_FIXED = 150, 30
+
+
+def _fee(amount: int, bps: int = EXAMPLE_BPS, fixed: int = EXAMPLE_FIXED) -> int:
+    """DESIGN.md §5.2: min(amount, floor(amount x bps / 10,000) + fixed)."""
+    return min(amount, amount * bps // 10_000 + fixed)
+
+
+def _fee_returned_total(fee: int, refunded: int, amount: int) -> int:
+    """DESIGN.md §5.2: after refunds totalling `refunded`, floor(fee x refunded / amount)."""
+    return fee * refunded // amount
+
+
+def _data(relative: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((PACKAGE / "examples" / relative).read_text())["data"]
+    return data
+
+
+def test_merchant_examples_follow_the_fee_rule() -> None:
+    """The golden payment and its two refunds are one consistent story (docs/contracts.md)."""
+    payment = _data("payment.initiated/valid.json")
+    paid = _data("payment.completed/valid.json")
+    asked = [
+        _data("refund.requested/valid.json"),
+        _data("refund.requested/valid-full-remainder.json"),
+    ]
+    done = [_data("refund.completed/valid-partial.json"), _data("refund.completed/valid-full.json")]
+    for field in ("payment_id", "from_account_id", "merchant_account_id", "amount", "currency"):
+        assert paid[field] == payment[field], field
+    amount, fee = paid["amount"], paid["fee"]
+    assert (amount, fee) == (10_000, 180)
+    assert fee == _fee(amount)
+    whole = _data("payment.completed/valid-fee-whole-amount.json")
+    assert whole["fee"] == _fee(whole["amount"]) == whole["amount"]  # capped at the amount
+    # The merchant's balance once paid, before the first refund debited it.
+    merchant_paid = done[0]["balance_after"] + done[0]["amount"] - done[0]["fee_returned"]
+    merchant_balance, refunded, fee_back = merchant_paid, 0, 0
+    for request, result in zip(asked, done, strict=True):
+        for field in ("refund_id", "payment_id", "merchant_account_id", "amount", "currency"):
+            assert result[field] == request[field], field
+        assert result["payment_id"] == paid["payment_id"]
+        assert result["merchant_account_id"] == paid["merchant_account_id"]
+        assert result["to_account_id"] == paid["from_account_id"]  # the payer gets it back
+        refunded += result["amount"]
+        assert result["refunded_total"] == refunded <= amount
+        assert result["fee_returned"] == _fee_returned_total(fee, refunded, amount) - fee_back
+        fee_back += result["fee_returned"]
+        # The merchant gives back the amount less the fee returned; fee revenue the rest.
+        merchant_balance -= result["amount"] - result["fee_returned"]
+        assert result["balance_after"] == merchant_balance
+    assert [r["fee_returned"] for r in done] == [59, 121]
+    assert [r["amount"] - r["fee_returned"] for r in done] == [3_274, 6_546]
+    # A full refund undoes the payment exactly: all of the fee came back, and the merchant has
+    # what it had before it was paid amount - fee.
+    assert refunded == amount
+    assert fee_back == fee
+    assert merchant_balance == merchant_paid - (amount - fee)
+    left = amount - done[0]["refunded_total"]
+    exceeded = _data("refund.rejected/valid-refund-exceeds-payment.json")
+    assert exceeded["detail"] == f"only {left} of the payment is left to refund"
+
+
 def test_examples_in_docs_are_valid() -> None:
     doc = (PACKAGE.parent / "docs" / "contracts.md").read_text()
     checked = 0

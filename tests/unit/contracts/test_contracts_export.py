@@ -26,6 +26,7 @@ from ledgerflow.contracts.topics import (
     FLOWS,
     MESSAGE_TYPES,
     TRANSFER,
+    Flow,
     all_topics,
 )
 
@@ -41,7 +42,9 @@ def test_one_schema_per_message_type_and_one_asyncapi_document() -> None:
     files = render_all()
     schemas = sorted(p for p in files if p.startswith("schemas/"))
     assert schemas == sorted(f"schemas/{t}.v1.json" for t in MESSAGE_TYPES)
-    assert len(schemas) == 17  # v1's 12 and §5.1's held, voided, settled, returned, reversed
+    # v1's 12, §5.1's held, voided, settled, returned, reversed and §5.2's payment and refund
+    # command, completed and rejected.
+    assert len(schemas) == 23
     assert "asyncapi.yaml" in files
     assert set(files) == {*schemas, "asyncapi.yaml"}
 
@@ -78,7 +81,7 @@ def test_asyncapi_has_one_channel_operation_and_message_per_topic() -> None:
     document = asyncapi_document()
     channels, operations = document["channels"], document["operations"]
     messages = document["components"]["messages"]
-    assert len(channels) == len(operations) == len(messages) == len(all_topics()) == 23
+    assert len(channels) == len(operations) == len(messages) == len(all_topics()) == 31
     by_channel = {
         op["channel"]["$ref"].removeprefix("#/channels/"): op for op in operations.values()
     }
@@ -94,6 +97,17 @@ def test_asyncapi_has_one_channel_operation_and_message_per_topic() -> None:
     assert "receiveCashoutSettled" in operations
     assert "receiveCashoutReturned" in operations
     assert "sendCashoutReversedDlq" not in operations
+    for operation in (
+        "receivePaymentInitiated",
+        "sendPaymentCompleted",
+        "sendPaymentRejected",
+        "sendPaymentInitiatedDlq",
+        "receiveRefundRequested",
+        "sendRefundCompleted",
+        "sendRefundRejected",
+        "sendRefundRequestedDlq",
+    ):
+        assert operation in operations
 
 
 def test_asyncapi_shared_result_channels_name_every_command() -> None:
@@ -105,6 +119,10 @@ def test_asyncapi_shared_result_channels_name_every_command() -> None:
         "cashout.held": "Results of cashout.approved,",
         "cashout.reversed": "Results of cashout.returned,",
         "transfer.completed": "Results of transfer.initiated,",
+        "payment.completed": "Results of payment.initiated,",
+        "payment.rejected": "Results of payment.initiated,",
+        "refund.completed": "Results of refund.requested,",
+        "refund.rejected": "Results of refund.requested,",
     }
     for topic, start in expected.items():
         assert channels[topic]["description"].startswith(start), channels[topic]["description"]
@@ -112,6 +130,10 @@ def test_asyncapi_shared_result_channels_name_every_command() -> None:
     for topic in ("cashout.approved", "cashout.settled", "cashout.returned"):
         assert "Idempotency key: (type, data.cashout_id)" in channels[topic]["description"]
     assert "Idempotency key: data.transfer_id;" in channels["transfer.initiated"]["description"]
+    # A refund names its payment's payment_id, but only its own refund_id is its key.
+    assert "Idempotency key: data.payment_id;" in channels["payment.initiated"]["description"]
+    assert "Idempotency key: data.refund_id;" in channels["refund.requested"]["description"]
+    assert "Kafka key: data.merchant_account_id." in channels["refund.requested"]["description"]
 
 
 def test_asyncapi_keys_of_the_lifecycle_messages() -> None:
@@ -133,20 +155,52 @@ def test_asyncapi_keys_of_the_lifecycle_messages() -> None:
     assert "authorization" in command_headers["headers"]["properties"]
 
 
+def test_asyncapi_keys_of_the_merchant_messages() -> None:
+    messages = asyncapi_document()["components"]["messages"]
+    for topics, key in (
+        (("payment.initiated", "payment.completed", "payment.rejected"), "from_account_id"),
+        (("refund.requested", "refund.completed", "refund.rejected"), "merchant_account_id"),
+    ):
+        for topic in topics:
+            message = next(m for m in messages.values() if m["name"] == topic)
+            assert message["bindings"]["kafka"]["key"]["description"] == (
+                f"data.{key} of the command"
+            ), topic
+            assert message["payload"] == {"$ref": f"./schemas/{topic}.v1.json"}
+            # Only a command carries the end user's token.
+            has_token = "authorization" in message["headers"]["properties"]
+            assert has_token is topic.endswith((".initiated", ".requested")), topic
+
+
+def test_onboarding_kind_is_optional_in_both_schemas() -> None:
+    for message_type in ("onboarding.requested", "onboarding.completed"):
+        schema = message_schema(message_type)
+        data = schema["$defs"][schema["properties"]["data"]["$ref"].rsplit("/", 1)[-1]]
+        assert "kind" in data["properties"]
+        assert "kind" not in data["required"]  # a v1 message without it stays valid
+        assert schema["$defs"]["CustomerKind"]["enum"] == ["consumer", "merchant"]
+
+
 def test_asyncapi_refuses_a_registry_it_cannot_describe(monkeypatch: pytest.MonkeyPatch) -> None:
     """A conflict is an error, never a channel silently overwritten by the last flow."""
     wrong_model = dataclasses.replace(CASHOUT_SETTLE, completed_model=TransferCompleted)
-    monkeypatch.setattr(schema_export, "FLOWS", (*FLOWS[:-2], wrong_model))
+    monkeypatch.setattr(schema_export, "FLOWS", _replaced(CASHOUT_SETTLE, wrong_model))
     with pytest.raises(ValueError, match=r"share cashout\.completed with different"):
         asyncapi_document()
     wrong_key = dataclasses.replace(CASHOUT_RETURN, key_field="cashout_id")
-    monkeypatch.setattr(schema_export, "FLOWS", (*FLOWS[:-1], wrong_key))
+    monkeypatch.setattr(schema_export, "FLOWS", _replaced(CASHOUT_RETURN, wrong_key))
     with pytest.raises(ValueError, match=r"share cashout\.rejected with different"):
         asyncapi_document()
     twice = dataclasses.replace(TRANSFER, name="transfer_again")
     monkeypatch.setattr(schema_export, "FLOWS", (*FLOWS, twice))
     with pytest.raises(ValueError, match="duplicate AsyncAPI id"):
         asyncapi_document()
+
+
+def _replaced(old: Flow, new: Flow) -> tuple[Flow, ...]:
+    """The registry with one flow swapped for another, in its place."""
+    assert old in FLOWS
+    return tuple(new if flow is old else flow for flow in FLOWS)
 
 
 def test_yaml_emitter_quotes_what_yaml_would_misread() -> None:

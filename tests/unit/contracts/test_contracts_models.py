@@ -12,10 +12,15 @@ from pydantic import TypeAdapter, ValidationError
 from ledgerflow.contracts.commands import (
     HOLD_EXPIRES_IN_S_MAX,
     HOLD_EXPIRES_IN_S_MIN,
+    ORDER_REFERENCE_MAX_CHARS,
+    REFUND_REASON_MAX_CHARS,
     ApproveCashOut,
     BankAccount,
+    CustomerKind,
+    InitiatePayment,
     InitiateTransfer,
     RequestOnboarding,
+    RequestRefund,
     ReturnCashOut,
     SettleCashOut,
     Settlement,
@@ -27,6 +32,9 @@ from ledgerflow.contracts.events import (
     CashOutRejected,
     CashOutReversed,
     CashOutVoided,
+    OnboardingCompleted,
+    PaymentCompleted,
+    RefundCompleted,
     RejectReason,
     Tier,
     VoidReason,
@@ -230,8 +238,13 @@ def test_reason_codes_are_the_design_codes() -> None:
         "already_settled",
         "already_voided",
         "already_reversed",
+        # DESIGN.md §5.2, appended after them.
+        "not_a_merchant",
+        "payment_not_found",
+        "refund_exceeds_payment",
     ]
     assert [t.value for t in Tier] == ["basic", "standard", "full"]
+    assert [k.value for k in CustomerKind] == ["consumer", "merchant"]
     assert [r.value for r in VoidReason] == ["returned", "expired"]
     assert [s.value for s in Settlement] == ["immediate", "on_confirmation"]
 
@@ -346,3 +359,140 @@ def test_rejection_answers() -> None:
     for bad in ("cashout.completed", "transfer.initiated", "CASHOUT.SETTLED", ""):
         with pytest.raises(ValidationError):
             CashOutRejected.model_validate(base | {"answers": bad})
+
+
+# --- Merchants, payments and refunds (DESIGN.md §5.2) ---
+
+ONBOARDING_DATA = {
+    "customer_id": str(uuid.uuid4()),
+    "full_name": "Corner Bakery Ltd",
+    "phone_number": "+442079460958",
+    "currency": "EUR",
+}
+
+
+def test_onboarding_kind() -> None:
+    v1 = RequestOnboarding.model_validate(ONBOARDING_DATA)
+    assert v1.kind is None
+    assert v1.customer_kind is CustomerKind.CONSUMER
+    consumer = RequestOnboarding.model_validate(ONBOARDING_DATA | {"kind": "consumer"})
+    assert consumer.kind is None  # the default spelled out reads as absent
+    assert consumer == v1
+    assert consumer.customer_kind is CustomerKind.CONSUMER
+    merchant = RequestOnboarding.model_validate(ONBOARDING_DATA | {"kind": "merchant"})
+    assert merchant.kind is CustomerKind.MERCHANT
+    assert merchant.customer_kind is CustomerKind.MERCHANT
+    assert RequestOnboarding.model_validate(ONBOARDING_DATA | {"kind": None}) == v1
+    for bad in ("business", "MERCHANT", "Merchant", "", 1, True):
+        with pytest.raises(ValidationError):
+            RequestOnboarding.model_validate(ONBOARDING_DATA | {"kind": bad})
+
+
+def test_onboarding_completed_kind_defaults_to_consumer() -> None:
+    common = {
+        "customer_id": str(uuid.uuid4()),
+        "wallet_account_id": str(uuid.uuid4()),
+        "currency": "EUR",
+        "tier": "basic",
+    }
+    v1 = OnboardingCompleted.model_validate(common)  # as published before contract 1.2
+    assert v1.kind is CustomerKind.CONSUMER
+    assert v1.model_dump(mode="json")["kind"] == "consumer"  # always on the wire from now on
+    merchant = OnboardingCompleted.model_validate(common | {"kind": "merchant"})
+    assert merchant.kind is CustomerKind.MERCHANT
+    with pytest.raises(ValidationError):
+        OnboardingCompleted.model_validate(common | {"kind": "business"})
+
+
+PAYMENT_DATA = {
+    "payment_id": str(uuid.uuid4()),
+    "from_account_id": str(uuid.uuid4()),
+    "merchant_account_id": str(uuid.uuid4()),
+    "amount": 10_000,
+    "currency": "EUR",
+}
+
+
+def test_payment_command_bounds() -> None:
+    assert ORDER_REFERENCE_MAX_CHARS == 64
+    payment = InitiatePayment.model_validate(PAYMENT_DATA)
+    assert payment.order_reference is None
+    assert InitiatePayment.model_validate(PAYMENT_DATA | {"order_reference": "R" * 64})
+    assert InitiatePayment.model_validate(PAYMENT_DATA | {"amount": MAX_AMOUNT})
+    for changes in (
+        {"order_reference": "R" * 65},
+        {"order_reference": ""},
+        {"order_reference": 42},
+        {"amount": 0},
+        {"amount": "10000"},
+        {"amount": 100.0},
+        {"merchant_account_id": "merchant-42"},
+        {"currency": "eur"},
+    ):
+        with pytest.raises(ValidationError):
+            InitiatePayment.model_validate(PAYMENT_DATA | changes)
+    for missing in ("payment_id", "from_account_id", "merchant_account_id", "amount", "currency"):
+        with pytest.raises(ValidationError):
+            InitiatePayment.model_validate({k: v for k, v in PAYMENT_DATA.items() if k != missing})
+
+
+REFUND_DATA = {
+    "refund_id": str(uuid.uuid4()),
+    "payment_id": PAYMENT_DATA["payment_id"],
+    "merchant_account_id": PAYMENT_DATA["merchant_account_id"],
+    "amount": 3_333,
+    "currency": "EUR",
+}
+
+
+def test_refund_command_bounds() -> None:
+    assert REFUND_REASON_MAX_CHARS == 140
+    refund = RequestRefund.model_validate(REFUND_DATA)
+    assert refund.reason is None
+    assert RequestRefund.model_validate(REFUND_DATA | {"reason": "r" * 140})
+    assert RequestRefund.model_validate(REFUND_DATA | {"reason": ""}).reason == ""  # like `note`
+    for changes in (
+        {"reason": "r" * 141},
+        {"amount": 0},
+        {"amount": -1},
+        {"amount": 33.33},
+        {"payment_id": "ORDER-2026-000042"},
+    ):
+        with pytest.raises(ValidationError):
+            RequestRefund.model_validate(REFUND_DATA | changes)
+    for missing in ("refund_id", "payment_id", "merchant_account_id", "amount", "currency"):
+        with pytest.raises(ValidationError):
+            RequestRefund.model_validate({k: v for k, v in REFUND_DATA.items() if k != missing})
+
+
+def test_merchant_results() -> None:
+    paid = PaymentCompleted.model_validate(
+        PAYMENT_DATA | {"fee": 180, "journal_entry_id": str(uuid.uuid4()), "balance_after": 40_000}
+    )
+    assert paid.fee == 180
+    # The fee may be the whole amount (min(amount, ...)): the merchant then gets nothing.
+    assert PaymentCompleted.model_validate(paid.model_dump() | {"amount": 20, "fee": 20})
+    for bad in (-1, "180", None):
+        with pytest.raises(ValidationError):
+            PaymentCompleted.model_validate(paid.model_dump() | {"fee": bad})
+    refunded = RefundCompleted.model_validate(
+        REFUND_DATA
+        | {
+            "to_account_id": PAYMENT_DATA["from_account_id"],
+            "fee_returned": 59,
+            "refunded_total": 3_333,
+            "journal_entry_id": str(uuid.uuid4()),
+            "balance_after": 106_546,
+        }
+    )
+    assert (refunded.fee_returned, refunded.refunded_total) == (59, 3_333)
+    assert RefundCompleted.model_validate(refunded.model_dump() | {"fee_returned": 0})
+    for changes in (
+        {"refunded_total": 0},  # it includes this refund: at least 1
+        {"refunded_total": MAX_AMOUNT + 1},  # at most the payment's amount
+        {"fee_returned": -1},
+        {"balance_after": -1},
+        {"amount": 0},
+    ):
+        with pytest.raises(ValidationError):
+            RefundCompleted.model_validate(refunded.model_dump() | changes)

@@ -15,8 +15,11 @@ from ledgerflow.contracts.codec import encode_command
 from ledgerflow.contracts.commands import (
     ApproveCashOut,
     BankAccount,
+    CustomerKind,
+    InitiatePayment,
     InitiateTransfer,
     RequestOnboarding,
+    RequestRefund,
     ReturnCashOut,
     SettleCashOut,
     Settlement,
@@ -24,6 +27,8 @@ from ledgerflow.contracts.commands import (
 from ledgerflow.contracts.events import (
     DETAIL_MAX_CHARS,
     CashOutRejected,
+    PaymentRejected,
+    RefundRejected,
     RejectReason,
     TransferRejected,
 )
@@ -46,6 +51,8 @@ from ledgerflow.contracts.topics import (
     CASHOUT_RETURN,
     CASHOUT_SETTLE,
     ONBOARDING,
+    PAYMENT,
+    REFUND,
     TRANSFER,
 )
 
@@ -658,4 +665,208 @@ def test_invalid_second_phase_command_is_answered_with_its_type(
         reason=RejectReason.INVALID_COMMAND,
         detail="; ".join(result.errors),
         answers=type_,
+    )
+
+
+# --- Merchants, payments and refunds (DESIGN.md §5.2) ---
+
+CUSTOMER_ID = "4c5d6e7f-8a9b-4c0d-8e1f-2a3b4c5d6e7f"
+PAYMENT_ID = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
+REFUND_ID = "b2c3d4e5-f6a7-4b8c-9d0e-1f2a3b4c5d6e"
+MERCHANT_ID = "d1e2f3a4-b5c6-4d7e-8f9a-0b1c2d3e4f5a"
+
+
+def message(type_: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"specversion": "1.0", "id": "e", "source": "/s", "type": type_, "data": data}
+
+
+def onboarding_message(**data_changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "customer_id": CUSTOMER_ID,
+        "full_name": "Corner Bakery Ltd",
+        "phone_number": "+442079460958",
+        "currency": "EUR",
+    }
+    return message("onboarding.requested", data | data_changes)
+
+
+def payment_message(**data_changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "payment_id": PAYMENT_ID,
+        "from_account_id": FROM_ID,
+        "merchant_account_id": MERCHANT_ID,
+        "amount": 10_000,
+        "currency": "EUR",
+        "order_reference": "ORDER-2026-000042",
+    }
+    return message("payment.initiated", data | data_changes)
+
+
+def refund_message(**data_changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "refund_id": REFUND_ID,
+        "payment_id": PAYMENT_ID,
+        "merchant_account_id": MERCHANT_ID,
+        "amount": 3_333,
+        "currency": "EUR",
+        "reason": "one of three items returned",
+    }
+    return message("refund.requested", data | data_changes)
+
+
+def _onboarding(**data_changes: Any) -> ValidCommand:
+    result = parse_command(ONBOARDING, dumps(onboarding_message(**data_changes)))
+    assert isinstance(result, ValidCommand), result
+    assert isinstance(result.data, RequestOnboarding)
+    return result
+
+
+def test_a_v1_onboarding_is_a_consumer_and_hashes_as_before() -> None:
+    v1 = _onboarding()
+    assert isinstance(v1.data, RequestOnboarding)
+    assert v1.data.kind is None
+    assert v1.data.customer_kind is CustomerKind.CONSUMER
+    v1_fields = onboarding_message()["data"]
+    assert (
+        v1.content_hash
+        == hashlib.sha256(orjson.dumps(v1_fields, option=orjson.OPT_SORT_KEYS)).digest()
+    )
+
+
+def test_explicit_consumer_is_the_same_content_as_absent() -> None:
+    v1 = _onboarding()
+    for spelled in ("consumer", None):
+        again = _onboarding(kind=spelled)
+        assert isinstance(again.data, RequestOnboarding)
+        assert again.data.kind is None
+        assert again.data.customer_kind is CustomerKind.CONSUMER
+        assert again.content_hash == v1.content_hash
+    assert (
+        RequestOnboarding.model_validate(v1.data.model_dump() | {"kind": CustomerKind.CONSUMER})
+        == v1.data
+    )
+
+
+def test_a_merchant_is_other_content() -> None:
+    v1 = _onboarding()
+    merchant = _onboarding(kind="merchant")
+    assert isinstance(merchant.data, RequestOnboarding)
+    assert merchant.data.customer_kind is CustomerKind.MERCHANT
+    assert merchant.content_hash != v1.content_hash
+    canonical = orjson.dumps(
+        merchant.data.model_dump(mode="json", exclude_none=True), option=orjson.OPT_SORT_KEYS
+    )
+    assert merchant.content_hash == hashlib.sha256(canonical).digest()
+    assert b'"kind":"merchant"' in canonical
+
+
+def test_invalid_kind_is_attributed() -> None:
+    result = parse_command(ONBOARDING, dumps(onboarding_message(kind="business")))
+    assert isinstance(result, InvalidCommand)
+    assert result.idempotency_key == CUSTOMER_ID
+    assert any(
+        e.startswith("data.kind: Input should be 'consumer' or 'merchant'") for e in result.errors
+    ), result.errors
+
+
+def test_payment_and_refund_parse_with_their_keys() -> None:
+    for flow, document, model, id_value, key_value in (
+        (PAYMENT, payment_message(), InitiatePayment, PAYMENT_ID, FROM_ID),
+        (REFUND, refund_message(), RequestRefund, REFUND_ID, MERCHANT_ID),
+    ):
+        result = parse_command(flow, dumps(document))
+        assert isinstance(result, ValidCommand), result
+        assert isinstance(result.data, model)
+        assert result.idempotency_key == id_value
+        assert result.message_key == key_value
+        # Each command type is its own topic: a payment is not a valid refund, nor a transfer.
+        other = REFUND if flow is PAYMENT else PAYMENT
+        assert not isinstance(parse_command(other, dumps(document)), ValidCommand)
+        assert not isinstance(parse_command(TRANSFER, dumps(document)), ValidCommand)
+
+
+def test_a_refund_is_attributed_by_its_own_id_not_the_payments() -> None:
+    document = refund_message()
+    del document["data"]["refund_id"]
+    result = parse_command(REFUND, dumps(document))
+    assert isinstance(result, Unattributable)  # payment_id is no refund's idempotency key
+    assert result.error_class == ErrorClass.NO_ID
+
+
+def test_optional_merchant_fields_hash_as_absent_when_null() -> None:
+    for flow, document, field in (
+        (PAYMENT, payment_message(), "order_reference"),
+        (REFUND, refund_message(), "reason"),
+    ):
+        del document["data"][field]
+        absent = parse_command(flow, dumps(document))
+        document["data"][field] = None
+        null = parse_command(flow, dumps(document))
+        assert isinstance(absent, ValidCommand)
+        assert isinstance(null, ValidCommand)
+        assert absent.content_hash == null.content_hash
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"amount": 0}, "data.amount: Input should be greater than or equal to 1"),
+        ({"amount": "10000"}, "data.amount: Input should be a valid integer"),
+        (
+            {"order_reference": "R" * 65},
+            "data.order_reference: String should have at most 64 characters",
+        ),
+        (
+            {"order_reference": ""},
+            "data.order_reference: String should have at least 1 character",
+        ),
+        ({"merchant_account_id": None}, "data.merchant_account_id: Input should be a UUID"),
+        ({"merchant_account_id": "m-1"}, "data.merchant_account_id: Input should be a UUID"),
+        ({"currency": "eur"}, "data.currency: Input should be an active ISO 4217"),
+    ],
+)
+def test_invalid_payment_is_answered_with_payment_rejected(
+    changes: dict[str, Any], expected: str
+) -> None:
+    result = parse_command(PAYMENT, dumps(payment_message(**changes)))
+    assert isinstance(result, InvalidCommand)
+    assert result.idempotency_key == PAYMENT_ID
+    assert result.message_key == FROM_ID
+    assert any(error.startswith(expected) for error in result.errors), result.errors
+    assert result.rejection() == PaymentRejected(
+        payment_id=uuid.UUID(PAYMENT_ID),
+        reason=RejectReason.INVALID_COMMAND,
+        detail="; ".join(result.errors),
+    )
+
+
+def test_missing_merchant_is_invalid() -> None:
+    document = payment_message()
+    del document["data"]["merchant_account_id"]
+    result = parse_command(PAYMENT, dumps(document))
+    assert isinstance(result, InvalidCommand)
+    assert "data.merchant_account_id: Field required" in result.errors
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"amount": 0}, "data.amount: Input should be greater than or equal to 1"),
+        ({"amount": 33.33}, "data.amount: Input should be a valid integer"),
+        ({"reason": "r" * 141}, "data.reason: String should have at most 140 characters"),
+        ({"payment_id": "ORDER-1"}, "data.payment_id: Input should be a UUID"),
+    ],
+)
+def test_invalid_refund_is_answered_with_refund_rejected(
+    changes: dict[str, Any], expected: str
+) -> None:
+    result = parse_command(REFUND, dumps(refund_message(**changes)))
+    assert isinstance(result, InvalidCommand)
+    assert result.idempotency_key == REFUND_ID
+    assert result.message_key == MERCHANT_ID
+    assert any(error.startswith(expected) for error in result.errors), result.errors
+    assert result.rejection() == RefundRejected(
+        refund_id=uuid.UUID(REFUND_ID),
+        reason=RejectReason.INVALID_COMMAND,
+        detail="; ".join(result.errors),
     )

@@ -1,4 +1,4 @@
-"""The registry matches DESIGN.md §1 and §5.1 and is the one place that names topics."""
+"""The registry matches DESIGN.md §1, §5.1 and §5.2 and is the one place that names topics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ from typing import get_args
 
 import pytest
 
-from ledgerflow.contracts.commands import ReturnCashOut, SettleCashOut
+from ledgerflow.contracts.commands import (
+    InitiatePayment,
+    RequestRefund,
+    ReturnCashOut,
+    SettleCashOut,
+)
 from ledgerflow.contracts.events import (
     CashOutCommandType,
     CashOutCompleted,
@@ -17,6 +22,10 @@ from ledgerflow.contracts.events import (
     CashOutRejected,
     CashOutReversed,
     CashOutVoided,
+    PaymentCompleted,
+    PaymentRejected,
+    RefundCompleted,
+    RefundRejected,
     RejectReason,
     TransferRejected,
 )
@@ -28,6 +37,8 @@ from ledgerflow.contracts.topics import (
     FLOWS,
     MESSAGE_TYPES,
     ONBOARDING,
+    PAYMENT,
+    REFUND,
     TRANSFER,
     WORKERS,
     all_topics,
@@ -72,6 +83,23 @@ HOLDS_TABLE = [
         ("cashout.voided", "cashout.rejected", "cashout.reversed"),
     ),
 ]
+# DESIGN.md §5.2: name, command topic, Kafka key, idempotency field, every result topic.
+MERCHANTS_TABLE = [
+    (
+        "payment",
+        "payment.initiated",
+        "from_account_id",
+        "payment_id",
+        ("payment.completed", "payment.rejected"),
+    ),
+    (
+        "refund",
+        "refund.requested",
+        "merchant_account_id",
+        "refund_id",
+        ("refund.completed", "refund.rejected"),
+    ),
+]
 # Result topics that answer more than one command type (one topic, one model, one key).
 SHARED_RESULTS = {
     "cashout.completed": (CASHOUT, CASHOUT_SETTLE),
@@ -81,8 +109,23 @@ SHARED_RESULTS = {
 
 
 def test_flows_match_the_design() -> None:
-    assert FLOWS == (ONBOARDING, CASHIN, TRANSFER, CASHOUT, CASHOUT_SETTLE, CASHOUT_RETURN)
-    assert [f.name for f in FLOWS] == [*V1_NAMES, "cashout_settle", "cashout_return"]
+    assert FLOWS == (
+        ONBOARDING,
+        CASHIN,
+        TRANSFER,
+        CASHOUT,
+        CASHOUT_SETTLE,
+        CASHOUT_RETURN,
+        PAYMENT,
+        REFUND,
+    )
+    assert [f.name for f in FLOWS] == [
+        *V1_NAMES,
+        "cashout_settle",
+        "cashout_return",
+        "payment",
+        "refund",
+    ]
     # v1 is a prefix of the registry and unchanged: same flows, topics, keys and id fields.
     for flow, (command, key, completed, rejected), id_field in zip(
         FLOWS[:4], V1_TABLE, V1_ID_FIELDS, strict=True
@@ -118,15 +161,40 @@ def test_cashout_lifecycle_matches_the_design() -> None:
         CASHOUT_SETTLE.model_of("cashout.held")
 
 
+def test_merchant_flows_match_the_design() -> None:
+    for name, command, key, id_field, results in MERCHANTS_TABLE:
+        flow = flow_by_name(name)
+        assert (flow.command_topic, flow.key_field, flow.id_field) == (command, key, id_field)
+        assert flow.result_topics == results
+        assert flow.other_results == ()
+        assert flow.dlq_topic == f"{command}.dlq"
+        # Money between two wallets: the transfer worker consumes payments and refunds.
+        assert flow.worker_name == "transfer"
+        # Each has its own rejected topic, so its rejections need no `answers`.
+        assert not flow.rejection_answers
+    assert (PAYMENT.command_model, REFUND.command_model) == (InitiatePayment, RequestRefund)
+    assert (PAYMENT.completed_model, PAYMENT.rejected_model) == (PaymentCompleted, PaymentRejected)
+    assert (REFUND.completed_model, REFUND.rejected_model) == (RefundCompleted, RefundRejected)
+    # A refund names its payment, but its own id is the idempotency key.
+    assert "payment_id" in REFUND.command_model.model_fields
+    assert "payment_id" in REFUND.completed_model.model_fields
+    # The refund's result names the payer it credited; the payment's the merchant it paid.
+    assert "to_account_id" in RefundCompleted.model_fields
+    assert "merchant_account_id" in PaymentCompleted.model_fields
+    with pytest.raises(KeyError):
+        PAYMENT.model_of("refund.completed")
+
+
 def test_workers() -> None:
     assert WORKERS == ("onboarding", "cashin", "transfer", "cashout")
     for flow in FLOWS[:4]:  # each v1 worker is named after its flow
         assert flow.worker_name == flow.name
     assert flows_of_worker("cashout") == (CASHOUT, CASHOUT_SETTLE, CASHOUT_RETURN)
-    assert flows_of_worker("transfer") == (TRANSFER,)
+    assert flows_of_worker("transfer") == (TRANSFER, PAYMENT, REFUND)
     assert {f for w in WORKERS for f in flows_of_worker(w)} == set(FLOWS)
-    with pytest.raises(KeyError):
-        flows_of_worker("cashout_settle")
+    for name in ("cashout_settle", "payment", "refund"):
+        with pytest.raises(KeyError):
+            flows_of_worker(name)
 
 
 def test_key_and_id_fields_exist_in_every_model() -> None:
@@ -185,7 +253,7 @@ def test_lookups() -> None:
         for topic in (*flow.message_types, flow.dlq_topic):
             assert flow_by_topic(topic) is flow
     with pytest.raises(KeyError):
-        flow_by_name("refund")
+        flow_by_name("chargeback")
     with pytest.raises(KeyError):
         flow_by_topic("transfer.cancelled")
     with pytest.raises(KeyError):
@@ -194,8 +262,8 @@ def test_lookups() -> None:
 
 def test_all_topics_and_message_types() -> None:
     topics = all_topics()
-    assert len(topics) == len(set(topics)) == 23  # 17 message types and 6 dead-letter topics
-    assert len(MESSAGE_TYPES) == len(set(MESSAGE_TYPES)) == 17
+    assert len(topics) == len(set(topics)) == 31  # 23 message types and 8 dead-letter topics
+    assert len(MESSAGE_TYPES) == len(set(MESSAGE_TYPES)) == 23
     assert set(MESSAGE_TYPES) | {f.dlq_topic for f in FLOWS} == set(topics)
     assert set(MESSAGE_TYPES) == {t for f in FLOWS for t in f.message_types}
     # v1's 16 topics and 12 types come first, in their v1 order.
@@ -209,8 +277,25 @@ def test_all_topics_and_message_types() -> None:
         "cashout.settled",
         "cashout.returned",
         "cashout.reversed",
+        "payment.initiated",
+        "payment.completed",
+        "payment.rejected",
+        "refund.requested",
+        "refund.completed",
+        "refund.rejected",
     )
+    assert topics[-8:] == [
+        "payment.initiated",
+        "payment.completed",
+        "payment.rejected",
+        "payment.initiated.dlq",
+        "refund.requested",
+        "refund.completed",
+        "refund.rejected",
+        "refund.requested.dlq",
+    ]
     assert message_model("transfer.completed") is TRANSFER.completed_model
+    assert message_model("refund.completed") is RefundCompleted
     assert message_model("cashout.reversed") is CashOutReversed
     with pytest.raises(KeyError):
         message_model("transfer.initiated.dlq")
@@ -225,6 +310,19 @@ def test_rejected_builds_the_rejected_model() -> None:
     from_text = TRANSFER.rejected(str(transfer_id), RejectReason.ID_CONFLICT, "x" * 5000)
     assert isinstance(from_text, TransferRejected)
     assert len(from_text.detail) == 1000
+
+
+def test_merchant_rejections_keep_the_plain_shape() -> None:
+    payment_id, refund_id = uuid.uuid4(), uuid.uuid4()
+    assert PAYMENT.rejected(payment_id, RejectReason.NOT_A_MERCHANT, "no") == PaymentRejected(
+        payment_id=payment_id, reason=RejectReason.NOT_A_MERCHANT, detail="no"
+    )
+    for reason in (RejectReason.PAYMENT_NOT_FOUND, RejectReason.REFUND_EXCEEDS_PAYMENT):
+        rejected = REFUND.rejected(str(refund_id), reason, "x" * 5000)
+        assert isinstance(rejected, RefundRejected)
+        assert (rejected.refund_id, rejected.reason) == (refund_id, reason)
+        assert len(rejected.detail) == 1000
+        assert set(rejected.model_dump()) == {"refund_id", "reason", "detail"}
 
 
 def test_second_phase_rejections_say_what_they_answer() -> None:
