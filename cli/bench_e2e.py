@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
+from pydantic import BaseModel
 
 from ledgerflow.cli.bench_ledger import create_bench_database, with_database
 from ledgerflow.contracts.codec import KafkaRecord, encode_command
 from ledgerflow.contracts.commands import RequestOnboarding
 from ledgerflow.contracts.topics import CASHOUT, CASHOUT_SETTLE, PAYMENT, TRANSFER, Flow
-from ledgerflow.harness.identity import PAYOUT_SERVICE, Issuer, customer_subject
+from ledgerflow.harness.identity import Issuer, Signer, customer_subject
 from ledgerflow.harness.processes import ManagedProcess, ledgerflow_env, start_process
 from ledgerflow.harness.results import ResultCollector
 from ledgerflow.ledger_db.apply import Incoming, LedgerWriter
@@ -42,7 +43,6 @@ from ledgerflow.testkit.commands import (
     transfer,
     wallet_of,
 )
-from ledgerflow.workers.auth import PAYOUT_SCOPE
 from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 SETUP_BATCH = 2_000
@@ -150,15 +150,10 @@ async def run_e2e(
     ids, owners = await _fund_wallets(bench_app_url, wallets, prefix)
     await ensure_topics(bootstrap_servers, topic_specs(prefix, 6, 6, 1), 1)
     log_dir = Path(tempfile.mkdtemp(prefix="ledgerflow-bench-"))
-    # Signed like production: each sender's session token (verified once, then cached).
+    # Signed like production: each sender's session token (verified once, then cached), the
+    # payout service's for settles.
     identity = Issuer()
-    sessions: dict[str, str] = {}
-
-    def session(subject: str) -> str:
-        if subject not in sessions:
-            scope = PAYOUT_SCOPE if subject == PAYOUT_SERVICE else None
-            sessions[subject] = identity.bearer(subject, ttl_s=3_600, scope=scope)
-        return sessions[subject]
+    signer = Signer(identity, owners=owners, ttl_s=3_600)
 
     env = ledgerflow_env(
         bench_app_url,
@@ -186,15 +181,12 @@ async def run_e2e(
         try:
             rng = random.Random(11)
 
-            def signed(command: object, subject: str) -> KafkaRecord:
-                token = None
-                if auth:
-                    token = session(subject)
+            def signed(command: BaseModel) -> KafkaRecord:
                 return encode_command(
-                    flow_of(command),  # type: ignore[arg-type]
-                    command,  # type: ignore[arg-type]
+                    flow_of(command),
+                    command,
                     topic_prefix=prefix,
-                    authorization=token,
+                    authorization=signer.authorization(command) if auth else None,
                 )
 
             # Phases: each is published whole, then awaited (a settle needs its hold first).
@@ -204,7 +196,7 @@ async def run_e2e(
                 shop = await _open_merchant(bench_app_url, prefix)
                 phases.append(
                     [
-                        (str(c.payment_id), signed(c, owners[c.from_account_id]))
+                        (str(c.payment_id), signed(c))
                         for c in (
                             payment(rng.choice(ids), shop, rng.randint(100, 10_000))
                             for _ in range(transfers + warm_up)
@@ -216,19 +208,15 @@ async def run_e2e(
                 for _ in range(transfers + warm_up):
                     a, b = rng.sample(ids, 2)
                     command = transfer(a, b, rng.randint(1, 100))
-                    phase.append((str(command.transfer_id), signed(command, owners[a])))
+                    phase.append((str(command.transfer_id), signed(command)))
                 phases.append(phase)
             else:
                 held = [
                     held_cashout(w, rng.randint(1, 100), expires_in_s=3_600)
                     for w in rng.choices(ids, k=(transfers + warm_up) // 2)
                 ]
-                phases.append(
-                    [(str(c.cashout_id), signed(c, owners[c.wallet_account_id])) for c in held]
-                )
-                phases.append(
-                    [(str(c.cashout_id), signed(settle(c), PAYOUT_SERVICE)) for c in held]
-                )
+                phases.append([(str(c.cashout_id), signed(c)) for c in held])
+                phases.append([(str(c.cashout_id), signed(settle(c))) for c in held])
             # Warm-up: connections, prepared statements, producer metadata and caches settle
             # before anything is measured.
             expected = 0

@@ -114,6 +114,7 @@ class Signer:
     issuer: Issuer = field(default_factory=Issuer)
     owners: dict[uuid.UUID, str] = field(default_factory=dict)  # wallet -> its owner's subject
     tokens: dict[str, str] = field(default_factory=dict)  # subject and scope -> a bearer
+    ttl_s: int = TOKEN_TTL_S  # each session token's life (a benchmark run outlives 5 minutes)
 
     def authorization(self, command: BaseModel, as_subject: str | None = None) -> str:
         """The `authorization` header value for `command`; `as_subject` signs as someone else."""
@@ -138,5 +139,5 @@ class Signer:
         # One token per user session, as the API layer forwards it for many commands.
         session = f"{subject} {scope or ''}"
         if session not in self.tokens:
-            self.tokens[session] = self.issuer.bearer(subject, scope=scope)
+            self.tokens[session] = self.issuer.bearer(subject, scope=scope, ttl_s=self.ttl_s)
         return self.tokens[session]

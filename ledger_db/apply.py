@@ -333,6 +333,11 @@ async def _lock_book(
                 out_day=row["out_day"],
                 void_reason=VoidReason(row["void_reason"]) if row["void_reason"] else None,
                 reversed=row["reversed"],
+                approved_by=(
+                    (row["command_event_id"], row["correlation_id"])
+                    if row["command_event_id"] is not None
+                    else None
+                ),
             )
     payments: dict[uuid.UUID, Payment] = {}
     if payment_ids:
@@ -444,15 +449,13 @@ async def _expire_in_transaction(
     voided = [v for v in (book.expire(cashout_id) for cashout_id in sorted(by_hold)) if v]
     if not voided:
         return []
-    causes = {
-        row["cashout_id"]: row
-        for row in await conn.fetch(sql.SELECT_HOLD_CAUSES, [v.cashout.cashout_id for v in voided])
-    }
     now = datetime.now(UTC)
     outcomes = []
     for void in voided:
         _resolve(writes, void)
-        cashout, cause = void.cashout, causes[void.cashout.cashout_id]
+        cashout = void.cashout
+        assert cashout.approved_by is not None, "a hold knows the command that placed it"
+        causation_id, correlation_id = cashout.approved_by
         event_id = str(uuid.uuid4())
         topic = writer.topic_prefix + "cashout.voided"
         payload = encode_event(
@@ -460,8 +463,8 @@ async def _expire_in_transaction(
             _voided(cashout, void),
             event_id=event_id,
             source=RESULT_SOURCE,
-            causation_id=cause["command_event_id"],
-            correlation_id=cause["correlation_id"],
+            causation_id=causation_id,
+            correlation_id=correlation_id,
             time=now,
         )
         message_key = str(cashout.wallet_id).encode()

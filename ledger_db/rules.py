@@ -129,6 +129,8 @@ class CashOut:
     out_day: date | None = None  # the day a hold counted toward the outgoing totals
     void_reason: VoidReason | None = None
     reversed: bool = False
+    # The approving command's CloudEvents id and correlation id (a hold's): what an expiry answers.
+    approved_by: tuple[str, str] | None = None
 
     @property
     def total(self) -> int:

@@ -166,7 +166,7 @@ LOCK_CASHOUTS = """
 WITH ids AS (SELECT DISTINCT unnest(string_to_array($1, ',')::uuid[]) AS id),
 held AS MATERIALIZED (
     SELECT h.cashout_id, h.wallet_account_id, h.currency, h.amount, h.fee, h.status,
-           h.expires_at, h.out_day, h.void_reason
+           h.expires_at, h.out_day, h.void_reason, h.command_event_id, h.correlation_id
     FROM holds h JOIN ids ON ids.id = h.cashout_id
     ORDER BY h.cashout_id
     FOR UPDATE OF h
@@ -185,12 +185,13 @@ paid AS (
     GROUP BY e.idempotency_key
 )
 SELECT h.cashout_id, h.wallet_account_id, h.currency, h.amount, h.fee, h.status,
-       h.expires_at, h.out_day, h.void_reason, r.id IS NOT NULL AS reversed
+       h.expires_at, h.out_day, h.void_reason, h.command_event_id, h.correlation_id,
+       r.id IS NOT NULL AS reversed
 FROM held h
 LEFT JOIN journal_entries r ON r.flow = 'cashout_return' AND r.idempotency_key = h.cashout_id
 UNION ALL
 SELECT p.cashout_id, p.wallet_account_id, p.currency, p.amount, p.fee, 'immediate',
-       NULL, NULL, NULL, r.id IS NOT NULL
+       NULL, NULL, NULL, NULL, NULL, r.id IS NOT NULL
 FROM paid p
 LEFT JOIN journal_entries r ON r.flow = 'cashout_return' AND r.idempotency_key = p.cashout_id
 WHERE NOT EXISTS (SELECT 1 FROM held h WHERE h.cashout_id = p.cashout_id)
@@ -219,12 +220,6 @@ SELECT cashout_id, wallet_account_id FROM holds
 WHERE status = 'pending' AND expires_at <= coalesce($2::timestamptz, clock_timestamp())
 ORDER BY expires_at
 LIMIT $1
-"""
-
-# What an expiry answers: the approving command's ids, for the voided event's causation.
-SELECT_HOLD_CAUSES = """
-SELECT cashout_id, command_event_id, correlation_id FROM holds
-WHERE cashout_id = ANY($1::uuid[])
 """
 
 NOTIFY_OUTBOX = "SELECT pg_notify('ledgerflow_outbox', '')"

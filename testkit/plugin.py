@@ -42,6 +42,7 @@ import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ledgerflow.ledger_db import migrate as migrate_module
+from ledgerflow.ledger_db.audit import run_audit
 from ledgerflow.ledger_db.migrate import MIGRATIONS_DIR
 from ledgerflow.stack import StackSettings
 from ledgerflow.stack import postgres as stack_postgres
@@ -441,6 +442,22 @@ async def delete_topics_with_prefix(
             await admin.delete_topics(topics, timeout_ms=int(timeout_s * 1000))
     finally:
         await admin.close()
+
+
+async def assert_audit_passes(target: str | asyncpg.Pool) -> None:
+    """`ledgerflow audit` on a database (a URL or a pool) passes; when it does not, every
+    failing check is named with its examples."""
+    if isinstance(target, str):
+        conn = await asyncpg.connect(target)
+        try:
+            results = await run_audit(conn)
+        finally:
+            await conn.close()
+    else:
+        async with target.acquire() as pooled:
+            results = await run_audit(pooled)  # type: ignore[arg-type]  # a pooled Connection
+    failed = [(r.name, r.examples) for r in results if not r.ok]
+    assert failed == [], failed
 
 
 async def wait_until(

@@ -14,7 +14,6 @@ import orjson
 import pytest
 
 from ledgerflow.ledger_db.apply import LedgerWriter, Outcome, OutcomeKind
-from ledgerflow.ledger_db.audit import run_audit
 from ledgerflow.ledger_db.rules import TierLimits
 from ledgerflow.testkit.commands import (
     apply_all,
@@ -27,6 +26,7 @@ from ledgerflow.testkit.commands import (
     transfer,
     wallet_of,
 )
+from ledgerflow.testkit.plugin import assert_audit_passes
 
 pytestmark = pytest.mark.integration
 
@@ -65,12 +65,6 @@ async def entries_of(pool: asyncpg.Pool, cashout_id: uuid.UUID) -> list[str]:
     return [r["flow"] for r in rows]
 
 
-async def audit_ok(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
-        failed = [r for r in await run_audit(conn) if not r.ok]
-    assert failed == []
-
-
 async def test_a_held_cash_out_settles_into_one_entry(writer: LedgerWriter, pool: Any) -> None:
     wallet, _ = await funded(writer)
     approve = held_cashout(wallet, 3_000, fee=50)
@@ -102,7 +96,7 @@ async def test_a_held_cash_out_settles_into_one_entry(writer: LedgerWriter, pool
         "out_month_total": 3_050,
     }
     assert await entries_of(pool, approve.cashout_id) == ["cashout_settle"]
-    await audit_ok(pool)
+    await assert_audit_passes(pool)
 
 
 async def test_a_returned_hold_is_voided_without_an_entry(writer: LedgerWriter, pool: Any) -> None:
@@ -125,7 +119,7 @@ async def test_a_returned_hold_is_voided_without_an_entry(writer: LedgerWriter, 
     [late] = await apply_all(writer, settle(approve))
     assert (late.kind, late.reason) == (OutcomeKind.REJECTED, "already_voided")
     assert (await event(pool, late))["data"]["answers"] == "cashout.settled"
-    await audit_ok(pool)
+    await assert_audit_passes(pool)
 
 
 async def test_an_immediate_cash_out_returned_is_reversed(writer: LedgerWriter, pool: Any) -> None:
@@ -147,7 +141,7 @@ async def test_an_immediate_cash_out_returned_is_reversed(writer: LedgerWriter, 
     [replayed] = await apply_all(writer, returned(paid))
     assert (replayed.kind, replayed.event_id) == (OutcomeKind.REPLAYED, back.event_id)
     assert (await wallet_row(pool, wallet))["balance"] == 10_000
-    await audit_ok(pool)
+    await assert_audit_passes(pool)
 
 
 async def test_a_settled_hold_returned_later_is_reversed(writer: LedgerWriter, pool: Any) -> None:
@@ -159,7 +153,7 @@ async def test_a_settled_hold_returned_later_is_reversed(writer: LedgerWriter, p
     assert back.topic == "cashout.reversed"
     assert (await wallet_row(pool, wallet))["balance"] == 10_000
     assert await entries_of(pool, approve.cashout_id) == ["cashout_return", "cashout_settle"]
-    await audit_ok(pool)
+    await assert_audit_passes(pool)
 
 
 async def test_settling_an_unknown_hold_is_answered_but_not_recorded(
@@ -179,7 +173,7 @@ async def test_settling_an_unknown_hold_is_answered_but_not_recorded(
     [conflict] = await apply_all(writer, settle(approve, bank_reference="OTHER"))
     assert conflict.reason == "id_conflict"
     assert await entries_of(pool, approve.cashout_id) == ["cashout_settle"]
-    await audit_ok(pool)
+    await assert_audit_passes(pool)
 
 
 async def test_held_money_cannot_be_spent(writer: LedgerWriter, pool: Any) -> None:
@@ -236,7 +230,7 @@ async def test_an_expired_hold_is_voided_once_and_cannot_be_settled(
     [gone] = await apply_all(later, returned(approve))
     assert gone.reason == "hold_expired"
     assert (await wallet_row(pool, wallet))["held"] == 0
-    await audit_ok(pool)
+    await assert_audit_passes(pool)
 
 
 async def test_settle_and_return_racing_on_one_hold_have_one_winner(pool: Any) -> None:
@@ -261,7 +255,7 @@ async def test_settle_and_return_racing_on_one_hold_have_one_winner(pool: Any) -
         else:
             assert b.topic == "cashout.reversed"
     assert (await wallet_row(pool, wallet))["held"] == 0
-    await audit_ok(pool)
+    await assert_audit_passes(pool)
 
 
 async def test_settle_racing_expiry_and_two_sweepers_resolve_each_hold_once(pool: Any) -> None:
@@ -283,4 +277,4 @@ async def test_settle_racing_expiry_and_two_sweepers_resolve_each_hold_once(pool
     assert all(o.reason == "hold_expired" for o in settles)
     row = await wallet_row(pool, wallet)
     assert (row["balance"], row["held"]) == (100 * RACE_ROUNDS, 0)
-    await audit_ok(pool)
+    await assert_audit_passes(pool)

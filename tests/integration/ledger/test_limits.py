@@ -13,7 +13,6 @@ import pytest
 
 from ledgerflow.contracts.events import RejectReason
 from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
-from ledgerflow.ledger_db.audit import run_audit
 from ledgerflow.ledger_db.rules import TierLimits
 from ledgerflow.testkit.commands import apply_all, cashin, cashout, onboarding, parsed, wallet_of
 from ledgerflow.testkit.plugin import wait_until
@@ -21,6 +20,8 @@ from ledgerflow.testkit.plugin import wait_until
 if TYPE_CHECKING:
     import uuid
     from collections.abc import Callable, Mapping
+
+from ledgerflow.testkit.plugin import assert_audit_passes
 
 pytestmark = pytest.mark.integration
 
@@ -52,15 +53,6 @@ async def funded_wallet(pool: asyncpg.Pool, amount: int = 5_000) -> uuid.UUID:
     person = onboarding()
     await apply_all(LedgerWriter(pool, DAILY), person, cashin(wallet_of(person), amount))
     return wallet_of(person)
-
-
-async def assert_audit_passes(database: Any) -> None:
-    conn = await asyncpg.connect(database.admin_url)
-    try:
-        failed = [(r.name, r.examples) for r in await run_audit(conn) if not r.ok]
-    finally:
-        await conn.close()
-    assert not failed
 
 
 async def test_two_concurrent_cash_outs_cannot_jointly_pass_the_daily_limit(
@@ -105,7 +97,7 @@ async def test_outgoing_totals_restart_with_a_new_day_and_a_new_month(
     assert await out(on("2027-04-01T00:00:00+00:00"), w, 400) is None  # ... and the next month
     assert tuple(await pool.fetchrow(OUTGOING, w)) == (400, 400)
     assert tuple(await pool.fetchrow(DAYS, w)) == ("2027-04-01", "2027-04-01")
-    await assert_audit_passes(database)
+    await assert_audit_passes(database.admin_url)
 
 
 async def test_a_batch_whose_clock_reads_before_midnight_cannot_reset_the_new_day(
@@ -140,7 +132,7 @@ async def test_a_batch_whose_clock_reads_before_midnight_cannot_reset_the_new_da
         ("2027-03-15", 300),
         ("2027-03-15", 100),
     ]
-    await assert_audit_passes(database)
+    await assert_audit_passes(database.admin_url)
 
 
 async def test_midnight_race_with_the_row_locked_across_the_boundary(
@@ -180,7 +172,7 @@ async def test_midnight_race_with_the_row_locked_across_the_boundary(
         await holder.close()
     assert tuple(await pool.fetchrow(OUTGOING, w)) == (600, 1_200)
     assert tuple(await pool.fetchrow(DAYS, w)) == ("2027-03-15", "2027-03-01")
-    await assert_audit_passes(database)
+    await assert_audit_passes(database.admin_url)
 
 
 async def _at_least(count: Callable[[], Any], n: int) -> bool:
@@ -203,7 +195,7 @@ async def test_the_monthly_limit_holds_across_a_month_boundary_race(
     assert await out(late, w, 1) == LIMIT
     assert tuple(await pool.fetchrow(OUTGOING, w)) == (1_500, 1_500)
     assert tuple(await pool.fetchrow(DAYS, w)) == ("2027-04-01", "2027-04-01")
-    await assert_audit_passes(database)
+    await assert_audit_passes(database.admin_url)
 
 
 async def test_set_tier_raises_the_limit(pool: asyncpg.Pool, database: object) -> None:

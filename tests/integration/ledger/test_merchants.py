@@ -13,7 +13,6 @@ import orjson
 import pytest
 
 from ledgerflow.ledger_db.apply import LedgerWriter, Outcome, OutcomeKind
-from ledgerflow.ledger_db.audit import run_audit
 from ledgerflow.ledger_db.rules import AccountKind, FeeSchedule, TierLimits, house_account_id
 from ledgerflow.testkit.commands import (
     apply_all,
@@ -24,6 +23,7 @@ from ledgerflow.testkit.commands import (
     refund,
     wallet_of,
 )
+from ledgerflow.testkit.plugin import assert_audit_passes
 
 pytestmark = pytest.mark.integration
 
@@ -54,11 +54,6 @@ async def data(pool: asyncpg.Pool, outcome: Outcome) -> dict[str, Any]:
     return dict(orjson.loads(payload)["data"])
 
 
-async def audit_ok(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
-        assert [r for r in await run_audit(conn) if not r.ok] == []
-
-
 async def test_a_payment_splits_and_refunds_return_the_fee_in_proportion(pool: Any) -> None:
     writer = LedgerWriter(pool, {"basic": TierLimits()}, default_fee=FeeSchedule(150, 30))
     payer, seller = await shop(writer)
@@ -84,7 +79,7 @@ async def test_a_payment_splits_and_refunds_return_the_fee_in_proportion(pool: A
     assert await balance(pool, FEE_REVENUE) == fee_before
     [over] = await apply_all(writer, refund(paid, 1))
     assert over.reason == "refund_exceeds_payment"
-    await audit_ok(pool)
+    await assert_audit_passes(pool)
 
 
 async def test_refusals(pool: Any) -> None:
@@ -114,7 +109,7 @@ async def test_refusals(pool: Any) -> None:
     assert (replayed.kind, replayed.event_id) == (OutcomeKind.REPLAYED, ok.event_id)
     [conflict] = await apply_all(writer, back.model_copy(update={"amount": 11}))
     assert conflict.reason == "id_conflict"
-    await audit_ok(pool)
+    await assert_audit_passes(pool)
 
 
 async def test_the_fee_in_force_when_the_payment_is_applied(pool: Any) -> None:
@@ -130,7 +125,7 @@ async def test_the_fee_in_force_when_the_payment_is_applied(pool: Any) -> None:
     )
     [after] = await apply_all(writer, payment(payer, seller, 10_000))
     assert (await data(pool, after))["fee"] == 75
-    await audit_ok(pool)
+    await assert_audit_passes(pool)
 
 
 async def test_racing_partial_refunds_never_pass_the_payment(pool: Any) -> None:
@@ -151,4 +146,4 @@ async def test_racing_partial_refunds_never_pass_the_payment(pool: Any) -> None:
     )
     assert row["refunded"] == 9_800
     assert row["fee_returned"] == row["fee"] * 9_800 // 10_000
-    await audit_ok(pool)
+    await assert_audit_passes(pool)
