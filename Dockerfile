@@ -37,6 +37,7 @@ COPY cli ./cli
 COPY stack ./stack
 COPY testkit ./testkit
 COPY harness ./harness
+COPY api ./api
 # The one import name: links to the folders above (docs/decisions/one-namespace.md).
 COPY ledgerflow ./ledgerflow
 RUN pip install "setuptools==84.2.1" \

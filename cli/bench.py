@@ -6,13 +6,21 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
-from ledgerflow.cli import bench_contracts, bench_e2e, bench_ledger, bench_plot
+from ledgerflow.cli import (
+    bench_api,
+    bench_ceiling,
+    bench_contracts,
+    bench_e2e,
+    bench_ledger,
+    bench_plot,
+)
 from ledgerflow.workers.settings import Settings
 
 console = Console()
@@ -42,6 +50,7 @@ def ledger(
         transfers,
     )
     spread_500 = next((r.per_s for r in results if r.case == "spread" and r.batch == 500), None)
+    ceiling = next((r.per_s for r in results if r.case == "ceiling"), None)
     rows = [
         {
             "case": r.case,
@@ -53,7 +62,11 @@ def ledger(
         for r in results
     ]
     if as_json:
-        print(json.dumps({"machine": machine(), "results": rows}))
+        out: dict[str, object] = {"machine": machine(), "results": rows}
+        if ceiling:
+            out["ceiling_per_s"] = round(ceiling)
+            out["ratio"] = round(spread_500 / ceiling, 3) if spread_500 else None
+        print(json.dumps(out))
         return
     table = Table("case", "batch", "transfers", "seconds", "transfers/s", "vs batch 1")
     base = {r.case: r.per_s for r in results if r.batch == 1}
@@ -66,6 +79,8 @@ def ledger(
     if spread_500:
         hot_500 = next((r.per_s for r in results if r.case == "hot" and r.batch == 500), 0.0)
         console.print(f"hot/spread at batch 500: {hot_500 / spread_500:.2f}")
+        if ceiling:
+            console.print(f"spread at batch 500 / ceiling: {spread_500 / ceiling:.2f}")
     console.print(f"machine: {machine()}")
 
 
@@ -168,6 +183,166 @@ def e2e(
     console.print(f"machine: {machine()}")
 
 
+def _ms(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+@bench_app.command("api")
+def api(
+    entries: int = typer.Option(1_000_000, min=1_000, max=100_000_000, help="Journal entries."),
+    wallets: int = typer.Option(100_000, min=100, max=10_000_000, help="Wallets they are on."),
+    batch: int = typer.Option(
+        2_000, min=100, max=5_000, help="Transfers per LedgerWriter batch while building."
+    ),
+    days: int = typer.Option(365, min=1, max=3_650, help="Days of history the entries span."),
+    build: str = typer.Option(
+        bench_api.BUILD_SQL,
+        help="How the transfers are written: sql (bulk-loaded, the wallets through LedgerWriter) "
+        "or writer (every transfer through LedgerWriter: slower, over 5 minutes at the default "
+        "size on 2 cores).",
+    ),
+    clients: int = typer.Option(16, min=1, max=256, help="Concurrent keep-alive clients."),
+    read_rate: float | None = typer.Option(
+        None,
+        min=1,
+        max=100_000,
+        help="Requests/s offered by all clients together (open loop); default: each client "
+        "sends its next request when the last is answered.",
+    ),
+    seconds: float = typer.Option(30.0, min=1, max=600, help="Measured seconds."),
+    warm_up: float = typer.Option(5.0, min=0, max=120, help="Seconds of reads not measured."),
+    write_rate: float = typer.Option(
+        1_000.0, min=0, max=20_000, help="Transfers/s published through Kafka meanwhile."
+    ),
+    workers: int = typer.Option(2, min=1, max=6, help="Transfer worker processes."),
+    as_owners: bool = typer.Option(
+        False,
+        "--as-owners",
+        help=f"Read {bench_api.ACTIVE_USERS:,} wallets with their owners' tokens "
+        "(else ledger:read tokens).",
+    ),
+    keep: bool = typer.Option(False, "--keep", help="Keep the benchmark's database."),
+    reuse: bool = typer.Option(
+        False, "--reuse", help="Measure on the database a --keep run left, if any (no build)."
+    ),
+    profile: Path | None = typer.Option(
+        None, help="Record the API process with py-spy over the window (raw folded stacks)."
+    ),
+    as_json: JsonFlag = False,
+) -> None:
+    """Read API latency and throughput on a large ledger while the workers write."""
+    if build not in bench_api.BUILD_METHODS:
+        raise typer.BadParameter(f"--build is one of {', '.join(bench_api.BUILD_METHODS)}")
+    if entries <= wallets:
+        raise typer.BadParameter("--entries must exceed --wallets (a cash-in each, then transfers)")
+    settings = Settings()
+    progress = Console(stderr=True).print
+    result = asyncio.run(
+        bench_api.run_api_bench(
+            settings.migration_database_url.get_secret_value(),
+            settings.database_url.get_secret_value(),
+            settings.read_database_url.get_secret_value(),
+            settings.kafka_bootstrap_servers,
+            wallets=wallets,
+            entries=entries,
+            batch=batch,
+            days=days,
+            build=build,
+            clients=clients,
+            read_rate=read_rate,
+            seconds=seconds,
+            warm_up_s=warm_up,
+            write_rate=write_rate,
+            workers=workers,
+            as_owners=as_owners,
+            keep=keep or reuse,
+            reuse=reuse,
+            profile=profile,
+            progress=progress,
+        )
+    )
+    out = result.as_json() | {"machine": machine()}
+    if as_json:
+        print(json.dumps(out))
+        return
+    ledger = result.ledger
+    console.print(
+        f"ledger: {ledger.entries:,} entries ({ledger.postings:,} postings) on "
+        f"{len(ledger.wallets):,} wallets, built in {ledger.seconds:.0f}s: {ledger.method}"
+    )
+    table = Table(
+        Column("endpoint", no_wrap=True),
+        Column("count", justify="right"),
+        Column("req/s", justify="right"),
+        Column("p50", justify="right"),
+        Column("p95", justify="right"),
+        Column("p99", justify="right"),
+        Column("max", justify="right"),
+        Column("err", justify="right"),
+        Column("non-2xx", justify="right"),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title=f"{result.clients} clients"
+        + (f" offering {result.read_rate:,.0f} req/s" if result.read_rate else " (closed loop)")
+        + f", {result.seconds:.1f}s, {'owner' if result.as_owners else 'ledger:read'} tokens"
+        + " (latencies in ms)",
+    )
+    for e in result.endpoints:
+        table.add_row(
+            e.endpoint,
+            f"{e.count:,}",
+            f"{e.per_s:,.0f}",
+            *(_ms(v) for v in (e.p50_ms, e.p95_ms, e.p99_ms, e.max_ms)),
+            str(e.errors),
+            str(sum(e.non_2xx.values())),
+        )
+    overall: dict[str, Any] = out["overall"]  # type: ignore[assignment]
+    cpu: dict[str, Any] = out["cpu"]  # type: ignore[assignment]
+    table.add_row(
+        "all",
+        f"{overall['requests']:,}",
+        f"{overall['per_s']:,.0f}",
+        *[""] * 4,
+        str(overall["errors"]),
+        str(overall["non_2xx"]),
+    )
+    console.print(table)
+    console.print(
+        "server side (the API's histogram), p99 within: "
+        + ", ".join(
+            f"{e.endpoint} ≤ {e.server_p99_le_ms:g} ms"
+            for e in result.endpoints
+            if e.server_p99_le_ms is not None and e.endpoint != "entries (next page)"
+        )
+    )
+    console.print(
+        f"writes: {result.write_rate:,.0f} transfers/s committed during the window "
+        f"(offered {result.write_rate_offered:,.0f}/s, {result.writes_published:,} published)"
+    )
+    console.print(
+        f"api CPU: {cpu['api_seconds']}s = {cpu['api_ms_per_request']} ms per request "
+        f"({cpu['api_cores']} cores), waited runnable for a CPU "
+        f"{cpu['api_runqueue_wait_ms_per_request']} ms per request; "
+        f"machine busy {cpu['machine_busy']:.0%}"
+    )
+    by_process: dict[str, float] = cpu["seconds_by_process"]
+    console.print(
+        "CPU seconds in the window: "
+        + ", ".join(f"{name} {used:.1f}" for name, used in list(by_process.items())[:6])
+    )
+    if result.others_cpu_s > 0.1 * result.seconds * (os.cpu_count() or 1):
+        console.print(
+            f"[yellow]noisy: other processes used {result.others_cpu_s:.1f} CPU s during the "
+            "window (another session on this machine?)[/yellow]"
+        )
+    verdict = "met" if result.target_met() else "MISSED"
+    console.print(
+        f"target p99 ≤ {bench_api.TARGET_P99_MS:g} ms for a wallet read and a history page: "
+        f"{verdict}"
+    )
+    console.print(f"machine: {machine()}")
+
+
 @bench_app.command("sweep")
 def sweep(
     rates: str = typer.Option("250,500,1000,2000,3000", help="Offered rates per second."),
@@ -208,6 +383,9 @@ def sweep(
     )
     bench_plot.latency_plot(results, folder / "e2e-latency.png")
     console.print(f"wrote {folder / 'e2e-sweep.json'} and {folder / 'e2e-latency.png'}")
+
+
+bench_app.command("ceiling")(bench_ceiling.ceiling)
 
 
 @bench_app.command("contracts")

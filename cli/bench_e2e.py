@@ -21,6 +21,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
+from ledgerflow.cli.bench_ceiling import ceiling_for
 from ledgerflow.cli.bench_ledger import create_bench_database, with_database
 from ledgerflow.contracts.codec import KafkaRecord, encode_command
 from ledgerflow.contracts.commands import RequestOnboarding
@@ -70,6 +71,7 @@ class E2EResult:
     batch_mean: float = 0.0
     batch_ms_mean: float = 0.0
     flow: str = "transfer"  # `transfers` counts commands: two per two-phase cash-out
+    ceiling_per_s: float | None = None  # bench ceiling, same run and database (transfers only)
 
     @property
     def throughput_per_s(self) -> float:
@@ -90,6 +92,10 @@ class E2EResult:
             "worker_batch_mean_commands": round(self.batch_mean, 1),
             "worker_batch_mean_ms": round(self.batch_ms_mean, 1),
             "flow": self.flow,
+            "ceiling_per_s": round(self.ceiling_per_s) if self.ceiling_per_s else None,
+            "ratio": (
+                round(self.throughput_per_s / self.ceiling_per_s, 3) if self.ceiling_per_s else None
+            ),
         }
 
 
@@ -263,6 +269,16 @@ async def run_e2e(
         last = max(received.values())
         q = statistics.quantiles(latencies, n=100)
         batch_mean, batch_ms = _batch_stats(processes[:workers], _RESULTS[flow])
+        ceiling = None
+        if flow == "transfer":
+            # The yardstick from the same run, on the same database and wallets. Workers and
+            # relay stop first (idle by now): the database is the ceiling's alone, and its
+            # result rows stay in the outbox.
+            for process in processes:
+                process.stop()
+            ceiling = await ceiling_for(
+                bench_app_url, ids, transfers, batch_records_max, topic_prefix=prefix
+            )
         return E2EResult(
             "naive" if naive else "batched",
             rate,
@@ -274,6 +290,7 @@ async def run_e2e(
             batch_mean,
             batch_ms,
             flow,
+            ceiling_per_s=ceiling,
         )
     finally:
         for process in processes:

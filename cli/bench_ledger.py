@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from ledgerflow.cli.bench_ceiling import BATCH as CEILING_BATCH
+from ledgerflow.cli.bench_ceiling import ceiling_for
 from ledgerflow.ledger_db.apply import Incoming, LedgerWriter
 from ledgerflow.ledger_db.migrate import migrate
 from ledgerflow.ledger_db.rules import TierLimits
@@ -102,6 +104,11 @@ async def run_ledger_bench(
                 for start in range(0, n, batch):
                     await writer.apply(incoming[start : start + batch])
                 results.append(LedgerBenchResult(case, batch, n, time.perf_counter() - started))
+        # The yardstick from the same run: the same writes as set-based SQL, same database,
+        # same wallets, as many transfers as the spread case at batch 500.
+        n = min(transfers_per_case, CEILING_BATCH * 40)
+        per_s = await ceiling_for(with_database(app_url, database), ids, n, CEILING_BATCH)
+        results.append(LedgerBenchResult("ceiling", CEILING_BATCH, n, n / per_s))
         return results
     finally:
         await pool.close()

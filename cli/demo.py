@@ -1,10 +1,11 @@
 """`ledgerflow demo`: the whole system on real traffic, from an empty machine to the audit.
 
-Brings up the embedded stack, migrates, creates topics, starts the workers and the relay as
-child processes, then drives onboarding, cash-in, a burst of P2P transfers (with invalid,
+Brings up the embedded stack, migrates, creates topics, starts the workers, the relay and the
+read API as child processes, then drives onboarding, cash-in, a burst of P2P transfers (invalid,
 duplicate, overdrawing and conflicting ones on purpose), cash-out (immediate and held until the
 bank answers) and a merchant paid by customers and refunding some of it, through Kafka, and
-shows what came back. Child processes are stopped on exit and on Ctrl-C.
+shows what came back, ending with one wallet's statement fetched over HTTP. Child processes
+are stopped on exit and on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,17 +20,19 @@ import uuid
 from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 import typer
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from ledgerflow import stack
 from ledgerflow.cli.ledger_cmd import audit_report
@@ -165,6 +168,7 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
         endpoints.kafka_bootstrap_servers,
         "",
         **identity.settings(log_dir / "jwks.json"),
+        read_database_url=endpoints.reader_database_url,
         # Holds left alone expire after a few seconds here (production: 3 days).
         hold_expires_s=str(DEMO_HOLD_EXPIRES_S),
         hold_expiry_interval_s="0.5",
@@ -173,8 +177,8 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
     processes: list[ManagedProcess] = []
     async with AsyncExitStack() as cleanup:
         cleanup.callback(lambda: [p.stop() for p in processes])
-        console.print("2/5 starting the workers and the outbox relay …")
-        for args in (["worker", "all"], ["relay"]):
+        console.print("2/5 starting the workers, the outbox relay and the read API …")
+        for args in (["worker", "all"], ["relay"], ["api"]):
             process = await asyncio.to_thread(start_process, args, env, log_dir)
             processes.append(process)
             console.print(
@@ -364,7 +368,8 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
             if ok
             else "[bold red]audit FAILED[/bold red]"
         )
-        return ok
+        api = processes[-1]
+        return await show_statement(api.port, story.payments[0].from_account_id, identity) and ok
     return False
 
 
@@ -583,6 +588,65 @@ async def show_balances(conn: asyncpg.Connection, wallets: list[uuid.UUID]) -> N
         if view is not None:
             table.add_row(str(wallet), f"{view.balance // 100:,}.{view.balance % 100:02d}")
     console.print(table)
+
+
+STATEMENT_LINES_SHOWN = 12
+
+
+async def show_statement(port: int, wallet: uuid.UUID, identity: Issuer) -> bool:
+    """One demo wallet's statement of today, fetched from the read API over HTTP as the wallet
+    app would (a `ledger:read` token); True when it adds up."""
+    now = datetime.now(UTC)
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    params = {"from": start.isoformat(), "to": (now + timedelta(minutes=1)).isoformat()}
+    url = f"http://127.0.0.1:{port}/v1/wallets/{wallet}/statement"
+    token = identity.bearer("ledgerflow-demo", scope="ledger:read")
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(
+            url, params=params, headers={"authorization": token}, timeout=RESULT_TIMEOUT_S
+        )
+    console.print(
+        f"GET http://127.0.0.1:{port}/v1/wallets/{wallet}/statement?from=<today>&to=<now> "
+        f"-> {answer.status_code}",
+        soft_wrap=True,
+    )
+    if answer.status_code != httpx.codes.OK:
+        console.print(f"[bold red]the read API answered {answer.text[:300]}[/bold red]")
+        return False
+    body = answer.json()
+    entries = body["entries"]
+    table = Table(
+        Column("posted (UTC)", no_wrap=True),
+        Column("type", no_wrap=True),
+        Column("amount", justify="right", no_wrap=True),
+        Column("counterparty", no_wrap=True),
+        Column("balance after", justify="right", no_wrap=True),
+        title=f"Statement of {wallet}, today (UTC), EUR, from the read API",
+        caption=(
+            f"opening {_eur(body['opening_balance'])} + in {_eur(body['total_in'])} - out "
+            f"{_eur(body['total_out'])} = closing {_eur(body['closing_balance'])}"
+            + (
+                f"; the last {STATEMENT_LINES_SHOWN} of {len(entries)} entries shown"
+                if len(entries) > STATEMENT_LINES_SHOWN
+                else ""
+            )
+        ),
+    )
+    for entry in entries[-STATEMENT_LINES_SHOWN:]:
+        table.add_row(
+            entry["created_at"][11:23],
+            entry["type"],
+            ("-" if entry["amount"] < 0 else "+") + _eur(abs(entry["amount"])),
+            (entry["counterparty_account_id"] or "")[:8],
+            _eur(entry["balance_after"]),
+        )
+    console.print(table)
+    adds_up: bool = (
+        body["opening_balance"] + body["total_in"] - body["total_out"] == body["closing_balance"]
+    )
+    if not adds_up:
+        console.print("[bold red]the statement does not add up[/bold red]")
+    return adds_up
 
 
 def demo(

@@ -8,6 +8,7 @@ import json
 import os
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, TypeVar
 
 import asyncpg
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from ledgerflow.contracts.events import Tier
+from ledgerflow.ledger_db import reads
 from ledgerflow.ledger_db.audit import CheckResult, run_audit
 from ledgerflow.ledger_db.merchants import FeeRefusedError, set_merchant_fee
 from ledgerflow.ledger_db.pii_rotation import rotate_pii
@@ -38,15 +40,20 @@ accounts_app = typer.Typer(no_args_is_help=True, help="Ledger accounts.")
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
 
 
-async def _connect() -> asyncpg.Connection:
-    return await asyncpg.connect(Settings().database_url.get_secret_value())
+async def _connect(*, reader: bool = False) -> asyncpg.Connection:
+    settings = Settings()
+    url = settings.read_database_url if reader else settings.database_url
+    return await asyncpg.connect(url.get_secret_value())
 
 
-def _with_connection(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    """Run one read against the ledger as the app role, on a connection of its own."""
+def _with_connection(
+    work: Callable[[asyncpg.Connection], Awaitable[T]], *, reader: bool = False
+) -> T:
+    """Run one read against the ledger on a connection of its own: as the app role, or as the
+    read API's role (`reader`), which is what `history` and `statement` read with."""
 
     async def run() -> T:
-        conn = await _connect()
+        conn = await _connect(reader=reader)
         try:
             return await work(conn)
         finally:
@@ -83,6 +90,161 @@ def balance(account_id: uuid.UUID, as_json: JsonFlag = False) -> None:
         print(json.dumps(view.as_json()))
     else:
         console.print(_accounts_table([view]))
+
+
+HISTORY_LINES_MAX = 10_000
+FromOption = Annotated[
+    datetime | None, typer.Option("--from", help="From this instant (RFC 3339), inclusive.")
+]
+ToOption = Annotated[
+    datetime | None, typer.Option("--to", help="Up to this instant (RFC 3339), exclusive.")
+]
+
+
+def _aware(value: datetime | None, default: datetime) -> datetime:
+    """A time given without a zone is UTC, as the ledger's days are."""
+    if value is None:
+        return default
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _entries_table(lines: list[reads.EntryLine]) -> Table:
+    table = Table(
+        "posted at (UTC)",
+        "type",
+        "id",
+        Column("amount", justify="right"),
+        "counterparty",
+        Column("balance after", justify="right"),
+    )
+    for line in lines:
+        table.add_row(
+            line.created_at.astimezone(UTC).isoformat(timespec="milliseconds"),
+            line.type,
+            str(line.id),
+            f"{line.amount:+,}",
+            str(line.counterparty_account_id or ""),
+            f"{line.balance_after:,}",
+        )
+    return table
+
+
+def _line_json(line: reads.EntryLine) -> dict[str, object]:
+    return {
+        "journal_entry_id": str(line.journal_entry_id),
+        "type": line.type,
+        "id": str(line.id),
+        "amount": line.amount,
+        "counterparty_account_id": (
+            str(line.counterparty_account_id) if line.counterparty_account_id else None
+        ),
+        "balance_after": line.balance_after,
+        "created_at": line.created_at.isoformat(),
+    }
+
+
+def history(
+    account_id: uuid.UUID,
+    limit: Annotated[
+        int, typer.Option(min=1, max=HISTORY_LINES_MAX, help="Entries to show, newest first.")
+    ] = 20,
+    start: FromOption = None,
+    end: ToOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """A wallet's entries, newest first, with the balance after each (the read API's query)."""
+    first, last = _aware(start, reads.TIME_MIN), _aware(end, reads.TIME_MAX)
+
+    async def read(conn: asyncpg.Connection) -> list[reads.EntryLine] | None:
+        if await reads.wallet_owner(conn, account_id) is None:
+            return None
+        lines: list[reads.EntryLine] = []
+        before = None
+        while len(lines) < limit:
+            page = await reads.history(
+                conn,
+                account_id,
+                limit=min(reads.PAGE_LIMIT_MAX, limit - len(lines)),
+                before=before,
+                start=first,
+                end=last,
+            )
+            lines += page.lines
+            if page.next_position is None:
+                break
+            before = page.next_position
+        return lines
+
+    lines = _with_connection(read, reader=True)
+    if lines is None:
+        console.print(f"[red]no wallet {account_id}[/red]")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps([_line_json(line) for line in lines]))
+    else:
+        console.print(_entries_table(lines))
+
+
+def statement(
+    account_id: uuid.UUID,
+    start: Annotated[datetime, typer.Option("--from", help="Start (RFC 3339), inclusive.")],
+    end: Annotated[datetime, typer.Option("--to", help="End (RFC 3339), exclusive.")],
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV, as the API's text/csv.")] = (
+        False
+    ),
+    as_json: JsonFlag = False,
+) -> None:
+    """A wallet's statement: opening balance, the entries, totals in and out, closing balance
+    (the read API's query)."""
+    first, last = _aware(start, reads.TIME_MIN), _aware(end, reads.TIME_MAX)
+    if not first < last <= first + timedelta(days=reads.STATEMENT_DAYS_MAX):
+        raise typer.BadParameter(
+            f"--from must be before --to, at most {reads.STATEMENT_DAYS_MAX} days apart"
+        )
+
+    async def read(conn: asyncpg.Connection) -> reads.Statement | None:
+        owner = await reads.wallet_owner(conn, account_id)
+        if owner is None:
+            return None
+        return await reads.statement(conn, account_id, owner.currency, first, last)
+
+    try:
+        found = _with_connection(read, reader=True)
+    except reads.StatementTooLargeError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    if found is None:
+        console.print(f"[red]no wallet {account_id}[/red]")
+        raise typer.Exit(1)
+    if as_csv:
+        print(reads.statement_csv(found), end="")
+    elif as_json:
+        print(
+            json.dumps(
+                {
+                    "account_id": str(found.account_id),
+                    "currency": found.currency,
+                    "from": found.start.isoformat(),
+                    "to": found.end.isoformat(),
+                    "opening_balance": found.opening_balance,
+                    "closing_balance": found.closing_balance,
+                    "total_in": found.total_in,
+                    "total_out": found.total_out,
+                    "entries": [_line_json(line) for line in found.lines],
+                }
+            )
+        )
+    else:
+        console.print(
+            f"statement of {found.account_id} ({found.currency}), "
+            f"{found.start.isoformat()} to {found.end.isoformat()}"
+        )
+        console.print(f"opening balance {found.opening_balance:,}")
+        console.print(_entries_table(found.lines))
+        console.print(
+            f"in {found.total_in:,}, out {found.total_out:,}, "
+            f"closing balance {found.closing_balance:,}"
+        )
 
 
 @accounts_app.command("list")

@@ -145,6 +145,27 @@ def worker(
         tracing.shutdown()
 
 
+def api() -> None:
+    """Run the read API (balances, history, statements, command outcomes over HTTP) until
+    SIGTERM; stateless, read-only, as many replicas as needed."""
+    from ledgerflow.api.app import asgi_app  # noqa: PLC0415 (FastAPI only for this command)
+
+    settings = Settings()
+    port = checked_http_port(settings, "api")
+    configure_logging(settings, "ledgerflow-api")
+    try:
+        uvicorn.run(
+            asgi_app(settings),
+            host=settings.http_host,
+            port=port,
+            log_level="warning",
+            log_config=None,
+            lifespan="on",
+        )
+    finally:
+        tracing.shutdown()
+
+
 def relay() -> None:
     """Run the outbox relay until SIGTERM (one is active; others wait as standbys)."""
     settings = Settings()

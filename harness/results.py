@@ -106,6 +106,7 @@ class ResultCollector:
                 for record in records:
                     event = orjson.loads(record.value)
                     event["_key"] = record.key
+                    event["_value"] = record.value  # the bytes as published
                     event["_partition"] = record.partition
                     event["_headers"] = dict(record.headers)
                     event["_received"] = time.monotonic()

@@ -88,6 +88,7 @@ EXPIRY_ROUND_MAX = 500
 # DESIGN.md §5.1), a refund overtaking its payment (keyed by the payer, another partition).
 _NOT_RECORDED = frozenset({RejectReason.HOLD_NOT_FOUND.value, RejectReason.PAYMENT_NOT_FOUND.value})
 RESULT_SOURCE = "/ledgerflow"
+SUBJECT_CHARS_MAX = 255  # idempotency_records.subject, like customers.subject
 OUTBOX_CHANNEL = "ledgerflow_outbox"
 
 
@@ -298,9 +299,10 @@ async def _lock_book(
     wallets: dict[uuid.UUID, Wallet] = {}
     today: date | None = None
     now: datetime | None = None
+    posted_at: datetime | None = None
     if wallet_ids:
         rows = await conn.fetch(sql.LOCK_WALLETS, ",".join(map(str, wallet_ids)), writer.clock())
-        today, now = rows[0]["clock_day"], rows[0]["clock_now"]
+        today, now, posted_at = rows[0]["clock_day"], rows[0]["clock_now"], rows[0]["posted_at"]
         for row in rows:
             if row["id"] is None:
                 continue  # the clock's row: none of the wallets exists yet
@@ -359,6 +361,7 @@ async def _lock_book(
         cashouts=cashouts,
         today=today,
         now=now,
+        posted_at=posted_at,
         hold_expires_s=writer.hold_expires_s,
         default_fee=writer.default_fee,
         payments=payments,
@@ -574,9 +577,20 @@ def _decide(
     if isinstance(moved, MoneyMoved):
         entry_id = moved.entry_id
         writes.entries.append((entry_id, flow.name, cmd.idempotency_key, moved.out_day))
-        for seq, posting in enumerate(moved.postings):
+        assert book.posted_at is not None, "money moves only in a batch that locked its wallets"
+        for seq, (posting, after) in enumerate(
+            zip(moved.postings, moved.balances_after, strict=True)
+        ):
             writes.postings.append(
-                (entry_id, seq, posting.account_id, posting.currency, posting.amount)
+                (
+                    entry_id,
+                    seq,
+                    posting.account_id,
+                    posting.currency,
+                    posting.amount,
+                    book.posted_at,
+                    after,
+                )
             )
             writes.deltas[posting.account_id] = (
                 writes.deltas.get(posting.account_id, 0) + posting.amount
@@ -690,6 +704,7 @@ async def _answer_all(
                     p.topic,
                     p.event_uuid,
                     p.payload,
+                    _recorded_subject(p.item.subject),
                 )
             )
         writes.outbox.append((p.event_id, p.topic, p.message_key, p.payload, p.item.traceparent))
@@ -697,6 +712,12 @@ async def _answer_all(
             Outcome(flow.name, cmd.idempotency_key, p.kind, p.reason, p.event_id, p.topic)
         )
     return outcomes
+
+
+def _recorded_subject(subject: str | None) -> str | None:
+    """Who sent the command, as the read API shows its outcome to them; a subject past the
+    column's bound is left out (then only a `ledger:read` reader sees the outcome)."""
+    return subject if subject and len(subject) <= SUBJECT_CHARS_MAX else None
 
 
 def _type_of(p: _Pending) -> str:
@@ -949,6 +970,7 @@ async def _write_ledger(conn: asyncpg.Connection, w: _Writes, book: Book) -> Non
         book.today,
         column(book.outgoing_month),
         column(book.held),
+        book.posted_at,
     )
 
 

@@ -64,6 +64,25 @@ CHECKS: dict[str, tuple[str, str]] = {
         WHERE NOT EXISTS (SELECT 1 FROM balances x WHERE x.account_id = p.account_id)
         """,
     ),
+    "running_balances_match_postings": (
+        (
+            "each wallet posting's stored balance_after is the sum of the wallet's postings up "
+            "to it, in the order of its history (where release 0.1 stored none, reads sum)"
+        ),
+        """
+        SELECT account_id::text AS account_id, entry_id::text AS entry_id, balance_after,
+               running
+        FROM (
+            SELECT p.account_id, p.entry_id, p.balance_after,
+                   sum(p.amount) OVER (
+                       PARTITION BY p.account_id ORDER BY p.posted_at, p.id
+                   )::bigint AS running
+            FROM postings p JOIN accounts a ON a.id = p.account_id
+            WHERE a.kind = 'wallet'
+        ) h
+        WHERE balance_after IS NOT NULL AND balance_after <> running
+        """,
+    ),
     "currency_totals_zero": (
         "postings of each currency sum to zero",
         (

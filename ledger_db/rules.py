@@ -194,6 +194,9 @@ class MoneyMoved:
     balance_after: int
     # The day whose outgoing totals the wallet debit counted toward; None when no wallet is debited.
     out_day: date | None = None
+    # Per posting, the wallet's balance once it applied (the read side's running balance); None
+    # for a house account, whose balance is split over shards.
+    balances_after: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +277,9 @@ class Book:
     today: date | None = None
     # The clock's instant under the locks: when holds placed here expire from, and which expire.
     now: datetime | None = None
+    # When the batch's postings are posted: `now`, or the latest posting of a locked wallet when
+    # that is later (a clock that stepped back), so a wallet's history never goes back in time.
+    posted_at: datetime | None = None
     # LEDGERFLOW_HOLD_EXPIRES_S: a hold's life when its command does not say.
     hold_expires_s: int = 259_200
     # Merchants' fee schedules in force, by customer id; the default for those without one.
@@ -706,15 +712,19 @@ class Book:
     ) -> MoneyMoved:
         assert_balanced(postings)
         out_day: date | None = None
+        after: list[int | None] = []
         for posting in postings:
             wallet = self.wallets.get(posting.account_id)
-            if wallet is not None:
-                wallet.balance += posting.amount
-                assert wallet.available >= 0, "a wallet never spends what it holds"
-                if posting.amount < 0 and counts_outgoing:
-                    self._count_outgoing(wallet, -posting.amount)
-                    out_day = wallet.out_day
-        return MoneyMoved(new_journal_entry_id(), postings, first.balance, out_day)
+            if wallet is None:
+                after.append(None)
+                continue
+            wallet.balance += posting.amount
+            after.append(wallet.balance)
+            assert wallet.available >= 0, "a wallet never spends what it holds"
+            if posting.amount < 0 and counts_outgoing:
+                self._count_outgoing(wallet, -posting.amount)
+                out_day = wallet.out_day
+        return MoneyMoved(new_journal_entry_id(), postings, first.balance, out_day, tuple(after))
 
 
 def _cash_out_postings(cashout: CashOut, wallet_id: UUID) -> tuple[Posting, ...]:

@@ -18,7 +18,15 @@ CUSTOMER_PII_COLUMNS = (
 WALLET_ACCOUNT_COLUMNS = ("id", "kind", "currency", "customer_id")
 BALANCE_COLUMNS = ("account_id", "kind", "shard", "balance")
 ENTRY_COLUMNS = ("id", "flow", "idempotency_key", "out_day")
-POSTING_COLUMNS = ("entry_id", "seq", "account_id", "currency", "amount")
+POSTING_COLUMNS = (
+    "entry_id",
+    "seq",
+    "account_id",
+    "currency",
+    "amount",
+    "posted_at",
+    "balance_after",
+)
 IDEMPOTENCY_RECORD_COLUMNS = (
     "flow",
     "key",
@@ -30,6 +38,7 @@ IDEMPOTENCY_RECORD_COLUMNS = (
     "result_topic",
     "result_event_id",
     "result_payload",
+    "subject",
 )
 OUTBOX_COLUMNS = ("event_id", "topic", "key", "payload", "traceparent")
 
@@ -62,7 +71,7 @@ FROM keying LEFT JOIN (
 LOCK_WALLETS = """
 WITH locked AS MATERIALIZED (
     SELECT a.id, a.currency, a.status, c.tier, c.subject, c.kind, a.customer_id, b.balance,
-           b.held, b.out_day, b.out_day_total, b.out_month, b.out_month_total
+           b.held, b.out_day, b.out_day_total, b.out_month, b.out_month_total, b.last_posted_at
     FROM unnest(string_to_array($1, ',')::uuid[]) AS w(id)
     JOIN balances b ON b.account_id = w.id AND b.shard = 0
     JOIN accounts a ON a.id = b.account_id
@@ -77,8 +86,9 @@ clock AS MATERIALIZED (
          LATERAL (SELECT coalesce($2::timestamptz, clock_timestamp()) AS at) AS now
     WHERE every_row_locked.n >= 0
 )
-SELECT clock.day AS clock_day, clock.at AS clock_now, l.id, l.currency, l.status, l.tier,
-       l.subject, l.kind, l.customer_id, l.balance, l.held,
+SELECT clock.day AS clock_day, clock.at AS clock_now,
+       greatest(clock.at, max(l.last_posted_at) OVER ()) AS posted_at,
+       l.id, l.currency, l.status, l.tier, l.subject, l.kind, l.customer_id, l.balance, l.held,
        greatest(l.out_day, clock.day) AS out_day,
        CASE WHEN l.out_day >= clock.day THEN l.out_day_total ELSE 0 END AS out_today,
        CASE WHEN l.out_month >= date_trunc('month', clock.day)::date
@@ -133,7 +143,8 @@ UPDATE balances b SET
                            WHEN b.out_month >= t.month THEN b.out_month_total + d.out_m
                            ELSE d.out_m END,
     out_month = CASE WHEN d.out = 0 AND d.out_m = 0 THEN b.out_month
-                     ELSE greatest(b.out_month, t.month) END
+                     ELSE greatest(b.out_month, t.month) END,
+    last_posted_at = greatest(b.last_posted_at, $8::timestamptz)
 FROM unnest(
     string_to_array($1, ',')::uuid[],
     string_to_array($2, ',')::smallint[],

@@ -74,6 +74,8 @@ async def create_pool(
     dsn: str,
     *,
     size_max: int = 4,
+    size_min: int = 1,
+    read_only: bool = False,
     statement_timeout_ms: int = 30_000,
     lock_timeout_ms: int = 5_000,
     idle_in_transaction_timeout_ms: int = 10_000,
@@ -86,9 +88,11 @@ async def create_pool(
     """
     pool = await asyncpg.create_pool(
         dsn,
-        min_size=1,
+        min_size=size_min,
         max_size=size_max,
         server_settings={
+            # Defence in depth for readers: the role cannot write, nor can its transactions.
+            **({"default_transaction_read_only": "on"} if read_only else {}),
             "statement_timeout": str(statement_timeout_ms),
             "lock_timeout": str(lock_timeout_ms),
             "idle_in_transaction_session_timeout": str(idle_in_transaction_timeout_ms),

@@ -40,7 +40,8 @@ extra = [t for t in top if t != "ledgerflow" and not t.endswith(".dist-info")]
 if extra or "ledgerflow" not in top:
     sys.exit(f"the wheel's top level must be ledgerflow and its dist-info only, not {top}")
 for needed in ("ledgerflow/py.typed", "ledgerflow/ledger_db/migrations/", "ledgerflow/stack/kafka/pom.xml",
-               "ledgerflow/contracts/iso4217.txt", "ledgerflow/testkit/plugin.py"):
+               "ledgerflow/contracts/iso4217.txt", "ledgerflow/testkit/plugin.py",
+               "ledgerflow/api/app.py"):
     if not any(name.startswith(needed) for name in names):
         sys.exit(f"the wheel lacks {needed}")
 print(f"wheel top level: {', '.join(top)} ({len(names)} files)")

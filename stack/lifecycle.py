@@ -37,6 +37,7 @@ class StackEndpoints:
     admin_database_url: str = field(repr=False)  # superuser `postgres`, database `postgres`
     owner_database_url: str = field(repr=False)  # `ledgerflow_owner`: migrations
     app_database_url: str = field(repr=False)  # `ledgerflow_app`: workers, owns nothing
+    reader_database_url: str = field(repr=False)  # `ledgerflow_reader`: the read API, SELECT only
     kafka_bootstrap_servers: str
 
 
@@ -78,6 +79,7 @@ def endpoints(settings: StackSettings | None = None) -> StackEndpoints:
         admin_database_url=postgres.admin_url(s),
         owner_database_url=postgres.owner_url(s),
         app_database_url=postgres.app_url(s),
+        reader_database_url=postgres.reader_url(s),
         kafka_bootstrap_servers=s.kafka_bootstrap_servers,
     )
 
@@ -244,6 +246,7 @@ def env_vars(
     values = {
         "LEDGERFLOW_DATABASE_URL": shown(e.app_database_url),
         "LEDGERFLOW_MIGRATION_DATABASE_URL": shown(e.owner_database_url),
+        "LEDGERFLOW_READ_DATABASE_URL": shown(e.reader_database_url),
         "LEDGERFLOW_KAFKA_BOOTSTRAP_SERVERS": e.kafka_bootstrap_servers,
     }
     if s.secure:

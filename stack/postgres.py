@@ -51,6 +51,8 @@ from ledgerflow.stack.settings import (
     DATABASE_NAME,
     OWNER_PASSWORD,
     OWNER_ROLE,
+    READER_PASSWORD,
+    READER_ROLE,
     SUPERUSER,
     SUPERUSER_PASSWORD,
 )
@@ -176,6 +178,10 @@ def owner_url(settings: StackSettings) -> str:
 
 def app_url(settings: StackSettings) -> str:
     return url(settings, APP_ROLE, APP_PASSWORD.get_secret_value())
+
+
+def reader_url(settings: StackSettings) -> str:
+    return url(settings, READER_ROLE, READER_PASSWORD.get_secret_value())
 
 
 def _server_env() -> dict[str, str]:
@@ -359,7 +365,7 @@ def _quote_literal(value: str) -> str:
 
 
 async def ensure_roles(conn: asyncpg.Connection) -> None:
-    """Create or repair the owner and app roles (idempotent; safe from concurrent callers).
+    """Create or repair the owner, app and reader roles (idempotent; safe from concurrent callers).
 
     The owner migrates and owns the ledger; the app role owns nothing, so grants and revokes
     actually bind it (a table's owner keeps its rights whatever is revoked).
@@ -369,6 +375,7 @@ async def ensure_roles(conn: asyncpg.Connection) -> None:
         for role, password, options in (
             (OWNER_ROLE, OWNER_PASSWORD, "LOGIN CREATEDB NOCREATEROLE NOSUPERUSER"),
             (APP_ROLE, APP_PASSWORD, "LOGIN NOCREATEDB NOCREATEROLE NOSUPERUSER"),
+            (READER_ROLE, READER_PASSWORD, "LOGIN NOCREATEDB NOCREATEROLE NOSUPERUSER"),
         ):
             exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
             verb = "ALTER" if exists else "CREATE"

@@ -21,10 +21,12 @@ DATABASE_NAME = "ledgerflow"
 SUPERUSER = "postgres"
 OWNER_ROLE = "ledgerflow_owner"
 APP_ROLE = "ledgerflow_app"
+READER_ROLE = "ledgerflow_reader"  # the read API: SELECT only, no personal data
 # Fixed local passwords: the roles exist only on a loopback-only cluster that this tool creates.
 SUPERUSER_PASSWORD = SecretStr("postgres")
 OWNER_PASSWORD = SecretStr("ledgerflow_owner")
 APP_PASSWORD = SecretStr("ledgerflow_app")
+READER_PASSWORD = SecretStr("ledgerflow_reader")
 
 
 def find_repo_root(start: Path | None = None) -> Path:

@@ -22,6 +22,8 @@ from ledgerflow.stack.settings import (
     APP_ROLE,
     OWNER_PASSWORD,
     OWNER_ROLE,
+    READER_PASSWORD,
+    READER_ROLE,
     SUPERUSER,
     SUPERUSER_PASSWORD,
 )
@@ -115,7 +117,7 @@ def kafka_container(network: Any = None) -> tuple[Any, str]:
 
 
 def _create_roles(admin_url: str) -> None:
-    """The two roles and the database `ledgerflow migrate` expects (as the compose initdb)."""
+    """The three roles and the database `ledgerflow migrate` expects (as the compose initdb)."""
     import asyncio  # noqa: PLC0415
 
     import asyncpg  # noqa: PLC0415
@@ -123,7 +125,11 @@ def _create_roles(admin_url: str) -> None:
     async def create() -> None:
         conn = await asyncpg.connect(admin_url, timeout=30)
         try:
-            for role, password in ((OWNER_ROLE, OWNER_PASSWORD), (APP_ROLE, APP_PASSWORD)):
+            for role, password in (
+                (OWNER_ROLE, OWNER_PASSWORD),
+                (APP_ROLE, APP_PASSWORD),
+                (READER_ROLE, READER_PASSWORD),
+            ):
                 secret = password.get_secret_value().replace("'", "''")
                 await conn.execute(
                     f"CREATE ROLE {role} LOGIN NOCREATEDB NOCREATEROLE NOSUPERUSER "

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from aiokafka import AIOKafkaProducer
 
 from ledgerflow.harness.identity import Issuer, Signer
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 COMMAND_PARTITIONS = 6
 SEND_TIMEOUT_S = 30.0
+API_TIMEOUT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -57,6 +59,27 @@ class Pipeline:
     extra: list[ManagedProcess] = field(default_factory=list)
     # Signs every command `send` publishes (None: the workers run with auth off).
     signer: Signer | None = None
+    # `ledgerflow api` on the pipeline's database, when it was asked for.
+    api: ManagedProcess | None = None
+
+    async def get(
+        self,
+        path: str,
+        *,
+        as_subject: str | None = None,
+        scope: str | None = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> httpx.Response:
+        """GET `path` from the read API, as `as_subject` (with `scope`), or unauthenticated
+        when neither is given. Signed by the pipeline's identity provider."""
+        assert self.api is not None, "running_pipeline(api=True) starts the read API"
+        sent = dict(headers or {})
+        if self.signer is not None and (as_subject is not None or scope is not None):
+            subject = as_subject or "ledgerflow-reader"
+            sent["authorization"] = self.signer.issuer.bearer(subject, scope=scope)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.api.port}") as client:
+            return await client.get(path, headers=sent, params=params, timeout=API_TIMEOUT_S)
 
     @property
     def worker(self) -> ManagedProcess:
@@ -119,10 +142,12 @@ async def running_pipeline(
     workers: int = 1,
     worker_args: tuple[str, ...] = ("worker", "all"),
     signed: bool = False,
+    api: bool = False,
     **settings: str,
 ) -> AsyncIterator[Pipeline]:
-    """A database and topics of its own, `workers` worker processes and one relay. `signed`:
-    authentication required, trusting an issuer of the pipeline's own that signs `send`."""
+    """A database and topics of its own, `workers` worker processes and one relay, and the read
+    API if `api`. `signed`: authentication required, trusting an issuer of the pipeline's own
+    that signs `send`."""
     db = await create_test_database(postgres, template)
     prefix = unique_prefix()
     processes: list[ManagedProcess] = []
@@ -137,10 +162,19 @@ async def running_pipeline(
         trusted = {"auth_mode": "off"}
         if signer is not None:
             trusted = signer.issuer.settings(log_dir / "jwks.json")
-        env = ledgerflow_env(db.app_url, kafka.bootstrap_servers, prefix, **(trusted | settings))
+        env = ledgerflow_env(
+            db.app_url,
+            kafka.bootstrap_servers,
+            prefix,
+            **({"read_database_url": db.reader_url} | trusted | settings),
+        )
         processes.extend(start_process(list(worker_args), env, log_dir) for _ in range(workers))
+        worker_processes = list(processes)
         relay = start_process(["relay"], env, log_dir)
         processes.append(relay)
+        reader = start_process(["api"], env, log_dir) if api else None
+        if reader is not None:
+            processes.append(reader)
         producer = AIOKafkaProducer(
             bootstrap_servers=kafka.bootstrap_servers, enable_idempotence=True
         )
@@ -153,12 +187,13 @@ async def running_pipeline(
                 prefix,
                 kafka.bootstrap_servers,
                 env,
-                processes[:-1],
+                worker_processes,
                 relay,
                 producer,
                 results,
                 log_dir,
                 signer=signer,
+                api=reader,
             )
             try:
                 yield pipeline

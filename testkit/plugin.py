@@ -52,6 +52,8 @@ from ledgerflow.stack.settings import (
     APP_ROLE,
     OWNER_PASSWORD,
     OWNER_ROLE,
+    READER_PASSWORD,
+    READER_ROLE,
     SUPERUSER,
 )
 from ledgerflow.testkit.containers import (
@@ -108,6 +110,7 @@ class IsolatedDatabase:
     admin_url: str = field(repr=False)  # superuser, connected to this database
     owner_url: str = field(repr=False)  # ledgerflow_owner: owns the schema (migrations)
     app_url: str = field(repr=False)  # ledgerflow_app: what workers use
+    reader_url: str = field(repr=False)  # ledgerflow_reader: what the read API uses
 
 
 def with_credentials(url: str, user: str, password: str, database: str) -> str:
@@ -334,6 +337,7 @@ async def create_test_database(server: PostgresServer, template: str) -> Isolate
         ),
         owner_url=server.url(OWNER_ROLE, OWNER_PASSWORD.get_secret_value(), name),
         app_url=server.url(APP_ROLE, APP_PASSWORD.get_secret_value(), name),
+        reader_url=server.url(READER_ROLE, READER_PASSWORD.get_secret_value(), name),
     )
 
 
@@ -582,12 +586,13 @@ async def ledgerflow_pipeline(
     postgres: PostgresServer, kafka: KafkaServer, ledgerflow_db_template: str, tmp_path: Path
 ) -> AsyncIterator[Any]:
     """A running Ledgerflow of the test's own: a database and topics, a worker for every flow,
-    the relay, and authentication on with an identity provider of its own that signs every
-    command. `await p.send(command)` returns the result event (a `testkit.pipeline.Pipeline`)."""
+    the relay, the read API, and authentication on with an identity provider of its own that
+    signs every command. `await p.send(command)` returns the result event, `await p.get(path)`
+    asks the read API (a `testkit.pipeline.Pipeline`)."""
     # Imported here: the pipeline module builds on this one's helpers.
     from ledgerflow.testkit.pipeline import running_pipeline  # noqa: PLC0415
 
     async with running_pipeline(
-        postgres, kafka, ledgerflow_db_template, tmp_path / "ledgerflow", signed=True
+        postgres, kafka, ledgerflow_db_template, tmp_path / "ledgerflow", signed=True, api=True
     ) as pipeline:
         yield pipeline

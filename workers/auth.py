@@ -208,7 +208,22 @@ class Authenticator:
         await self.keys.refresh_for(kids)
 
     def verify(self, authorization: str | None, command: ValidCommand) -> Principal | Refusal:
-        """Raises `IdentityProviderUnavailable` when the keys to judge the token are missing."""
+        """May `authorization` send `command`? Raises `IdentityProviderUnavailable` when the
+        keys to judge the token are missing."""
+        claims = self._claims(authorization)
+        if isinstance(claims, Refusal):
+            return claims
+        return self._authorize(claims, command)
+
+    def authenticate(self, authorization: str | None) -> Principal | Refusal:
+        """Who reads (the read API): the token's signature, issuer, audience and times, no
+        command to bind. Raises `IdentityProviderUnavailable` like `verify`."""
+        claims = self._claims(authorization)
+        if isinstance(claims, Refusal):
+            return claims
+        return Principal(str(claims["sub"]), _scopes(claims))
+
+    def _claims(self, authorization: str | None) -> dict[str, Any] | Refusal:
         if not authorization:
             return Refusal("no authorization header")
         token = _bearer_token(authorization)
@@ -225,7 +240,7 @@ class Authenticator:
             if len(self._verified) >= VERIFIED_TOKENS_MAX:
                 self._verified.clear()
             self._verified[token] = claims
-        return self._authorize(claims, command)
+        return claims
 
     def _verify_signature(self, token: str) -> dict[str, Any] | Refusal:
         try:
@@ -261,13 +276,17 @@ class Authenticator:
         bound = claims.get(DATA_HASH_CLAIM)
         if bound is not None and bound != command.content_hash.hex():
             return Refusal("token is bound to other command data")
-        scopes = frozenset(str(claims.get("scope", "")).split())
+        scopes = _scopes(claims)
         needed = SERVICE_SCOPES.get(command.flow.name)
         if needed is not None and needed not in scopes:
             return Refusal(
                 f"{command.flow.command_topic} needs a service token with scope {needed}"
             )
         return Principal(str(claims["sub"]), scopes)
+
+
+def _scopes(claims: dict[str, Any]) -> frozenset[str]:
+    return frozenset(str(claims.get("scope", "")).split())
 
 
 def _bearer_token(authorization: str | None) -> str | None:

@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from ledgerflow.ledger_db.content_hash import DEV_CONTENT_HASH_KEY_TEXT, ContentHashKey
+from ledgerflow.ledger_db.cursor import DEV_CURSOR_KEY_TEXT
 from ledgerflow.ledger_db.pii import DEV_INDEX_KEY, DEV_KEY_ID, DEV_KEYRING, PiiVault
 from ledgerflow.workers.auth import JWKS_CACHE_S, JWKS_REFRESH_MIN_S, AuthMode
 from ledgerflow.workers.kafka_security import check_kafka_security
@@ -35,7 +36,7 @@ DEFAULT_KAFKA_PORT = 59092
 DEFAULT_HTTP_PORTS: dict[str, int] = {
     "worker": 8080,  # `ledgerflow worker all`
     "relay": 8081,
-    "api": 8082,  # reserved for the HTTP read API
+    "api": 8082,  # the read API
     "worker-onboarding": 8083,
     "worker-cashin": 8084,
     "worker-transfer": 8085,
@@ -57,6 +58,10 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap_servers: str = f"127.0.0.1:{DEFAULT_KAFKA_PORT}"
     topic_prefix: str = ""
+    # The read API's role: SELECT on the ledger, no personal data; may point to a hot standby.
+    read_database_url: SecretStr = SecretStr(
+        f"postgresql://ledgerflow_reader:ledgerflow_reader@127.0.0.1:{DEFAULT_POSTGRES_PORT}/ledgerflow"
+    )
 
     # Transport security (docs/security.md, "Transport: Kafka and PostgreSQL"). The defaults
     # (PLAINTEXT, no TLS) suit only the loopback embedded stack. Every SecretStr may instead be
@@ -162,6 +167,13 @@ class Settings(BaseSettings):
     merchant_fee_bps: int = Field(default=150, ge=0, le=10_000)
     merchant_fee_fixed: int = Field(default=0, ge=0, le=10**15)
 
+    # The read API (`ledgerflow api`, DESIGN.md §6). Its cursors are signed with this key (url-safe
+    # base64 of 32+ bytes; the default is public), so a client can neither forge nor alter one;
+    # every replica needs the same key. Page and statement bounds are in ledger_db/reads.py.
+    api_cursor_key: SecretStr = SecretStr(DEV_CURSOR_KEY_TEXT)
+    api_db_pool_size_max: int = Field(default=8, ge=1, le=64)
+    api_statement_timeout_ms: int = Field(default=5_000, ge=100, le=60_000)
+
     # HTTP (/metrics, /healthz, /readyz). No port: the process kind's own (DEFAULT_HTTP_PORTS).
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(default=None, ge=0, le=65535)
@@ -195,6 +207,7 @@ class Settings(BaseSettings):
         }
         self.database_url = with_query(self.database_url, tls)
         self.migration_database_url = with_query(self.migration_database_url, tls)
+        self.read_database_url = with_query(self.read_database_url, tls)
         return self
 
 

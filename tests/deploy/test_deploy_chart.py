@@ -73,6 +73,23 @@ def workloads(rendered: Rendered) -> list[dict[str, Any]]:
     return [o for o in rendered.objects if o["kind"] in WORKLOAD_KINDS]
 
 
+def component_of(obj: dict[str, Any]) -> str:
+    component: str = obj["metadata"]["labels"]["app.kubernetes.io/component"]
+    return component
+
+
+def is_api(obj: dict[str, Any]) -> bool:
+    return component_of(obj) == "api"
+
+
+def worker_hpas(rendered: Rendered) -> list[dict[str, Any]]:
+    return [
+        h
+        for h in rendered.of_kind("HorizontalPodAutoscaler")
+        if component_of(h).startswith("worker-")
+    ]
+
+
 def values(*files: str) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for name in files:
@@ -216,7 +233,7 @@ def test_autoscaled_deployments_leave_replicas_to_the_autoscaler(rendered: Rende
 
 def test_hpa_mode_renders_hpas_within_the_partitions(rendered_hpa: Rendered) -> None:
     assert not rendered_hpa.of_kind("ScaledObject")
-    hpas = rendered_hpa.of_kind("HorizontalPodAutoscaler")
+    hpas = worker_hpas(rendered_hpa)
     assert len(hpas) == len(COMMAND_TOPICS)
     partitions = values("values.yaml", "values-production.yaml")["kafka"]["partitions"]["command"]
     for hpa in hpas:
@@ -224,8 +241,9 @@ def test_hpa_mode_renders_hpas_within_the_partitions(rendered_hpa: Rendered) -> 
 
 
 def test_fixed_mode_has_no_autoscaler(rendered_fixed: Rendered) -> None:
+    """autoscaling.mode is the workers'; the read API's HPA has its own switch."""
     assert not rendered_fixed.of_kind("ScaledObject")
-    assert not rendered_fixed.of_kind("HorizontalPodAutoscaler")
+    assert not worker_hpas(rendered_fixed)
     for deployment in workers_of(rendered_fixed).values():
         assert deployment["spec"]["replicas"] >= 1
 
@@ -241,6 +259,18 @@ def test_fixed_mode_has_no_autoscaler(rendered_fixed: Rendered) -> None:
         (["--set", "database.existingSecret="], "existingSecret"),
         (["--set", "workers.payroll.enabled=true"], "payroll"),
         (["--set", "autoscaling.mode=none", "--set", "workers.cashin.replicas=9"], "replicas"),
+        (["--set", "api.autoscaling.minReplicas=7"], "api.autoscaling.minReplicas exceeds"),
+        (["--set", "api.readDatabase.existingSecret="], "readDatabase"),
+        (["--set", "api.cursorKey.existingSecret="], "cursorKey"),
+        (
+            [
+                "--set",
+                "api.podDisruptionBudget.minAvailable=1",
+                "--set",
+                "api.podDisruptionBudget.maxUnavailable=1",
+            ],
+            "podDisruptionBudget",
+        ),
     ],
 )
 def test_unsafe_values_are_refused(helm: Path, override: list[str], message: str) -> None:
@@ -343,6 +373,8 @@ def _existing_secret_names(settings: dict[str, Any]) -> set[str]:
         settings["pii"]["existingSecret"],
         settings["kafka"]["security"]["saslPasswordSecret"],
         settings["kafka"]["security"]["tlsSecret"],
+        settings["api"]["readDatabase"]["existingSecret"],
+        settings["api"]["cursorKey"]["existingSecret"],
     }
     return names - {""}
 
@@ -389,10 +421,15 @@ def test_production_encrypts_transport(rendered_production: Rendered) -> None:
     for workload in workloads(rendered_production):
         for container in containers(workload):
             env = env_of(container)
-            assert env["LEDGERFLOW_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
             assert env["LEDGERFLOW_DATABASE_SSLMODE"]["value"] == "verify-full"
             mounts = {m["mountPath"] for m in container["volumeMounts"]}
-            for variable in ("LEDGERFLOW_KAFKA_SSL_CAFILE", "LEDGERFLOW_DATABASE_SSL_ROOT_CERT"):
+            variables = ["LEDGERFLOW_DATABASE_SSL_ROOT_CERT"]
+            if is_api(workload):  # no Kafka at all: test_api_holds_no_kafka_setting_or_credential
+                assert not [name for name in env if "KAFKA" in name]
+            else:
+                assert env["LEDGERFLOW_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+                variables.append("LEDGERFLOW_KAFKA_SSL_CAFILE")
+            for variable in variables:
                 assert str(Path(env[variable]["value"]).parent) in mounts, variable
     for scaled_object in rendered_production.of_kind("ScaledObject"):
         assert scaled_object["spec"]["triggers"][0]["authenticationRef"]["name"]
@@ -445,6 +482,8 @@ def test_migration_keys_content_hashes_only_when_asked(helm: Path) -> None:
 def test_replication_factor(rendered_default: Rendered, rendered_production: Rendered) -> None:
     for rendered, expected in ((rendered_default, "1"), (rendered_production, "3")):
         for workload in workloads(rendered):
+            if is_api(workload):  # creates no topic, reads none
+                continue
             for container in containers(workload):
                 assert env_of(container)["LEDGERFLOW_REPLICATION_FACTOR"]["value"] == expected
 
@@ -495,15 +534,29 @@ def test_pod_monitor_scrapes_workers_and_relay_on_their_metrics_port(rendered: R
         assert endpoint["port"] in {p["name"] for p in container["ports"]}
 
 
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, In/NotIn expressions) against pod labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        inside = labels.get(expression["key"]) in expression["values"]
+        if inside != (expression["operator"] == "In"):
+            return False
+    return True
+
+
 def test_network_policy_covers_every_pod_and_allows_only_what_they_use(
     rendered: Rendered,
 ) -> None:
-    (policy,) = rendered.of_kind("NetworkPolicy")
-    spec = policy["spec"]
-    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    policies = rendered.of_kind("NetworkPolicy")
+    for policy in policies:
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    # Every pod is fenced by exactly one policy (the api's own, or the release's).
     for workload in workloads(rendered):
         labels = workload["spec"]["template"]["metadata"]["labels"]
-        assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+        covering = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
+        assert len(covering) == 1, (workload["metadata"]["name"], len(covering))
+    spec = rendered.named("NetworkPolicy", "ledgerflow")["spec"]
     (ingress,) = spec["ingress"]
     assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
     egress_ports = {p["port"] for rule in spec["egress"] for p in rule["ports"]}
@@ -521,6 +574,204 @@ def test_production_monitoring_objects(rendered_production: Rendered) -> None:
     (dashboard,) = rendered_production.of_kind("ConfigMap")
     assert json.loads(dashboard["data"]["ledgerflow.json"]) == json.loads(DASHBOARD.read_text())
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+# --- the read API -----------------------------------------------------------------------------
+
+API_NAME = "ledgerflow-api"
+API_PORT = 8082
+
+
+def api_container(rendered: Rendered) -> dict[str, Any]:
+    (container,) = pod_spec(rendered.named("Deployment", API_NAME))["containers"]
+    return container
+
+
+@pytest.mark.parametrize("scenario", ["default", "production"])
+def test_api_renders_a_deployment_service_hpa_and_budget(
+    request: pytest.FixtureRequest, scenario: str
+) -> None:
+    rendered: Rendered = request.getfixturevalue(f"rendered_{scenario}")
+    files = ["values.yaml"] + (["values-production.yaml"] if scenario == "production" else [])
+    settings = values(*files)["api"]
+    deployment = rendered.named("Deployment", API_NAME)
+    own = deployment["spec"]["selector"]["matchLabels"]
+    assert own["app.kubernetes.io/component"] == "api"
+    assert own.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    container = api_container(rendered)
+    assert container["args"] == ["api"]
+    relay = pod_spec(rendered.named("Deployment", "ledgerflow-relay"))["containers"][0]
+    assert container["image"] == relay["image"], "the same image as every process"
+    # Stateless: surge first, never fewer ready pods during a rollout.
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+    # Probes on the port the process listens on, which the Service forwards to.
+    env = env_of(container)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == int(env["LEDGERFLOW_HTTP_PORT"]["value"])
+    assert env["LEDGERFLOW_HTTP_HOST"]["value"] == "0.0.0.0"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert container["resources"] == settings["resources"]
+
+    service = rendered.named("Service", API_NAME)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"] == own
+    (port,) = service["spec"]["ports"]
+    assert port == {"name": "http", "port": API_PORT, "targetPort": "http", "protocol": "TCP"}
+
+    hpa = rendered.named("HorizontalPodAutoscaler", API_NAME)
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": API_NAME,
+    }
+    assert hpa["spec"]["minReplicas"] == settings["autoscaling"]["minReplicas"] >= 2
+    assert hpa["spec"]["maxReplicas"] == settings["autoscaling"]["maxReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"] == {
+        "type": "Utilization",
+        "averageUtilization": settings["autoscaling"]["targetCPUUtilizationPercentage"],
+    }
+    assert "replicas" not in deployment["spec"], "replicas are the HPA's"
+
+    budget = rendered.named("PodDisruptionBudget", API_NAME)
+    assert budget["spec"]["selector"]["matchLabels"] == own
+    assert budget["spec"]["maxUnavailable"] == 1
+    if scenario == "production":
+        assert hpa["spec"]["minReplicas"] >= 3, "one replica per zone"
+
+
+def test_api_pods_are_restricted_like_the_relay(rendered: Rendered) -> None:
+    api = rendered.named("Deployment", API_NAME)
+    relay = rendered.named("Deployment", "ledgerflow-relay")
+    for key in ("securityContext", "automountServiceAccountToken", "serviceAccountName"):
+        assert pod_spec(api)[key] == pod_spec(relay)[key], key
+    assert pod_spec(api)["automountServiceAccountToken"] is False
+    (container,) = pod_spec(api)["containers"]
+    security = container["securityContext"]
+    assert security == pod_spec(relay)["containers"][0]["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+@pytest.mark.parametrize("scenario", ["default", "production"])
+def test_api_reads_with_the_reader_role_and_its_secrets(
+    request: pytest.FixtureRequest, scenario: str
+) -> None:
+    rendered: Rendered = request.getfixturevalue(f"rendered_{scenario}")
+    files = ["values.yaml"] + (["values-production.yaml"] if scenario == "production" else [])
+    settings = values(*files)
+    env = env_of(api_container(rendered))
+    read = env["LEDGERFLOW_READ_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert read == {
+        "name": settings["api"]["readDatabase"]["existingSecret"],
+        "key": settings["api"]["readDatabase"]["urlKey"],
+    }
+    cursor = env["LEDGERFLOW_API_CURSOR_KEY"]["valueFrom"]["secretKeyRef"]
+    assert cursor == {
+        "name": settings["api"]["cursorKey"]["existingSecret"],
+        "key": settings["api"]["cursorKey"]["key"],
+    }
+    assert env["LEDGERFLOW_API_DB_POOL_SIZE_MAX"]["value"] == str(settings["api"]["dbPoolSizeMax"])
+    # The same identity provider as the workers.
+    assert env["LEDGERFLOW_AUTH_MODE"]["value"] == "required"
+    assert env["LEDGERFLOW_AUTH_JWKS_URL"]["value"] == settings["auth"]["jwksUrl"]
+    assert env["LEDGERFLOW_AUTH_ISSUER"]["value"] == settings["auth"]["issuer"]
+    assert env["LEDGERFLOW_AUTH_AUDIENCE"]["value"] == settings["auth"]["audience"]
+    # Nothing it does not need: no writing role, no owner role, no personal-data keys.
+    for name in (
+        "LEDGERFLOW_DATABASE_URL",
+        "LEDGERFLOW_MIGRATION_DATABASE_URL",
+        "LEDGERFLOW_PII_KEYS",
+        "LEDGERFLOW_PII_INDEX_KEY",
+        "LEDGERFLOW_CONTENT_HASH_KEY",
+    ):
+        assert name not in env, name
+
+
+def test_api_holds_no_kafka_setting_or_credential(helm: Path) -> None:
+    """Even with Kafka over mutual TLS and SASL, the api gets no Kafka variable, Secret or file."""
+    rendered = helm_template(
+        helm,
+        "--values",
+        str(CHART / "values-production.yaml"),
+        "--set",
+        "kafka.security.mutualTls=true",
+    )
+    container = api_container(rendered)
+    assert not [name for name in env_of(container) if "KAFKA" in name]
+    volumes = pod_spec(rendered.named("Deployment", API_NAME))["volumes"]
+    secrets = {v["secret"]["secretName"] for v in volumes if "secret" in v}
+    assert secrets == {"ledgerflow-database-ca"}, "the database CA only"
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"/tmp", "/etc/ledgerflow/database-tls"}
+    # The workers still get theirs.
+    worker = pod_spec(workers_of(rendered)["transfer"])["containers"][0]
+    assert "/etc/ledgerflow/kafka-tls" in {m["mountPath"] for m in worker["volumeMounts"]}
+    assert "LEDGERFLOW_KAFKA_SASL_PASSWORD" in env_of(worker)
+
+
+def test_api_without_autoscaling_runs_fixed_replicas(helm: Path) -> None:
+    rendered = helm_template(
+        helm, "--set", "api.autoscaling.enabled=false", "--set", "api.replicas=4"
+    )
+    assert rendered.named("Deployment", API_NAME)["spec"]["replicas"] == 4
+    assert not [h for h in rendered.of_kind("HorizontalPodAutoscaler") if is_api(h)]
+
+
+def test_api_budget_may_use_min_available(helm: Path) -> None:
+    rendered = helm_template(helm, "--set", "api.podDisruptionBudget.minAvailable=1")
+    spec = rendered.named("PodDisruptionBudget", API_NAME)["spec"]
+    assert spec["minAvailable"] == 1
+    assert "maxUnavailable" not in spec
+    # The workers' budgets keep the global setting.
+    relay = rendered.named("PodDisruptionBudget", "ledgerflow-relay")["spec"]
+    assert relay["maxUnavailable"] == 1
+
+
+def test_api_can_be_disabled(helm: Path) -> None:
+    rendered = helm_template(helm, "--set", "api.enabled=false")
+    assert not [o for o in rendered.objects if o["metadata"]["name"] == API_NAME]
+    assert len(workers_of(rendered)) == len(COMMAND_TOPICS)
+
+
+@pytest.mark.parametrize("scenario", ["default", "production"])
+def test_api_network_policy_lets_clients_in_and_reaches_no_kafka(
+    request: pytest.FixtureRequest, scenario: str
+) -> None:
+    rendered: Rendered = request.getfixturevalue(f"rendered_{scenario}")
+    files = ["values.yaml"] + (["values-production.yaml"] if scenario == "production" else [])
+    settings = values(*files)
+    spec = rendered.named("NetworkPolicy", API_NAME)["spec"]
+    labels = rendered.named("Deployment", API_NAME)["spec"]["template"]["metadata"]["labels"]
+    assert selects(spec["podSelector"], labels)
+    scrapes, clients = spec["ingress"]
+    for rule in (scrapes, clients):
+        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert scrapes["from"] == settings["networkPolicy"]["metricsFrom"]
+    assert clients["from"] == settings["api"]["networkPolicy"]["from"]
+    egress = {p["port"] for rule in spec["egress"] for p in rule["ports"]}
+    assert {53, 443} <= egress
+    assert set(settings["networkPolicy"]["egress"]["database"]["ports"]) <= egress
+    assert not egress & {9092, 9093}, "the api never talks to Kafka"
+    # The release's policy leaves the api pods to their own.
+    assert not selects(rendered.named("NetworkPolicy", "ledgerflow")["spec"]["podSelector"], labels)
+
+
+def test_api_network_policy_without_a_jwks_url_has_no_identity_provider_rule(
+    helm: Path,
+) -> None:
+    rendered = helm_template(helm, "--set", "auth.mode=off")
+    spec = rendered.named("NetworkPolicy", API_NAME)["spec"]
+    assert 443 not in {p["port"] for rule in spec["egress"] for p in rule["ports"]}
 
 
 # --- documentation ----------------------------------------------------------------------------

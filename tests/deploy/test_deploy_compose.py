@@ -30,6 +30,7 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 LEDGERFLOW_IMAGE = "ledgerflow:0.1.0"
 WORKERS = ("worker-onboarding", "worker-cashin", "worker-transfer", "worker-cashout")
 LONG_RUNNING = (*WORKERS, "relay")
+API = "api"  # the read API: long-running too, but no Kafka and only the reader role
 README_SECTION = "## Running with Docker Compose"
 
 
@@ -157,6 +158,51 @@ def test_postgres_init_creates_both_roles_before_migrations(
     assert "--host=127.0.0.1" in services["postgres"]["healthcheck"]["test"]
 
 
+def test_the_read_api_runs_with_the_reader_role_only(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    api = services[API]
+    assert api["image"] == LEDGERFLOW_IMAGE
+    assert api["build"]["context"] == "."
+    assert api["command"] == ["api"]
+    assert api["restart"] == "unless-stopped"
+    assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    env = api["environment"]
+    assert env["LEDGERFLOW_READ_DATABASE_URL"].startswith("postgresql://ledgerflow_reader:")
+    assert env["LEDGERFLOW_READ_DATABASE_URL"].endswith("@postgres:5432/ledgerflow")
+    # Neither the writing role nor the owner, and no Kafka.
+    for name in env:
+        assert name not in {"LEDGERFLOW_DATABASE_URL", "LEDGERFLOW_MIGRATION_DATABASE_URL"}, name
+        assert "KAFKA" not in name, name
+    assert env["LEDGERFLOW_HTTP_HOST"] == "0.0.0.0"
+    assert env["LEDGERFLOW_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+    check = " ".join(api["healthcheck"]["test"])
+    assert f"127.0.0.1:{env['LEDGERFLOW_HTTP_PORT']}/readyz" in check
+    # Published on the laptop's loopback only, as 8082 (the API's port outside a container).
+    assert api["ports"] == [f"127.0.0.1:8082:{env['LEDGERFLOW_HTTP_PORT']}"]
+    # The same restrictions as every Ledgerflow container.
+    assert api["user"] == "10001:10001"
+    assert api["read_only"] is True
+    assert api["tmpfs"] == ["/tmp"]
+    assert api["cap_drop"] == ["ALL"]
+    assert api["security_opt"] == ["no-new-privileges:true"]
+
+
+def test_postgres_init_creates_the_read_only_role(services: dict[str, dict[str, Any]]) -> None:
+    (mount,) = [v for v in services["postgres"]["volumes"] if "docker-entrypoint-initdb.d" in v]
+    source = REPO / mount.split(":")[0]
+    sql = "\n".join(p.read_text(encoding="utf-8") for p in sorted(source.glob("*.sql")))
+    (statement,) = re.findall(r"^CREATE ROLE ledgerflow_reader\b.*;$", sql, flags=re.MULTILINE)
+    for option in ("LOGIN", "NOCREATEDB", "NOCREATEROLE", "NOSUPERUSER"):
+        assert f" {option} " in statement, option
+    assert "PASSWORD :'reader_password'" in statement
+    assert r"\getenv reader_password LEDGERFLOW_READER_PASSWORD" in sql
+    # The password the api's URL uses is the one the role is created with.
+    password = services["postgres"]["environment"]["LEDGERFLOW_READER_PASSWORD"]
+    assert password == "${LEDGERFLOW_READER_PASSWORD:-ledgerflow_reader}"
+    assert f":{password}@" in services[API]["environment"]["LEDGERFLOW_READ_DATABASE_URL"]
+
+
 def test_every_bind_mounted_file_exists(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         for volume in service.get("volumes", []):
@@ -175,7 +221,7 @@ def test_prometheus_scrapes_every_process_and_loads_our_rules(
     config = load_yaml(config_file)
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "ledgerflow"]
     (discovery,) = job["dns_sd_configs"]
-    assert sorted(discovery["names"]) == sorted(LONG_RUNNING)
+    assert sorted(discovery["names"]) == sorted((*LONG_RUNNING, API))
     assert discovery["port"] == 8080
     assert config["rule_files"] == [f"rules/{ALERT_RULES.name}"]
     mounts = services["prometheus"]["volumes"]

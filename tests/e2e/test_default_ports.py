@@ -1,6 +1,6 @@
-"""`ledgerflow worker all` and `ledgerflow relay` side by side on one host with no HTTP settings,
-as a user following the README in two terminals; a third process on a taken port stops at once
-with one clear line and a non-zero exit (DESIGN §7)."""
+"""`ledgerflow worker all`, `ledgerflow relay` and `ledgerflow api` side by side on one host with
+no HTTP settings, as a user following the README in three terminals; a fourth process on a taken
+port stops at once with one clear line and a non-zero exit (DESIGN §7)."""
 
 from __future__ import annotations
 
@@ -40,11 +40,12 @@ def taken(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-async def test_worker_and_relay_share_a_host_with_no_settings(
+async def test_worker_relay_and_api_share_a_host_with_no_settings(
     postgres: Any, kafka: Any, ledgerflow_db_template: str, tmp_path: Path
 ) -> None:
     worker_port, relay_port = DEFAULT_HTTP_PORTS["worker"], DEFAULT_HTTP_PORTS["relay"]
-    busy = [p for p in (worker_port, relay_port) if taken(p)]
+    api_port = DEFAULT_HTTP_PORTS["api"]
+    busy = [p for p in (worker_port, relay_port, api_port) if taken(p)]
     if busy:
         pytest.skip(f"default ports {busy} are in use on this host by something else")
     db = await create_test_database(postgres, ledgerflow_db_template)
@@ -52,15 +53,25 @@ async def test_worker_and_relay_share_a_host_with_no_settings(
     processes: list[ManagedProcess] = []
     try:
         await ensure_topics(kafka.bootstrap_servers, topic_specs(prefix, 2, 2, 1), 1)
-        env = ledgerflow_env(db.app_url, kafka.bootstrap_servers, prefix, auth_mode="off")
+        env = ledgerflow_env(
+            db.app_url,
+            kafka.bootstrap_servers,
+            prefix,
+            auth_mode="off",
+            read_database_url=db.reader_url,
+        )
         assert not any(k.startswith("LEDGERFLOW_HTTP") for k in env)
         worker = start_process(["worker", "all"], env, tmp_path, default_port=worker_port)
         processes.append(worker)
         relay = start_process(["relay"], env, tmp_path, default_port=relay_port)
         processes.append(relay)
-        # Both answer readiness (start_process waited for 200); each on its own default.
+        api = start_process(["api"], env, tmp_path, default_port=api_port)
+        processes.append(api)
+        # All answer readiness (start_process waited for 200); each on its own default.
         assert worker.get("/readyz")[0] == 200
         assert relay.get("/readyz")[0] == 200
+        assert api.get("/readyz")[0] == 200
+        assert "ledgerflow_api_requests" in api.get("/metrics")[1]
         assert "ledgerflow_build_info" in worker.get("/metrics")[1]
 
         started = time.monotonic()
@@ -87,6 +98,7 @@ async def test_worker_and_relay_share_a_host_with_no_settings(
         # The others were not disturbed.
         assert worker.get("/readyz")[0] == 200
         assert relay.get("/readyz")[0] == 200
+        assert api.get("/readyz")[0] == 200
     finally:
         for process in processes:
             process.stop()

@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("cli", "contracts", "harness", "ledger_db", "stack", "testkit", "workers")
+PACKAGES = ("api", "cli", "contracts", "harness", "ledger_db", "stack", "testkit", "workers")
 
 
 def project_sources() -> list[Path]:
@@ -64,14 +64,26 @@ def imported_modules(folder: Path) -> set[tuple[str, str]]:
     return found
 
 
-def test_nothing_below_the_cli_imports_it() -> None:
-    """The CLI and the test kit both build on the harness; neither the test kit nor anything
-    under it reaches up into the CLI."""
+def imports_from_below(package: str) -> list[str]:
+    """Modules of the layers below the CLI and the API that import `package`."""
     below = ("testkit", "harness", "stack", "workers", "ledger_db", "contracts")
-    upward = sorted(
+    return sorted(
         f"{path}: {module}"
         for folder in below
         for path, module in imported_modules(ROOT / folder)
-        if module == "ledgerflow.cli" or module.startswith("ledgerflow.cli.")
+        if module == package or module.startswith(f"{package}.")
     )
+
+
+def test_nothing_below_the_cli_imports_it() -> None:
+    """The CLI and the test kit both build on the harness; neither the test kit nor anything
+    under it reaches up into the CLI."""
+    upward = imports_from_below("ledgerflow.cli")
+    assert upward == [], "\n".join(upward)
+
+
+def test_the_read_api_stands_above_the_ledger_and_the_workers() -> None:
+    """The API shares the workers' token verification, settings and HTTP probes; nothing the
+    workers or the ledger are made of reaches up into it."""
+    upward = imports_from_below("ledgerflow.api")
     assert upward == [], "\n".join(upward)

@@ -116,9 +116,12 @@ Call with (dict "root" $ "name" $name "worker" $worker); returns YAML, read it w
 {{- toYaml $scaling }}
 {{- end }}
 
-{{/* Environment every Ledgerflow container gets. Call with (dict "root" $ "service" "worker-transfer"). */}}
+{{/* Environment every Ledgerflow container gets. Call with (dict "root" $ "service" "worker-transfer");
+add "kafka" false for a process that never touches Kafka (the read API): no broker, topic or SASL
+settings, so it holds no Kafka credential. */}}
 {{- define "ledgerflow.commonEnv" -}}
 {{- $v := .root.Values -}}
+{{- $kafka := dig "kafka" true . -}}
 - name: POD_NAME
   valueFrom:
     fieldRef:
@@ -131,6 +134,7 @@ Call with (dict "root" $ "name" $name "worker" $worker); returns YAML, read it w
   value: "0.0.0.0"
 - name: LEDGERFLOW_HTTP_PORT
   value: {{ $v.http.port | int64 | quote }}
+{{- if $kafka }}
 - name: LEDGERFLOW_KAFKA_BOOTSTRAP_SERVERS
   value: {{ required "kafka.bootstrapServers is required" $v.kafka.bootstrapServers | quote }}
 - name: LEDGERFLOW_TOPIC_PREFIX
@@ -143,6 +147,7 @@ Call with (dict "root" $ "name" $name "worker" $worker); returns YAML, read it w
   value: {{ $v.kafka.partitions.dlq | int64 | quote }}
 - name: LEDGERFLOW_REPLICATION_FACTOR
   value: {{ $v.kafka.replicationFactor | int64 | quote }}
+{{- end }}
 - name: LEDGERFLOW_MESSAGE_BYTES_MAX
   value: {{ $v.config.messageBytesMax | int64 | quote }}
 - name: LEDGERFLOW_DB_POOL_SIZE_MAX
@@ -168,6 +173,7 @@ Call with (dict "root" $ "name" $name "worker" $worker); returns YAML, read it w
 # Read by the OpenTelemetry SDK's resource detector: which pod a span came from.
 - name: OTEL_RESOURCE_ATTRIBUTES
   value: "k8s.namespace.name=$(POD_NAMESPACE),k8s.pod.name=$(POD_NAME)"
+{{- if $kafka }}
 {{- $kafka := $v.kafka.security }}
 - name: LEDGERFLOW_KAFKA_SECURITY_PROTOCOL
   value: {{ $kafka.protocol | quote }}
@@ -195,6 +201,7 @@ Call with (dict "root" $ "name" $name "worker" $worker); returns YAML, read it w
   value: /etc/ledgerflow/kafka-tls/tls.key
 {{- end }}
 {{- end }}
+{{- end }}
 {{- with $v.database.sslmode }}
 - name: LEDGERFLOW_DATABASE_SSLMODE
   value: {{ . | quote }}
@@ -211,8 +218,8 @@ Call with (dict "root" $ "name" $name "worker" $worker); returns YAML, read it w
 {{- end }}
 {{- end }}
 
-{{/* What only the workers need: who may move money, and the personal-data keys. */}}
-{{- define "ledgerflow.workerSecurityEnv" -}}
+{{/* Who may call: the identity provider whose tokens the workers and the read API verify. */}}
+{{- define "ledgerflow.authEnv" -}}
 {{- $v := .Values -}}
 {{- if not (has $v.auth.mode (list "required" "off")) }}
 {{- fail "auth.mode must be required or off" }}
@@ -231,6 +238,12 @@ Call with (dict "root" $ "name" $name "worker" $worker); returns YAML, read it w
 - name: LEDGERFLOW_AUTH_MAX_TOKEN_AGE_S
   value: {{ $v.auth.maxTokenAgeSeconds | int64 | quote }}
 {{- end }}
+{{- end }}
+
+{{/* What only the workers need: who may move money, and the personal-data keys. */}}
+{{- define "ledgerflow.workerSecurityEnv" -}}
+{{- $v := .Values -}}
+{{ include "ledgerflow.authEnv" . }}
 {{- $pii := required "pii.existingSecret: name the existing Secret holding the personal-data keys" $v.pii.existingSecret }}
 {{- range $variable, $key := dict "LEDGERFLOW_PII_KEYS" $v.pii.keysKey "LEDGERFLOW_PII_ACTIVE_KEY_ID" $v.pii.activeKeyIdKey "LEDGERFLOW_PII_INDEX_KEY" $v.pii.indexKeyKey }}
 - name: {{ $variable }}
@@ -253,15 +266,18 @@ old rows) need the same one. */}}
       key: {{ required "pii.contentHashKeyKey: the Secret's key holding LEDGERFLOW_CONTENT_HASH_KEY" $v.pii.contentHashKeyKey | quote }}
 {{- end }}
 
-{{/* The TLS Secrets as read-only files (volumes and mounts). */}}
+{{/* The TLS Secrets as read-only files (volumes and mounts). Call with the root context, or with
+(dict "root" $ "kafka" false) for a pod that never talks to Kafka (no Kafka certificate or key). */}}
 {{- define "ledgerflow.tlsVolumes" -}}
-{{- with .Values.kafka.security.tlsSecret }}
+{{- $root := get . "root" | default . }}
+{{- $kafka := not (and (hasKey . "kafka") (eq (get . "kafka") false)) }}
+{{- with and $kafka $root.Values.kafka.security.tlsSecret }}
 - name: kafka-tls
   secret:
     secretName: {{ . | quote }}
     defaultMode: 0440
 {{- end }}
-{{- with .Values.database.tlsSecret }}
+{{- with $root.Values.database.tlsSecret }}
 - name: database-tls
   secret:
     secretName: {{ . | quote }}
@@ -270,12 +286,14 @@ old rows) need the same one. */}}
 {{- end }}
 
 {{- define "ledgerflow.tlsMounts" -}}
-{{- if .Values.kafka.security.tlsSecret }}
+{{- $root := get . "root" | default . }}
+{{- $kafka := not (and (hasKey . "kafka") (eq (get . "kafka") false)) }}
+{{- if and $kafka $root.Values.kafka.security.tlsSecret }}
 - name: kafka-tls
   mountPath: /etc/ledgerflow/kafka-tls
   readOnly: true
 {{- end }}
-{{- if .Values.database.tlsSecret }}
+{{- if $root.Values.database.tlsSecret }}
 - name: database-tls
   mountPath: /etc/ledgerflow/database-tls
   readOnly: true
@@ -343,12 +361,14 @@ topologySpreadConstraints:
 {{- end }}
 {{- end }}
 
-{{/* The container settings every long-running process shares. */}}
+{{/* The container settings every long-running process shares. Call with the root context, or
+with (dict "root" $ "kafka" false) like ledgerflow.tlsMounts. */}}
 {{- define "ledgerflow.containerCommon" -}}
-image: {{ include "ledgerflow.image" . | quote }}
-imagePullPolicy: {{ .Values.image.pullPolicy }}
+{{- $root := get . "root" | default . -}}
+image: {{ include "ledgerflow.image" $root | quote }}
+imagePullPolicy: {{ $root.Values.image.pullPolicy }}
 securityContext:
-  {{- toYaml .Values.containerSecurityContext | nindent 2 }}
+  {{- toYaml $root.Values.containerSecurityContext | nindent 2 }}
 volumeMounts:
   - name: tmp
     mountPath: /tmp
@@ -385,10 +405,12 @@ readinessProbe:
   failureThreshold: {{ .Values.probes.readiness.failureThreshold }}
 {{- end }}
 
+{{/* /tmp and the TLS volumes; the same arguments as ledgerflow.tlsVolumes. */}}
 {{- define "ledgerflow.tmpVolume" -}}
+{{- $root := get . "root" | default . -}}
 - name: tmp
   emptyDir:
-    sizeLimit: {{ .Values.tmpVolume.sizeLimit }}
+    sizeLimit: {{ $root.Values.tmpVolume.sizeLimit }}
 {{- with include "ledgerflow.tlsVolumes" . }}
 {{ . }}
 {{- end }}

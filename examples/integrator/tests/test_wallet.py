@@ -31,3 +31,16 @@ async def test_a_duplicate_gets_the_first_answer_and_moves_money_once(ledgerflow
     assert again["id"] == first["id"] and again["data"] == first["data"]
     after = await p.send(transfer(wallet_of(alice), wallet_of(bob), 1))
     assert after["data"]["balance_after"] == 699
+
+
+async def test_the_wallet_app_reads_the_balance_and_history(ledgerflow_pipeline):
+    p = ledgerflow_pipeline
+    alice, bob = onboarding(), onboarding()
+    for c in (alice, bob, cashin(wallet_of(alice), 2_000)):
+        await p.send(c)
+    await p.send(transfer(wallet_of(alice), wallet_of(bob), 500))
+    wallet = (await p.get(f"/v1/wallets/{wallet_of(alice)}", scope="ledger:read")).json()
+    assert (wallet["balance"], wallet["available"]) == (1_500, 1_500)
+    page = (await p.get(f"/v1/wallets/{wallet_of(alice)}/entries", scope="ledger:read")).json()
+    history = [(e["amount"], e["balance_after"]) for e in page["items"]]
+    assert history == [(-500, 1_500), (2_000, 2_000)]  # newest first

@@ -95,6 +95,21 @@ async def entry_of(conn: asyncpg.Connection, key: uuid.UUID) -> uuid.UUID:
     return entry
 
 
+async def restate_running_balances(conn: asyncpg.Connection, *accounts: uuid.UUID) -> None:
+    """A thorough forger also rewrites the wallets' running balances (the read side's
+    balance_after), so that only the check under test can see the change."""
+    await conn.execute(
+        """
+        UPDATE postings p SET balance_after = r.running
+        FROM (SELECT entry_id, seq, sum(amount) OVER (
+                  PARTITION BY account_id ORDER BY posted_at, id) AS running
+              FROM postings WHERE account_id = ANY($1::uuid[])) r
+        WHERE p.entry_id = r.entry_id AND p.seq = r.seq AND p.balance_after IS NOT NULL
+        """,
+        list(accounts),
+    )
+
+
 async def move_posting(
     conn: asyncpg.Connection, entry: uuid.UUID, source: uuid.UUID, target: uuid.UUID
 ) -> None:
@@ -115,6 +130,7 @@ async def move_posting(
             account,
             delta,
         )
+    await restate_running_balances(conn, source, target)
 
 
 async def shift_posting(
@@ -136,6 +152,7 @@ async def shift_posting(
             account,
             change,
         )
+    await restate_running_balances(conn, source, target)
 
 
 async def test_an_honest_ledger_passes_even_once_the_outbox_is_pruned(
@@ -146,6 +163,33 @@ async def test_an_honest_ledger_passes_even_once_the_outbox_is_pruned(
     # Outbox retention deletes published rows: the records keep the results.
     await admin.execute("DELETE FROM outbox")
     assert failing(await audit(admin)) == set()
+
+
+async def test_a_running_balance_the_read_side_would_show_wrong_is_seen(
+    writer: LedgerWriter, admin: asyncpg.Connection
+) -> None:
+    """The history's balance_after is stored at write time: one that disagrees with the
+    postings (a bug, or a hand edit) fails the audit, and only that check."""
+    ledger = await honest_ledger(writer)
+    entry = await entry_of(admin, ledger["transfer"].transfer_id)
+    stored = await admin.fetchval(
+        "SELECT balance_after FROM postings WHERE entry_id = $1 AND account_id = $2",
+        entry,
+        ledger["b"],
+    )
+    assert stored is not None
+    await admin.execute("ALTER TABLE postings DISABLE TRIGGER postings_append_only")
+    await admin.execute(
+        "UPDATE postings SET balance_after = balance_after + 1"
+        " WHERE entry_id = $1 AND account_id = $2",
+        entry,
+        ledger["b"],
+    )
+    await admin.execute("ALTER TABLE postings ENABLE TRIGGER postings_append_only")
+    results = await audit(admin)
+    assert failing(results) == {"running_balances_match_postings"}
+    [example] = results["running_balances_match_postings"].examples
+    assert (example["balance_after"], example["running"]) == (stored + 1, stored)
 
 
 async def test_a_fee_posted_to_the_wrong_house_account_is_seen(

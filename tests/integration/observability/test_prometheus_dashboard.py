@@ -131,16 +131,18 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
         tmp_path / "processes",
         lag_interval_ms="500",
         fault_poison_marker=POISON,
+        api=True,
     ) as p:
-        targets = [f"127.0.0.1:{p.worker.port}", f"127.0.0.1:{p.relay.port}"]
+        assert p.api is not None
+        targets = [f"127.0.0.1:{x.port}" for x in (p.worker, p.relay, p.api)]
         with start_prometheus(prometheus_binary, tmp_path, targets) as prometheus:
             await wait_until(prometheus.ready, timeout_s=TIMEOUT_S, message="Prometheus ready")
 
             def scraped() -> bool:
                 answer = prometheus.get("/api/v1/targets")["data"]["activeTargets"]
-                return len(answer) == 2 and all(t["health"] == "up" for t in answer)
+                return len(answer) == len(targets) and all(t["health"] == "up" for t in answer)
 
-            await wait_until(scraped, timeout_s=TIMEOUT_S, message="both targets scraped")
+            await wait_until(scraped, timeout_s=TIMEOUT_S, message="every target scraped")
 
             # The workload: every outcome and failure path the dashboard shows.
             alice, bob = onboarding(), onboarding()
@@ -186,6 +188,9 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
             for rec in more:
                 await p.results.wait_for(event_id_of(rec), timeout_s=TIMEOUT_S)
             commands = len(sent) + len(more)
+            # The read API's panels: a wallet read, a history page, one unknown wallet (404).
+            for path in (f"/v1/wallets/{a}", f"/v1/wallets/{a}/entries", f"/v1/wallets/{b}x"):
+                await p.get(path)
 
             seen: list[float] = []
 
@@ -219,6 +224,8 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
             for rec in wave:
                 await p.results.wait_for(event_id_of(rec), timeout_s=TIMEOUT_S)
             commands += len(wave)
+            for path in (f"/v1/wallets/{a}", f"/v1/wallets/{a}/entries", f"/v1/wallets/{b}x"):
+                await p.get(path)
             await wait_counted("Prometheus saw the second wave")
 
             empty: list[str] = []

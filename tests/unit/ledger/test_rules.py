@@ -271,3 +271,28 @@ def test_a_debit_records_the_wallets_day_and_an_opened_wallet_starts_on_the_cloc
     )
     assert isinstance(opened, CustomerOpened)
     assert opened.wallet.out_day == today
+
+
+def test_each_wallet_posting_carries_the_balance_it_leaves() -> None:
+    """The read side's running balance: per posting, the wallet's balance once it applied, in
+    decision order within a batch; None for house accounts (split over shards)."""
+    a, b = wallet(500), wallet(0)
+    ledger = book(a, b)
+    first = ledger.decide(transfer(a, b, 200))
+    second = ledger.decide(transfer(b, a, 50))
+    out = ledger.decide(cashout(a, 100, fee=5))
+    assert isinstance(first, MoneyMoved)
+    assert isinstance(second, MoneyMoved)
+    assert isinstance(out, MoneyMoved)
+    by_account = [
+        dict(zip((p.account_id for p in d.postings), d.balances_after, strict=True))
+        for d in (first, second, out)
+    ]
+    assert (by_account[0][a.id], by_account[0][b.id]) == (300, 200)
+    assert (by_account[1][a.id], by_account[1][b.id]) == (350, 150)
+    assert by_account[2][a.id] == 245
+    assert [
+        after
+        for p, after in zip(out.postings, out.balances_after, strict=True)
+        if p.account_id != a.id
+    ] == [None, None]

@@ -9,7 +9,9 @@ from pathlib import Path
 import yaml
 from prometheus_client import REGISTRY
 
-import ledgerflow.workers.metrics  # noqa: F401 - registers Ledgerflow's metrics
+# Imported to register Ledgerflow's metrics: the workers' and the read API's.
+import ledgerflow.api.metrics
+import ledgerflow.workers.metrics  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[3]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "ledgerflow.json"

@@ -1,0 +1,1 @@
+"""The read side over HTTP: `ledgerflow api` (DESIGN.md §6)."""
