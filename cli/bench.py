@@ -192,7 +192,7 @@ def api(
     entries: int = typer.Option(1_000_000, min=1_000, max=100_000_000, help="Journal entries."),
     wallets: int = typer.Option(100_000, min=100, max=10_000_000, help="Wallets they are on."),
     batch: int = typer.Option(
-        2_000, min=100, max=5_000, help="Transfers per LedgerWriter batch while building."
+        2_000, min=100, max=5_000, help="Transfers per LedgerWriter batch (--build writer)."
     ),
     days: int = typer.Option(365, min=1, max=3_650, help="Days of history the entries span."),
     build: str = typer.Option(
