@@ -47,17 +47,16 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from ledgerflow.cli.bench_ceiling import transfer_completed_event
 from ledgerflow.cli.bench_e2e import owner_of
 from ledgerflow.cli.bench_ledger import create_bench_database, with_database
-from ledgerflow.contracts.codec import KafkaRecord, encode_command, encode_event
-from ledgerflow.contracts.events import TransferCompleted
+from ledgerflow.contracts.codec import KafkaRecord, encode_command
 from ledgerflow.contracts.topics import TRANSFER
 from ledgerflow.harness.identity import Issuer, Signer
 from ledgerflow.harness.processes import ManagedProcess, ledgerflow_env, start_process
 from ledgerflow.ledger_db import sql
 from ledgerflow.ledger_db.apply import (
     BATCH_COMMANDS_MAX,
-    RESULT_SOURCE,
     Incoming,
     LedgerWriter,
     OutcomeKind,
@@ -354,23 +353,16 @@ async def _bulk_transfers(
             postings.append(
                 (entry_id, 1, receiver, currency, amount, posted_at, balances[receiver])
             )
-            completed = TransferCompleted.model_construct(
-                transfer_id=key,
-                from_account_id=sender,
-                to_account_id=receiver,
-                amount=amount,
-                currency=currency,
-                journal_entry_id=entry_id,
-                balance_after=balances[sender],
-            )
-            payload = encode_event(
-                topic,
-                completed,
-                event_id=str(event_id),
-                source=RESULT_SOURCE,
-                causation_id=str(uuid.uuid4()),
-                correlation_id=str(uuid.uuid4()),
-                time=posted_at,
+            payload = transfer_completed_event(
+                key,
+                sender,
+                receiver,
+                amount,
+                currency,
+                entry_id,
+                balances[sender],
+                event_id,
+                posted_at,
             )
             records.append(
                 (

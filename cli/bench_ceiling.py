@@ -213,23 +213,8 @@ def _batches(
             if balances[sender] < held[sender]:
                 raise ValueError(f"wallet {sender} is short of funds for the transfers")
             entry_id, key, event_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-            completed = TransferCompleted.model_construct(
-                transfer_id=key,
-                from_account_id=sender,
-                to_account_id=receiver,
-                amount=amount,
-                currency=currency,
-                journal_entry_id=entry_id,
-                balance_after=balances[sender],
-            )
-            payload = encode_event(
-                TRANSFER.completed_topic,
-                completed,
-                event_id=str(event_id),
-                source=RESULT_SOURCE,
-                causation_id=str(uuid.uuid4()),
-                correlation_id=str(uuid.uuid4()),
-                time=now,
+            payload = transfer_completed_event(
+                key, sender, receiver, amount, currency, entry_id, balances[sender], event_id, now
             ).decode()
             assert _SEPARATOR not in payload, "JSON escapes control characters"
             entry_ids.append(str(entry_id))
@@ -300,6 +285,39 @@ async def _apply(conn: asyncpg.Connection, b: _Batch, currency: str, topic: str)
             topic,
         )
         await conn.execute(sql.NOTIFY_OUTBOX)
+
+
+def transfer_completed_event(
+    transfer_id: uuid.UUID,
+    sender: uuid.UUID,
+    receiver: uuid.UUID,
+    amount: int,
+    currency: str,
+    entry_id: uuid.UUID,
+    balance_after: int,
+    event_id: uuid.UUID,
+    time: datetime,
+) -> bytes:
+    """The `transfer.completed` event a worker would record for a transfer the benchmarks write
+    without the rules (this yardstick, and `bench api`'s bulk-loaded ledger)."""
+    completed = TransferCompleted.model_construct(
+        transfer_id=transfer_id,
+        from_account_id=sender,
+        to_account_id=receiver,
+        amount=amount,
+        currency=currency,
+        journal_entry_id=entry_id,
+        balance_after=balance_after,
+    )
+    return encode_event(
+        TRANSFER.completed_topic,
+        completed,
+        event_id=str(event_id),
+        source=RESULT_SOURCE,
+        causation_id=str(uuid.uuid4()),
+        correlation_id=str(uuid.uuid4()),
+        time=time,
+    )
 
 
 async def measure_ceiling(
