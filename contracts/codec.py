@@ -3,6 +3,7 @@
 The output is plain bytes and headers, ready for any Kafka client; nothing here does I/O.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -84,7 +85,7 @@ def encode_command(
 
 def encode_event(
     event_type: str,
-    data: BaseModel,
+    data: BaseModel | Mapping[str, Any],
     *,
     event_id: str,
     source: str,
@@ -92,7 +93,12 @@ def encode_event(
     correlation_id: str | None,
     time: datetime,
 ) -> bytes:
-    """The CloudEvents JSON value of a result event (or any message) of type `event_type`."""
+    """The CloudEvents JSON value of a result event (or any message) of type `event_type`.
+
+    `data` is a model, or its fields already as the model would dump them (the ledger's hot
+    path: no model to build and dump again per result); a mapping's values are what orjson
+    writes as pydantic does (str, int, UUID, str enums, aware datetimes) and none is None.
+    """
     return _envelope_bytes(
         event_type,
         data,
@@ -106,7 +112,7 @@ def encode_event(
 
 def _envelope_bytes(
     event_type: str,
-    data: BaseModel,
+    data: BaseModel | Mapping[str, Any],
     *,
     event_id: str,
     source: str,
@@ -130,7 +136,9 @@ def _envelope_bytes(
     if correlation_id is not None:
         envelope["correlationid"] = correlation_id
     # Absent optionals are omitted, as in the content hash; amounts are ints, never floats.
-    envelope["data"] = data.model_dump(mode="json", exclude_none=True)
+    envelope["data"] = (
+        data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else data
+    )
     return orjson.dumps(envelope, option=_DUMPS_OPTIONS)
 
 

@@ -28,17 +28,9 @@ from ledgerflow.contracts.commands import (
     SettleCashOut,
 )
 from ledgerflow.contracts.events import (
-    CashInCompleted,
-    CashOutCompleted,
-    CashOutHeld,
-    CashOutReversed,
     CashOutVoided,
-    OnboardingCompleted,
-    PaymentCompleted,
-    RefundCompleted,
     RejectReason,
     Tier,
-    TransferCompleted,
     VoidReason,
 )
 from ledgerflow.contracts.parsing import InvalidCommand, ValidCommand
@@ -72,6 +64,9 @@ if TYPE_CHECKING:
 
     import asyncpg
     from pydantic import BaseModel
+
+    # A result's data: a model (rejections, rare) or its fields as the model dumps them.
+    ResultData = BaseModel | dict[str, Any]
 
     from ledgerflow.contracts.topics import Flow
 
@@ -303,24 +298,14 @@ async def _lock_book(
     if wallet_ids:
         rows = await conn.fetch(sql.LOCK_WALLETS, ",".join(map(str, wallet_ids)), writer.clock())
         today, now, posted_at = rows[0]["clock_day"], rows[0]["clock_now"], rows[0]["posted_at"]
+        first = sql.LOCK_WALLETS_FIRST_WALLET_COLUMN
         for row in rows:
             if row["id"] is None:
                 continue  # the clock's row: none of the wallets exists yet
-            wallets[row["id"]] = Wallet(
-                row["id"],
-                row["currency"],
-                row["status"],
-                row["tier"],
-                row["balance"],
-                row["subject"],
-                # Read with the lock: no concurrent debit can slip past a limit.
-                row["out_today"],
-                row["out_month"],
-                row["out_day"],
-                row["held"],
-                row["kind"],
-                row["customer_id"],
-            )
+            # The outgoing totals were read with the lock: no concurrent debit slips past a
+            # limit. Positional: the query's columns are Wallet's fields, in order.
+            wallet = Wallet(*row[first:])
+            wallets[wallet.id] = wallet
     cashouts: dict[uuid.UUID, CashOut] = {}
     if cashout_ids:
         for row in await conn.fetch(sql.LOCK_CASHOUTS, ",".join(map(str, cashout_ids))):
@@ -496,7 +481,7 @@ class _Pending:
     reason: str | None
     topic: str
     message_key: bytes
-    data: BaseModel | None = None  # the result to encode; None when replaying
+    data: ResultData | None = None  # the result to encode; None when replaying
     replay_of: _Stored | _Pending | None = None
     entry_id: uuid.UUID | None = None
     recorded: bool = False  # decided here: written to idempotency_records
@@ -720,13 +705,26 @@ def _recorded_subject(subject: str | None) -> str | None:
     return subject if subject and len(subject) <= SUBJECT_CHARS_MAX else None
 
 
+# (flow, result topic) -> CloudEvents type: a handful of entries, looked up once per result.
+_EVENT_TYPES: dict[tuple[str, str], str] = {}
+
+
 def _type_of(p: _Pending) -> str:
     """The CloudEvents type of a pending result: its topic without the deployment prefix."""
     flow = p.item.command.flow
+    found = _EVENT_TYPES.get((flow.name, p.topic))
+    if found is not None:
+        return found
     for event_type in flow.result_topics:
         if p.topic.endswith(event_type):
+            if len(_EVENT_TYPES) < _EVENT_TYPES_MAX:
+                _EVENT_TYPES[(flow.name, p.topic)] = event_type
             return event_type
     raise AssertionError(p.topic)
+
+
+# Bounded although the prefixes a process uses are few (one per deployment; tests use more).
+_EVENT_TYPES_MAX = 1_024
 
 
 def _add_customer(
@@ -769,11 +767,13 @@ def _voided(cashout: CashOut, void: HoldVoided) -> CashOutVoided:
 
 def _result(
     flow: Flow, cmd: LedgerCommand, decision: Decision, book: Book
-) -> tuple[str, BaseModel]:
+) -> tuple[str, ResultData]:
     """The result event's type and data for a decided command.
 
-    Built with `model_construct`: every value comes from a validated command or from the ledger,
-    so validating again would only cost time on the hot path.
+    Successes are built as the fields of their model (in its field order, every value from a
+    validated command or from the ledger): building the model and dumping it again would only
+    cost time on the hot path. tests/unit/ledger/test_result_data.py holds each one to its
+    model.
     """
     if isinstance(decision, Rejected):
         key = getattr(cmd, flow.id_field)
@@ -781,107 +781,101 @@ def _result(
     kind = type(cmd)  # exact-type checks: see Book.decide
     if isinstance(decision, CustomerOpened):
         onboard = cast("RequestOnboarding", cmd)
-        return flow.completed_topic, OnboardingCompleted.model_construct(
-            customer_id=onboard.customer_id,
-            wallet_account_id=decision.wallet.id,
-            currency=onboard.currency,
-            tier=Tier(decision.wallet.tier),
-            kind=onboard.customer_kind,
-        )
+        return flow.completed_topic, {
+            "customer_id": onboard.customer_id,
+            "wallet_account_id": decision.wallet.id,
+            "currency": onboard.currency,
+            "tier": Tier(decision.wallet.tier),
+            "kind": onboard.customer_kind,
+        }
     if isinstance(decision, HoldPlaced):
         held = decision.cashout
-        return "cashout.held", CashOutHeld.model_construct(
-            cashout_id=held.cashout_id,
-            wallet_account_id=held.wallet_id,
-            amount=held.amount,
-            currency=held.currency,
-            fee=held.fee,
-            hold_expires_at=decision.expires_at,
-            available_after=decision.available_after,
-        )
+        return "cashout.held", {
+            "cashout_id": held.cashout_id,
+            "wallet_account_id": held.wallet_id,
+            "amount": held.amount,
+            "currency": held.currency,
+            "fee": held.fee,
+            "hold_expires_at": decision.expires_at,
+            "available_after": decision.available_after,
+        }
     if isinstance(decision, HoldVoided):
         return "cashout.voided", _voided(decision.cashout, decision)
     if isinstance(decision, RefundDecided):
         r, paid = cast("RequestRefund", cmd), decision.payment
-        return flow.completed_topic, RefundCompleted.model_construct(
-            refund_id=r.refund_id,
-            payment_id=paid.payment_id,
-            merchant_account_id=paid.merchant_id,
-            to_account_id=paid.payer_id,
-            amount=r.amount,
-            fee_returned=decision.fee_returned,
-            refunded_total=paid.refunded,
-            currency=paid.currency,
-            journal_entry_id=decision.moved.entry_id,
-            balance_after=decision.moved.balance_after,
-        )
+        return flow.completed_topic, {
+            "refund_id": r.refund_id,
+            "payment_id": paid.payment_id,
+            "merchant_account_id": paid.merchant_id,
+            "to_account_id": paid.payer_id,
+            "amount": r.amount,
+            "fee_returned": decision.fee_returned,
+            "refunded_total": paid.refunded,
+            "currency": paid.currency,
+            "journal_entry_id": decision.moved.entry_id,
+            "balance_after": decision.moved.balance_after,
+        }
     assert isinstance(decision, MoneyMoved), decision
+    if kind is InitiateTransfer:  # the most frequent first
+        t = cast("InitiateTransfer", cmd)
+        return flow.completed_topic, {
+            "transfer_id": t.transfer_id,
+            "from_account_id": t.from_account_id,
+            "to_account_id": t.to_account_id,
+            "amount": t.amount,
+            "currency": t.currency,
+            "journal_entry_id": decision.entry_id,
+            "balance_after": decision.balance_after,
+        }
     if kind is InitiatePayment:
         paid = book.payments[cast("InitiatePayment", cmd).payment_id]
-        return flow.completed_topic, PaymentCompleted.model_construct(
-            payment_id=paid.payment_id,
-            from_account_id=paid.payer_id,
-            merchant_account_id=paid.merchant_id,
-            amount=paid.amount,
-            fee=paid.fee,
-            currency=paid.currency,
-            journal_entry_id=decision.entry_id,
-            balance_after=decision.balance_after,
-        )
-    data: BaseModel
+        return flow.completed_topic, {
+            "payment_id": paid.payment_id,
+            "from_account_id": paid.payer_id,
+            "merchant_account_id": paid.merchant_id,
+            "amount": paid.amount,
+            "fee": paid.fee,
+            "currency": paid.currency,
+            "journal_entry_id": decision.entry_id,
+            "balance_after": decision.balance_after,
+        }
     if kind in (SettleCashOut, ReturnCashOut):
         cashout = book.cashouts[cast("SettleCashOut | ReturnCashOut", cmd).cashout_id]
-        model = CashOutCompleted if kind is SettleCashOut else CashOutReversed
-        return ("cashout.completed" if kind is SettleCashOut else "cashout.reversed"), (
-            model.model_construct(
-                cashout_id=cashout.cashout_id,
-                wallet_account_id=cashout.wallet_id,
-                amount=cashout.amount,
-                currency=cashout.currency,
-                fee=cashout.fee,
-                journal_entry_id=decision.entry_id,
-                balance_after=decision.balance_after,
-            )
-        )
-    if kind is InitiateTransfer:
-        t = cast("InitiateTransfer", cmd)
-        data = TransferCompleted.model_construct(
-            transfer_id=t.transfer_id,
-            from_account_id=t.from_account_id,
-            to_account_id=t.to_account_id,
-            amount=t.amount,
-            currency=t.currency,
-            journal_entry_id=decision.entry_id,
-            balance_after=decision.balance_after,
-        )
-    elif kind is ConfirmCashIn:
+        return ("cashout.completed" if kind is SettleCashOut else "cashout.reversed"), {
+            "cashout_id": cashout.cashout_id,
+            "wallet_account_id": cashout.wallet_id,
+            "amount": cashout.amount,
+            "currency": cashout.currency,
+            "fee": cashout.fee,
+            "journal_entry_id": decision.entry_id,
+            "balance_after": decision.balance_after,
+        }
+    if kind is ConfirmCashIn:
         c = cast("ConfirmCashIn", cmd)
-        data = CashInCompleted.model_construct(
-            cashin_id=c.cashin_id,
-            wallet_account_id=c.wallet_account_id,
-            amount=c.amount,
-            currency=c.currency,
-            journal_entry_id=decision.entry_id,
-            balance_after=decision.balance_after,
-        )
-    else:
-        assert kind is ApproveCashOut, kind
-        o = cast("ApproveCashOut", cmd)
-        data = CashOutCompleted.model_construct(
-            cashout_id=o.cashout_id,
-            wallet_account_id=o.wallet_account_id,
-            amount=o.amount,
-            currency=o.currency,
-            fee=o.fee,
-            journal_entry_id=decision.entry_id,
-            balance_after=decision.balance_after,
-        )
-    return flow.completed_topic, data
+        return flow.completed_topic, {
+            "cashin_id": c.cashin_id,
+            "wallet_account_id": c.wallet_account_id,
+            "amount": c.amount,
+            "currency": c.currency,
+            "journal_entry_id": decision.entry_id,
+            "balance_after": decision.balance_after,
+        }
+    assert kind is ApproveCashOut, kind
+    o = cast("ApproveCashOut", cmd)
+    return flow.completed_topic, {
+        "cashout_id": o.cashout_id,
+        "wallet_account_id": o.wallet_account_id,
+        "amount": o.amount,
+        "currency": o.currency,
+        "fee": o.fee,
+        "journal_entry_id": decision.entry_id,
+        "balance_after": decision.balance_after,
+    }
 
 
 def _encode(
     event_type: str,
-    data: BaseModel,
+    data: ResultData,
     event_id: str,
     cmd: ValidCommand | InvalidCommand,
     now: datetime,

@@ -88,13 +88,17 @@ clock AS MATERIALIZED (
 )
 SELECT clock.day AS clock_day, clock.at AS clock_now,
        greatest(clock.at, max(l.last_posted_at) OVER ()) AS posted_at,
-       l.id, l.currency, l.status, l.tier, l.subject, l.kind, l.customer_id, l.balance, l.held,
-       greatest(l.out_day, clock.day) AS out_day,
+       l.id, l.currency, l.status, l.tier, l.balance, l.subject,
        CASE WHEN l.out_day >= clock.day THEN l.out_day_total ELSE 0 END AS out_today,
        CASE WHEN l.out_month >= date_trunc('month', clock.day)::date
-            THEN l.out_month_total ELSE 0 END AS out_month
+            THEN l.out_month_total ELSE 0 END AS out_month,
+       greatest(l.out_day, clock.day) AS out_day,
+       l.held, l.kind, l.customer_id
 FROM clock LEFT JOIN locked l ON true
 """
+# LOCK_WALLETS' columns after the clock's three, in the order of rules.Wallet's fields: a row
+# becomes a Wallet positionally (a thousand rows a batch; by-name lookups cost more).
+LOCK_WALLETS_FIRST_WALLET_COLUMN = 3
 
 SELECT_TIER_LIMITS = """
 SELECT tier, currency, single_amount_max, balance_max, daily_out_max, monthly_out_max

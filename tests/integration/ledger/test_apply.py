@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import asyncpg
@@ -13,6 +14,8 @@ from ledgerflow.contracts.parsing import parse_command
 from ledgerflow.contracts.topics import TRANSFER
 from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
 from ledgerflow.ledger_db.queries import get_account
+from ledgerflow.ledger_db.rules import Wallet
+from ledgerflow.ledger_db.sql import LOCK_WALLETS, LOCK_WALLETS_FIRST_WALLET_COLUMN
 from ledgerflow.testkit.commands import (
     apply_all,
     cashin,
@@ -74,6 +77,29 @@ async def test_every_flow_moves_money_and_writes_its_result(
     assert events[4]["data"]["balance_after"] == 50  # type: ignore[index]
     assert events[3]["key"] == str(wallet_of(a)).encode()
     assert events[3]["id"] == outcomes[3].event_id
+
+
+async def test_a_locked_row_is_its_wallet_field_by_field(
+    writer: LedgerWriter, pool: asyncpg.Pool
+) -> None:
+    """The writer builds a Wallet from LOCK_WALLETS' row by position: the columns after the
+    clock's must be Wallet's fields in order (the owner is the customer's subject)."""
+    person = onboarding()
+    await apply_all(writer, person, cashin(wallet_of(person), 700))
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(LOCK_WALLETS, str(wallet_of(person)), None)
+    assert row is not None
+    columns = list(row.keys())[LOCK_WALLETS_FIRST_WALLET_COLUMN:]
+    assert columns == [
+        "subject" if f.name == "owner" else f.name for f in dataclasses.fields(Wallet)
+    ]
+    wallet = Wallet(*row[LOCK_WALLETS_FIRST_WALLET_COLUMN:])
+    assert (wallet.id, wallet.balance, wallet.currency, wallet.customer_id) == (
+        wallet_of(person),
+        700,
+        "EUR",
+        person.customer_id,
+    )
 
 
 @pytest.mark.parametrize(
