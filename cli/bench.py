@@ -95,18 +95,34 @@ def e2e(
         "--compare",
         help="Run batched, then naive (at most 2,000 transfers), and report the ratio.",
     ),
-    workers: int = typer.Option(2, min=1, max=6, help="Transfer worker processes (≤ partitions)."),
+    workers: int = typer.Option(
+        2, min=1, max=bench_e2e.PARTITIONS_MAX, help="Worker processes (≤ partitions)."
+    ),
+    partitions: int = typer.Option(
+        bench_e2e.PARTITIONS_DEFAULT,
+        min=1,
+        max=bench_e2e.PARTITIONS_MAX,
+        help="Partitions of each command and result topic.",
+    ),
     auth: bool = typer.Option(True, help="Sign commands and verify tokens, as in production."),
     flow: str = typer.Option(
         "transfer",
-        help="transfer; cashout-two-phase (held cash-outs, then their settles) or payment (to "
-        "one hot merchant): both measured in the same run as transfers, per command.",
+        help="transfer; cashout-two-phase (held cash-outs, then their settles), payment (to one "
+        "hot merchant) or refund (payments to one merchant, then a partial refund of each): "
+        "the others measured in the same run as transfers, per command.",
+    ),
+    profile: Path | None = typer.Option(
+        None,
+        help="Record the first worker and the relay with py-spy over the measured window, into "
+        "this folder (raw folded stacks; the JSON summarises them).",
     ),
     as_json: JsonFlag = False,
 ) -> None:
     """Publish commands and measure publish → result-consumed throughput and latency."""
     if flow not in bench_e2e.FLOWS:
         raise typer.BadParameter(f"unknown flow {flow}; one of {', '.join(bench_e2e.FLOWS)}")
+    if workers > partitions:
+        raise typer.BadParameter("--workers must not exceed --partitions (an idle worker)")
     settings = Settings()
     owner, app = (
         settings.migration_database_url.get_secret_value(),
@@ -132,6 +148,8 @@ def e2e(
                     workers=workers,
                     auth=auth,
                     flow=run_flow,
+                    partitions=partitions,
+                    profile_dir=profile,
                 )
             )
         )
@@ -174,6 +192,12 @@ def e2e(
             f"{r.p99_ms:.0f}",
         )
     console.print(table)
+    for r in results:
+        used = ", ".join(f"{k} {v:.1f}" for k, v in r.cpu_s.items() if v >= 0.1)
+        console.print(f"{r.flow} {r.mode}: CPU seconds in the window: {used}")
+        if r.ceiling_per_s:
+            ratio = r.throughput_per_s / r.ceiling_per_s
+            console.print(f"ceiling {r.ceiling_per_s:,.0f}/s; ratio {ratio:.2f}")
     if flow != "transfer":
         console.print(
             f"{flow} / transfer throughput per command: {out['per_command_over_transfer']}x"
@@ -348,6 +372,7 @@ def sweep(
     rates: str = typer.Option("250,500,1000,2000,3000", help="Offered rates per second."),
     seconds: float = typer.Option(8.0, min=1, max=120, help="Measured seconds per rate."),
     wallets: int = typer.Option(10_000, min=2, max=1_000_000),
+    workers: int = typer.Option(2, min=1, max=bench_e2e.PARTITIONS_DEFAULT),
     out: str = typer.Option("docs/bench", help="Folder for e2e-sweep.json and e2e-latency.png."),
 ) -> None:
     """Latency percentiles against offered rate (one e2e run per rate), as JSON and a PNG plot."""
@@ -368,6 +393,8 @@ def sweep(
                 rate=rate,
                 naive=False,
                 batch_records_max=settings.batch_records_max,
+                workers=workers,
+                ceiling=False,  # a latency run: the yardstick is the throughput runs'
             )
         )
         results.append(result)
@@ -383,6 +410,79 @@ def sweep(
     )
     bench_plot.latency_plot(results, folder / "e2e-latency.png")
     console.print(f"wrote {folder / 'e2e-sweep.json'} and {folder / 'e2e-latency.png'}")
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{name} is a comma-separated list of integers") from None
+    if not values or min(values) < 1 or max(values) > bench_e2e.PARTITIONS_MAX:
+        raise typer.BadParameter(f"{name}: 1..{bench_e2e.PARTITIONS_MAX} each")
+    return values
+
+
+@bench_app.command("scaling")
+def scaling(
+    workers: str = typer.Option("1,2,4", help="Worker process counts."),
+    partitions: str = typer.Option("6,12,24", help="Partition counts of every topic."),
+    transfers: int = typer.Option(20_000, min=100, max=1_000_000, help="Transfers per run."),
+    wallets: int = typer.Option(10_000, min=2, max=1_000_000),
+    out: str = typer.Option("docs/bench", help="Folder for e2e-scaling.json and the plot."),
+) -> None:
+    """Throughput against worker processes by partitions, auth on, with CPU by process per run
+    and one ceiling for all of them, as JSON and a PNG plot."""
+    settings = Settings()
+    owner, app = (
+        settings.migration_database_url.get_secret_value(),
+        settings.database_url.get_secret_value(),
+    )
+    grid = [
+        (w, p)
+        for p in _int_list(partitions, "--partitions")
+        for w in _int_list(workers, "--workers")
+        if w <= p
+    ]
+    results = []
+    for i, (w, p) in enumerate(grid):
+        result = asyncio.run(
+            bench_e2e.run_e2e(
+                owner,
+                app,
+                settings.kafka_bootstrap_servers,
+                transfers=transfers,
+                wallets=wallets,
+                rate=None,
+                naive=False,
+                batch_records_max=settings.batch_records_max,
+                workers=w,
+                partitions=p,
+                ceiling=i == len(grid) - 1,  # the yardstick once, after the last run
+            )
+        )
+        results.append(result)
+        used = ", ".join(f"{k} {v:.1f}" for k, v in result.cpu_s.items() if v >= 0.1)
+        console.print(
+            f"{w} workers, {p} partitions: {result.throughput_per_s:,.0f}/s, p99 "
+            f"{result.p99_ms:.0f} ms, machine busy {100 * (result.machine_busy or 0):.0f} %; "
+            f"CPU s: {used}"
+        )
+    ceiling_per_s = results[-1].ceiling_per_s if results else None
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "e2e-scaling.json").write_text(
+        json.dumps(
+            {
+                "machine": machine(),
+                "ceiling_per_s": round(ceiling_per_s) if ceiling_per_s else None,
+                "results": [r.as_json() for r in results],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    bench_plot.scaling_plot(results, ceiling_per_s, folder / "e2e-scaling.png")
+    console.print(f"wrote {folder / 'e2e-scaling.json'} and {folder / 'e2e-scaling.png'}")
 
 
 bench_app.command("ceiling")(bench_ceiling.ceiling)

@@ -30,9 +30,6 @@ import contextlib
 import os
 import random
 import re
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -50,6 +47,14 @@ from aiokafka import AIOKafkaProducer
 from ledgerflow.cli.bench_ceiling import transfer_completed_event
 from ledgerflow.cli.bench_e2e import owner_of
 from ledgerflow.cli.bench_ledger import create_bench_database, with_database
+from ledgerflow.cli.bench_measure import (
+    Profiler,
+    cpu_by_group,
+    cpu_snapshot,
+    machine_cpu_s,
+    py_spy_path,
+    runqueue_wait_s,
+)
 from ledgerflow.contracts.codec import KafkaRecord, encode_command
 from ledgerflow.contracts.topics import TRANSFER
 from ledgerflow.harness.identity import Issuer, Signer
@@ -496,54 +501,6 @@ async def drop_database(owner_url: str, database: str) -> None:
 # --- measuring -----------------------------------------------------------------------------
 
 
-def cpu_snapshot() -> dict[int, tuple[str, float]]:
-    """Every process's command name and CPU seconds (its threads' included)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    snapshot = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            text = stat.read_text()
-            fields = text[text.rindex(")") + 2 :].split()
-            command = text[text.index("(") + 1 : text.rindex(")")]
-            snapshot[int(stat.parent.name)] = (command, (int(fields[11]) + int(fields[12])) / tick)
-    return snapshot
-
-
-def cpu_by_group(
-    before: dict[int, tuple[str, float]],
-    after: dict[int, tuple[str, float]],
-    roles: dict[int, str],
-) -> dict[str, float]:
-    """CPU seconds between two snapshots by role (the bench's processes) or command name (the
-    others: postgres, java for Kafka, …), largest first; processes gone meanwhile are missed."""
-    groups: dict[str, float] = defaultdict(float)
-    for pid, (command, seconds) in after.items():
-        used = seconds - before.get(pid, (command, 0.0))[1]
-        if used > 0:
-            name = roles.get(pid) or {"java": "kafka (java)"}.get(command, command)
-            groups[name] += used
-    return dict(sorted(groups.items(), key=lambda kv: -kv[1]))
-
-
-def runqueue_wait_s(pid: int) -> float:
-    """Seconds the process's threads have waited, runnable, for a CPU (/proc/PID/task/*/schedstat,
-    second field): time a saturated machine adds to every answer."""
-    waited = 0
-    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            waited += int(stat.read_text().split()[1])
-    return waited / 1e9
-
-
-def machine_cpu_s() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the machine since boot, all cores, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle, iowait
-    total = sum(values[:8])  # without guest time, which user time already counts
-    tick = os.sysconf("SC_CLK_TCK")
-    return (total - idle) / tick, total / tick
-
-
 def percentile(ordered: Sequence[float], q: float) -> float:
     """Nearest rank of an ascending list (0 when empty)."""
     if not ordered:
@@ -825,11 +782,6 @@ class ApiBenchResult:
         }
 
 
-def _py_spy() -> str | None:
-    beside = Path(sys.executable).with_name("py-spy")
-    return str(beside) if beside.exists() else shutil.which("py-spy")
-
-
 async def run_api_bench(
     owner_url: str,
     app_url: str,
@@ -974,25 +926,8 @@ async def run_api_bench(
             window_start = time.perf_counter()
             deadline = time.monotonic() + seconds
             spy = None
-            py_spy = _py_spy()
-            if profile is not None and py_spy is not None:
-                spy = subprocess.Popen(  # noqa: ASYNC220 (a child that runs beside the loop)
-                    [
-                        py_spy,
-                        "record",
-                        "--pid",
-                        str(api.process.pid),
-                        "--duration",
-                        str(int(seconds)),
-                        "--format",
-                        "raw",
-                        "--nonblocking",
-                        "-o",
-                        str(profile),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+            if profile is not None and py_spy_path() is not None:
+                spy = Profiler(api.process.pid, profile)
             await asyncio.gather(*runs)
             window_s = time.perf_counter() - window_start
             written_to = await owner.fetchval("SELECT clock_timestamp()")
@@ -1003,7 +938,7 @@ async def run_api_bench(
             cpu_s = cpu_by_group(cpu_before, cpu_snapshot(), roles | {os.getpid(): "bench client"})
             _, api_metrics_after = await asyncio.to_thread(api.get, "/metrics")
             if spy is not None:
-                await asyncio.to_thread(spy.wait, seconds + 60)
+                await asyncio.to_thread(spy.stop)
         finally:
             publisher.stopped = True
             with contextlib.suppress(RuntimeError):
@@ -1052,7 +987,7 @@ async def run_api_bench(
             api_wait,
             cpu_s,
             (busy_after - busy_before) / (total_after - total_before),
-            str(profile) if profile is not None and py_spy is not None else None,
+            str(profile) if spy is not None else None,
         )
     finally:
         for process in processes:

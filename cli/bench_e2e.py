@@ -4,18 +4,22 @@ Measures from the moment a command is handed to the producer to the moment its r
 consumed, on a database and topics of its own. `naive` runs the worker with one message per
 batch: one transaction and one commit per message, the baseline that batching is judged by.
 Flows: `transfer` (P2P transfers), `cashout-two-phase` (held cash-outs, then their settles:
-two commands per cash-out, judged per command against transfers).
+two commands per cash-out), `payment` (to one hot merchant) and `refund` (payments to one hot
+merchant, then a partial refund of each): the others are judged per command against transfers.
+Every run reports the CPU each process used in its measured window, and `profile_dir` records
+a worker and the relay with py-spy meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
@@ -23,9 +27,10 @@ from pydantic import BaseModel
 
 from ledgerflow.cli.bench_ceiling import ceiling_for
 from ledgerflow.cli.bench_ledger import create_bench_database, with_database
+from ledgerflow.cli.bench_measure import Profiler, cpu_by_group, cpu_snapshot, machine_cpu_s
 from ledgerflow.contracts.codec import KafkaRecord, encode_command
 from ledgerflow.contracts.commands import RequestOnboarding
-from ledgerflow.contracts.topics import CASHOUT, CASHOUT_SETTLE, PAYMENT, TRANSFER, Flow
+from ledgerflow.contracts.topics import CASHOUT, CASHOUT_SETTLE, PAYMENT, REFUND, TRANSFER, Flow
 from ledgerflow.harness.identity import Issuer, Signer, customer_subject
 from ledgerflow.harness.processes import ManagedProcess, ledgerflow_env, start_process
 from ledgerflow.harness.results import ResultCollector
@@ -40,6 +45,7 @@ from ledgerflow.testkit.commands import (
     onboarding,
     parsed,
     payment,
+    refund,
     settle,
     transfer,
     wallet_of,
@@ -49,13 +55,21 @@ from ledgerflow.workers.topics import ensure_topics, topic_specs
 SETUP_BATCH = 2_000
 RESULT_TIMEOUT_S = 300.0
 FUNDS = 10**9
-FLOWS = ("transfer", "cashout-two-phase", "payment")
+FLOWS = ("transfer", "cashout-two-phase", "payment", "refund")
+PARTITIONS_DEFAULT = 6  # command and result partitions per topic, as `ledgerflow topics` makes
+PARTITIONS_MAX = 48
 # Each flow's worker kind and the flows whose results it waits for.
-_WORKER = {"transfer": "transfer", "cashout-two-phase": "cashout", "payment": "transfer"}
+_WORKER = {
+    "transfer": "transfer",
+    "cashout-two-phase": "cashout",
+    "payment": "transfer",
+    "refund": "transfer",
+}
 _RESULTS: dict[str, tuple[Flow, ...]] = {
     "transfer": (TRANSFER,),
     "cashout-two-phase": (CASHOUT, CASHOUT_SETTLE),
     "payment": (PAYMENT,),
+    "refund": (PAYMENT, REFUND),
 }
 
 
@@ -72,6 +86,12 @@ class E2EResult:
     batch_ms_mean: float = 0.0
     flow: str = "transfer"  # `transfers` counts commands: two per two-phase cash-out
     ceiling_per_s: float | None = None  # bench ceiling, same run and database (transfers only)
+    workers: int = 2
+    partitions: int = PARTITIONS_DEFAULT
+    # CPU seconds by process over the measured window, and the machine's busy share of it.
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    machine_busy: float | None = None
+    profiles: dict[str, dict[str, object]] = field(default_factory=dict)  # role: py-spy summary
 
     @property
     def throughput_per_s(self) -> float:
@@ -96,17 +116,26 @@ class E2EResult:
             "ratio": (
                 round(self.throughput_per_s / self.ceiling_per_s, 3) if self.ceiling_per_s else None
             ),
+            "workers": self.workers,
+            "partitions": self.partitions,
+            "cpu_seconds": {k: round(v, 2) for k, v in self.cpu_s.items()},
+            "cpu_us_per_command": {
+                k: round(1e6 * v / self.transfers) for k, v in self.cpu_s.items() if v >= 0.01
+            },
+            "machine_busy": round(self.machine_busy, 3) if self.machine_busy is not None else None,
+            **({"profiles": self.profiles} if self.profiles else {}),
         }
 
 
-async def _open_merchant(app_url: str, topic_prefix: str) -> uuid.UUID:
-    """One merchant wallet (setup, straight in the ledger), paid by every payment."""
+async def _open_merchant(app_url: str, topic_prefix: str) -> tuple[uuid.UUID, str]:
+    """One merchant wallet (setup, straight in the ledger), paid by every payment; and its
+    owner, who signs its refunds."""
     pool = await create_pool(app_url, size_max=1)
     try:
         writer = LedgerWriter(pool, {"basic": TierLimits()}, topic_prefix=topic_prefix)
         shop = merchant()
         await writer.apply([Incoming(parsed(shop), subject=owner_of(shop))])
-        return wallet_of(shop)
+        return wallet_of(shop), owner_of(shop)
     finally:
         await pool.close()
 
@@ -146,15 +175,19 @@ async def run_e2e(
     workers: int = 2,
     auth: bool = True,
     flow: str = "transfer",
+    partitions: int = PARTITIONS_DEFAULT,
+    profile_dir: Path | None = None,
+    ceiling: bool = True,
 ) -> E2EResult:
     assert flow in FLOWS, flow
+    assert 1 <= workers <= partitions <= PARTITIONS_MAX, "a worker has a partition at least"
     database = f"ledgerflow_bench_e2e_{'naive' if naive else 'batched'}_{flow.replace('-', '_')}"
     await create_bench_database(owner_url, database)
     bench_app_url = with_database(app_url, database)
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     # Setup results go to this run's topics too: the relay must never wait on a missing topic.
     ids, owners = await _fund_wallets(bench_app_url, wallets, prefix)
-    await ensure_topics(bootstrap_servers, topic_specs(prefix, 6, 6, 1), 1)
+    await ensure_topics(bootstrap_servers, topic_specs(prefix, partitions, partitions, 1), 1)
     log_dir = Path(tempfile.mkdtemp(prefix="ledgerflow-bench-"))
     # Signed like production: each sender's session token (verified once, then cached), the
     # payout service's for settles.
@@ -199,7 +232,7 @@ async def run_e2e(
             phases: list[list[tuple[str, KafkaRecord]]] = []
             if flow == "payment":
                 # Every payment pays one merchant: its wallet is the hottest row there is.
-                shop = await _open_merchant(bench_app_url, prefix)
+                shop, _ = await _open_merchant(bench_app_url, prefix)
                 phases.append(
                     [
                         (str(c.payment_id), signed(c))
@@ -209,6 +242,17 @@ async def run_e2e(
                         )
                     ]
                 )
+            elif flow == "refund":
+                # Payments to one merchant, then a partial refund of each, signed by the
+                # merchant's owner: both debit or credit the one hot merchant wallet.
+                shop, shop_owner = await _open_merchant(bench_app_url, prefix)
+                signer.owners[shop] = shop_owner
+                paid = [
+                    payment(w, shop, rng.randint(100, 10_000))
+                    for w in rng.choices(ids, k=(transfers + warm_up) // 2)
+                ]
+                phases.append([(str(c.payment_id), signed(c)) for c in paid])
+                phases.append([(str(c.payment_id), signed(refund(c, c.amount // 2))) for c in paid])
             elif flow == "transfer":
                 phase = []
                 for _ in range(transfers + warm_up):
@@ -236,6 +280,17 @@ async def run_e2e(
                 expected += share
                 await results.wait_total(expected, RESULT_TIMEOUT_S)
             sent_at: dict[tuple[str, int], float] = {}
+            # The measured window: CPU by process and py-spy from here to the last result.
+            roles = {p.process.pid: " ".join(p.args) for p in processes}
+            roles[os.getpid()] = "bench client"
+            profilers = {}
+            if profile_dir is not None:
+                await asyncio.to_thread(profile_dir.mkdir, parents=True, exist_ok=True)
+                for process in (processes[0], processes[-1]):  # a worker, the relay
+                    role = " ".join(process.args)
+                    out = profile_dir / f"{flow}-{role.replace(' ', '-')}.folded"
+                    profilers[role] = Profiler(process.process.pid, out)
+            cpu_before, machine_before = cpu_snapshot(), machine_cpu_s()
             started = time.monotonic()
             interval = 1.0 / rate if rate else 0.0
             i = 0
@@ -259,6 +314,9 @@ async def run_e2e(
                 await producer.flush()
                 expected += len(phase) - share
             await results.wait_total(expected, RESULT_TIMEOUT_S)
+            cpu_s = cpu_by_group(cpu_before, cpu_snapshot(), roles)
+            busy, total = (b - a for a, b in zip(machine_before, machine_cpu_s(), strict=True))
+            profiles = {role: await asyncio.to_thread(p.stop) for role, p in profilers.items()}
             transfers = i
         finally:
             await producer.stop()
@@ -269,14 +327,14 @@ async def run_e2e(
         last = max(received.values())
         q = statistics.quantiles(latencies, n=100)
         batch_mean, batch_ms = _batch_stats(processes[:workers], _RESULTS[flow])
-        ceiling = None
-        if flow == "transfer":
+        ceiling_per_s = None
+        if flow == "transfer" and ceiling:
             # The yardstick from the same run, on the same database and wallets. Workers and
             # relay stop first (idle by now): the database is the ceiling's alone, and its
             # result rows stay in the outbox.
             for process in processes:
                 process.stop()
-            ceiling = await ceiling_for(
+            ceiling_per_s = await ceiling_for(
                 bench_app_url, ids, transfers, batch_records_max, topic_prefix=prefix
             )
         return E2EResult(
@@ -290,7 +348,12 @@ async def run_e2e(
             batch_mean,
             batch_ms,
             flow,
-            ceiling_per_s=ceiling,
+            ceiling_per_s=ceiling_per_s,
+            workers=workers,
+            partitions=partitions,
+            cpu_s=cpu_s,
+            machine_busy=busy / total if total else None,
+            profiles=profiles,
         )
     finally:
         for process in processes:

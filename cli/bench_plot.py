@@ -1,4 +1,4 @@
-"""The latency-against-offered-rate plot of docs/benchmarks.md."""
+"""The plots of docs/benchmarks.md and docs/scaling.md."""
 
 from __future__ import annotations
 
@@ -31,6 +31,36 @@ def latency_plot(results: Sequence[E2EResult], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_title("Ledgerflow end to end: latency against offered rate (2 cores, all local)")
     ax.grid(visible=True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def scaling_plot(results: Sequence[E2EResult], ceiling_per_s: float | None, path: Path) -> None:
+    """Throughput against worker processes, one line per partition count."""
+    import matplotlib as mpl  # noqa: PLC0415 - a plotting stack is loaded only to plot
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for p in sorted({r.partitions for r in results}):
+        line = sorted(
+            (r.workers, r.throughput_per_s) for r in results if r.partitions == p
+        )
+        ax.plot(*zip(*line, strict=True), marker="o", label=f"{p} partitions")
+    if ceiling_per_s:
+        ax.axhline(ceiling_per_s, color="grey", linestyle="--", linewidth=1, label="ceiling")
+        ax.axhline(
+            ceiling_per_s / 2, color="grey", linestyle=":", linewidth=1, label="0.5x ceiling"
+        )
+    ax.set_xlabel("worker processes")
+    ax.set_xticks(sorted({r.workers for r in results}))
+    ax.set_ylabel("transfers per second, end to end")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Ledgerflow end to end: throughput against workers (2 cores, all local)")
+    ax.grid(visible=True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import orjson
 from pydantic import BaseModel
@@ -139,7 +139,14 @@ def _envelope_bytes(
     envelope["data"] = (
         data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else data
     )
-    return orjson.dumps(envelope, option=_DUMPS_OPTIONS)
+    return orjson.dumps(envelope, default=_uuid_subclass, option=_DUMPS_OPTIONS)
+
+
+def _uuid_subclass(value: object) -> str:
+    """orjson writes uuid.UUID itself, not its subclasses: asyncpg's UUID, as rows carry it."""
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def decode_event(value: bytes) -> Envelope[dict[str, Any]]:

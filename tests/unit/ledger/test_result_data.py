@@ -136,3 +136,27 @@ def test_each_success_is_its_model_s_dump_in_its_field_order(
         time=NOW,
     )
     assert decode_result(flow, value).data == model.model_validate(data)
+
+
+def test_ids_read_from_the_database_are_written_as_uuids() -> None:
+    """Rows carry asyncpg's own UUID type, which orjson does not write by itself."""
+    from asyncpg.pgproto.pgproto import UUID as RowUUID  # noqa: PLC0415, N811
+
+    wallet = uuid.uuid4()
+    value = encode_event(
+        "cashin.completed",
+        {
+            "cashin_id": uuid.uuid4(),
+            "wallet_account_id": RowUUID(str(wallet)),
+            "amount": 5,
+            "currency": "EUR",
+            "journal_entry_id": uuid.uuid4(),
+            "balance_after": 5,
+        },
+        event_id=str(uuid.uuid4()),
+        source=RESULT_SOURCE,
+        causation_id=None,
+        correlation_id=None,
+        time=NOW,
+    )
+    assert orjson.loads(value)["data"]["wallet_account_id"] == str(wallet)

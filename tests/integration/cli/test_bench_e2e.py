@@ -1,0 +1,82 @@
+"""`ledgerflow bench e2e` through real processes: the refund flow (payments to one merchant,
+then a partial refund of each) lands in the ledger, and the run reports its CPU by process and
+py-spy profiles of a worker and the relay, on the partitions it was asked for."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import pytest
+
+from ledgerflow.cli.bench_e2e import run_e2e
+from ledgerflow.cli.bench_ledger import with_database
+from ledgerflow.cli.bench_measure import py_spy_path
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.integration
+
+COMMANDS = 200  # measured: 100 payments and their 100 refunds
+WARM_UP = 100
+BENCH_DATABASE = "ledgerflow_bench_e2e_batched_refund"  # the run's own, recreated each run
+
+
+async def test_refund_flow_is_measured_with_its_cpu_and_profiles(
+    database: Any, kafka: Any, tmp_path: Path
+) -> None:
+    owner = await asyncpg.connect(database.owner_url)
+    try:
+        if not await owner.fetchval(
+            "SELECT rolcreatedb FROM pg_roles WHERE rolname = current_user"
+        ):
+            pytest.skip("the owner role may not create databases on this server")
+    finally:
+        await owner.close()
+    result = await run_e2e(
+        database.owner_url,
+        database.app_url,
+        kafka.bootstrap_servers,
+        transfers=COMMANDS,
+        wallets=40,
+        rate=None,
+        naive=False,
+        warm_up=WARM_UP,
+        workers=1,
+        partitions=2,
+        flow="refund",
+        profile_dir=tmp_path,
+    )
+    assert (result.flow, result.transfers, result.workers, result.partitions) == (
+        "refund",
+        COMMANDS,
+        1,
+        2,
+    )
+    assert result.throughput_per_s > 0
+    assert 0 < result.p50_ms <= result.p99_ms
+    assert result.cpu_s["worker transfer"] > 0
+    assert result.cpu_s["relay"] > 0
+    assert result.ceiling_per_s is None  # the yardstick is measured for transfers only
+    if py_spy_path() is not None:
+        for role in ("worker transfer", "relay"):
+            profile: Any = result.profiles[role]
+            assert profile["samples"] > 0, profile
+            assert profile["inclusive"], profile
+    # Every payment was refunded half, once: the ledger says so.
+    bench = await asyncpg.connect(with_database(database.owner_url, BENCH_DATABASE))
+    try:
+        row = await bench.fetchrow(
+            "SELECT count(*) AS n, count(*) FILTER (WHERE refunded = amount / 2) AS halved "
+            "FROM payments"
+        )
+    finally:
+        await bench.close()
+        admin = await asyncpg.connect(database.admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
+        finally:
+            await admin.close()
+    assert row is not None
+    assert (row["n"], row["halved"]) == ((COMMANDS + WARM_UP) // 2,) * 2
