@@ -116,9 +116,15 @@ def e2e(
         help="Record the first worker and the relay with py-spy over the measured window, into "
         "this folder (raw folded stacks; the JSON summarises them).",
     ),
+    setting: list[str] = typer.Option(
+        [],
+        help="A worker setting for this run, NAME=VALUE (LEDGERFLOW_NAME), e.g. batch_wait_ms=20; "
+        "repeatable.",
+    ),
     as_json: JsonFlag = False,
 ) -> None:
     """Publish commands and measure publish → result-consumed throughput and latency."""
+    worker_settings = _settings_of(setting)
     if flow not in bench_e2e.FLOWS:
         raise typer.BadParameter(f"unknown flow {flow}; one of {', '.join(bench_e2e.FLOWS)}")
     if workers > partitions:
@@ -150,6 +156,7 @@ def e2e(
                     flow=run_flow,
                     partitions=partitions,
                     profile_dir=profile,
+                    worker_settings=worker_settings,
                 )
             )
         )
@@ -205,6 +212,17 @@ def e2e(
     elif compare:
         console.print(f"batched / naive throughput: {out['batched_over_naive']}x")
     console.print(f"machine: {machine()}")
+
+
+def _settings_of(pairs: list[str]) -> dict[str, str]:
+    """NAME=VALUE pairs as worker settings; a name must be one of Settings' fields."""
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name.lower() not in Settings.model_fields:
+            raise typer.BadParameter(f"--setting {pair!r}: NAME=VALUE with a worker setting NAME")
+        out[name.lower()] = value
+    return out
 
 
 def _ms(value: float) -> str:
@@ -373,6 +391,7 @@ def sweep(
     seconds: float = typer.Option(8.0, min=1, max=120, help="Measured seconds per rate."),
     wallets: int = typer.Option(10_000, min=2, max=1_000_000),
     workers: int = typer.Option(2, min=1, max=bench_e2e.PARTITIONS_DEFAULT),
+    setting: list[str] = typer.Option([], help="A worker setting, NAME=VALUE; repeatable."),
     out: str = typer.Option("docs/bench", help="Folder for e2e-sweep.json and e2e-latency.png."),
 ) -> None:
     """Latency percentiles against offered rate (one e2e run per rate), as JSON and a PNG plot."""
@@ -395,6 +414,7 @@ def sweep(
                 batch_records_max=settings.batch_records_max,
                 workers=workers,
                 ceiling=False,  # a latency run: the yardstick is the throughput runs'
+                worker_settings=_settings_of(setting),
             )
         )
         results.append(result)

@@ -46,9 +46,7 @@ def scaling_plot(results: Sequence[E2EResult], ceiling_per_s: float | None, path
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for p in sorted({r.partitions for r in results}):
-        line = sorted(
-            (r.workers, r.throughput_per_s) for r in results if r.partitions == p
-        )
+        line = sorted((r.workers, r.throughput_per_s) for r in results if r.partitions == p)
         ax.plot(*zip(*line, strict=True), marker="o", label=f"{p} partitions")
     if ceiling_per_s:
         ax.axhline(ceiling_per_s, color="grey", linestyle="--", linewidth=1, label="ceiling")

@@ -277,7 +277,7 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
         # Let the broker gather a batch for up to batch_wait_ms: fewer, larger transactions,
         # since every commit costs a disk flush.
         fetch_min_bytes=settings.fetch_min_bytes,
-        fetch_max_wait_ms=max(1, settings.batch_wait_ms),
+        fetch_max_wait_ms=settings.fetch_max_wait_ms or max(1, settings.batch_wait_ms),
         # At-least-once in: FastStream's default (ACK_FIRST) is at-most-once, wrong for money.
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     batch_records_max: int = Field(default=500, ge=1, le=5000)
     batch_wait_ms: int = Field(default=10, ge=0, le=1000)
     fetch_min_bytes: int = Field(default=32 * 1024, ge=1, le=8 * 1024 * 1024)
+    # How long the broker holds a fetch while fewer than fetch_min_bytes are ready; None: as
+    # long as batch_wait_ms. Every consumer (one per flow) fetches this often while idle.
+    fetch_max_wait_ms: int | None = Field(default=None, ge=1, le=5_000)
     db_pool_size_max: int = Field(default=4, ge=1, le=32)
     statement_timeout_ms: int = Field(default=30_000, ge=100, le=120_000)
     lock_timeout_ms: int = Field(default=5_000, ge=10, le=60_000)
