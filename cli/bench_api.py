@@ -46,7 +46,7 @@ from aiokafka import AIOKafkaProducer
 
 from ledgerflow.cli.bench_ceiling import transfer_completed_event
 from ledgerflow.cli.bench_e2e import owner_of
-from ledgerflow.cli.bench_ledger import create_bench_database, with_database
+from ledgerflow.cli.bench_ledger import create_bench_database, drop_database, with_database
 from ledgerflow.cli.bench_measure import (
     Profiler,
     cpu_by_group,
@@ -488,14 +488,6 @@ async def _apply_all(writer: LedgerWriter, batch: Sequence[Incoming]) -> None:
     refused = [o for o in outcomes if o.kind is not OutcomeKind.COMPLETED]
     if refused:
         raise RuntimeError(f"{len(refused)} setup commands not completed, e.g. {refused[0]}")
-
-
-async def drop_database(owner_url: str, database: str) -> None:
-    conn = await asyncpg.connect(owner_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 # --- measuring -----------------------------------------------------------------------------

@@ -404,7 +404,11 @@ async def run_ceiling_bench(
     """On a database of its own (created, funded through the real LedgerWriter, dropped)."""
     # Imported here: bench ledger and bench e2e import this module for `ceiling_for`.
     from ledgerflow.cli.bench_e2e import _fund_wallets  # noqa: PLC0415
-    from ledgerflow.cli.bench_ledger import create_bench_database, with_database  # noqa: PLC0415
+    from ledgerflow.cli.bench_ledger import (  # noqa: PLC0415
+        create_bench_database,
+        drop_database,
+        with_database,
+    )
 
     owner_bench_url = await create_bench_database(owner_url, database)
     try:
@@ -420,11 +424,7 @@ async def run_ceiling_bench(
             app_bench_url, ids, transfers=transfers, batch=batch, warm_up=WARM_UP
         )
     finally:
-        conn = await asyncpg.connect(owner_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_database(owner_url, database)
 
 
 def ceiling(

@@ -44,11 +44,34 @@ def with_database(url: str, name: str) -> str:
     return f"{base}/{name}" + (f"?{query}" if query else "")
 
 
-async def create_bench_database(owner_url: str, name: str) -> str:
-    """Drop and create `name`, migrated; returns its owner URL."""
+# An autovacuum worker in a benchmark's leftover database runs as the bootstrap superuser, whom
+# the owner role may not terminate: DROP … WITH (FORCE) fails until it is done (seconds).
+DROP_ATTEMPTS = 30
+DROP_RETRY_S = 1.0
+
+
+async def drop_database(owner_url: str, name: str) -> None:
+    """Drop `name` if it exists, ending its sessions; waits out an autovacuum worker in it."""
     conn = await asyncpg.connect(owner_url)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for attempt in range(DROP_ATTEMPTS):
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            except asyncpg.InsufficientPrivilegeError:
+                if attempt == DROP_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(DROP_RETRY_S)
+            else:
+                return
+    finally:
+        await conn.close()
+
+
+async def create_bench_database(owner_url: str, name: str) -> str:
+    """Drop and create `name`, migrated; returns its owner URL."""
+    await drop_database(owner_url, name)
+    conn = await asyncpg.connect(owner_url)
+    try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
