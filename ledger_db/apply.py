@@ -840,16 +840,11 @@ def _result(
             "balance_after": decision.balance_after,
         }
     if kind in (SettleCashOut, ReturnCashOut):
-        cashout = book.cashouts[cast("SettleCashOut | ReturnCashOut", cmd).cashout_id]
-        return ("cashout.completed" if kind is SettleCashOut else "cashout.reversed"), {
-            "cashout_id": cashout.cashout_id,
-            "wallet_account_id": cashout.wallet_id,
-            "amount": cashout.amount,
-            "currency": cashout.currency,
-            "fee": cashout.fee,
-            "journal_entry_id": decision.entry_id,
-            "balance_after": decision.balance_after,
-        }
+        held = book.cashouts[cast("SettleCashOut | ReturnCashOut", cmd).cashout_id]
+        event_type = "cashout.completed" if kind is SettleCashOut else "cashout.reversed"
+        return event_type, _cashout_moved(
+            held.cashout_id, held.wallet_id, held.amount, held.currency, held.fee, decision
+        )
     if kind is ConfirmCashIn:
         c = cast("ConfirmCashIn", cmd)
         return flow.completed_topic, {
@@ -862,14 +857,28 @@ def _result(
         }
     assert kind is ApproveCashOut, kind
     o = cast("ApproveCashOut", cmd)
-    return flow.completed_topic, {
-        "cashout_id": o.cashout_id,
-        "wallet_account_id": o.wallet_account_id,
-        "amount": o.amount,
-        "currency": o.currency,
-        "fee": o.fee,
-        "journal_entry_id": decision.entry_id,
-        "balance_after": decision.balance_after,
+    return flow.completed_topic, _cashout_moved(
+        o.cashout_id, o.wallet_account_id, o.amount, o.currency, o.fee, decision
+    )
+
+
+def _cashout_moved(
+    cashout_id: uuid.UUID,
+    wallet_id: uuid.UUID,
+    amount: int,
+    currency: str,
+    fee: int,
+    moved: MoneyMoved,
+) -> dict[str, Any]:
+    """`cashout.completed` (paid out at once or settled) and `cashout.reversed` share fields."""
+    return {
+        "cashout_id": cashout_id,
+        "wallet_account_id": wallet_id,
+        "amount": amount,
+        "currency": currency,
+        "fee": fee,
+        "journal_entry_id": moved.entry_id,
+        "balance_after": moved.balance_after,
     }
 
 

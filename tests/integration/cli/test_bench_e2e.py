@@ -24,19 +24,11 @@ BENCH_DATABASE = "ledgerflow_bench_e2e_batched_refund"  # the run's own, recreat
 
 
 async def test_refund_flow_is_measured_with_its_cpu_and_profiles(
-    database: Any, kafka: Any, tmp_path: Path
+    creates_databases: Any, kafka: Any, tmp_path: Path
 ) -> None:
-    owner = await asyncpg.connect(database.owner_url)
-    try:
-        if not await owner.fetchval(
-            "SELECT rolcreatedb FROM pg_roles WHERE rolname = current_user"
-        ):
-            pytest.skip("the owner role may not create databases on this server")
-    finally:
-        await owner.close()
     result = await run_e2e(
-        database.owner_url,
-        database.app_url,
+        creates_databases.owner_url,
+        creates_databases.app_url,
         kafka.bootstrap_servers,
         transfers=COMMANDS,
         wallets=40,
@@ -65,7 +57,7 @@ async def test_refund_flow_is_measured_with_its_cpu_and_profiles(
             assert profile["samples"] > 0, profile
             assert profile["inclusive"], profile
     # Every payment was refunded half, once: the ledger says so.
-    bench = await asyncpg.connect(with_database(database.owner_url, BENCH_DATABASE))
+    bench = await asyncpg.connect(with_database(creates_databases.owner_url, BENCH_DATABASE))
     try:
         row = await bench.fetchrow(
             "SELECT count(*) AS n, count(*) FILTER (WHERE refunded = amount / 2) AS halved "
@@ -73,7 +65,7 @@ async def test_refund_flow_is_measured_with_its_cpu_and_profiles(
         )
     finally:
         await bench.close()
-        admin = await asyncpg.connect(database.admin_url)
+        admin = await asyncpg.connect(creates_databases.admin_url)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
         finally:
