@@ -129,11 +129,6 @@ def e2e(
         raise typer.BadParameter(f"unknown flow {flow}; one of {', '.join(bench_e2e.FLOWS)}")
     if workers > partitions:
         raise typer.BadParameter("--workers must not exceed --partitions (an idle worker)")
-    settings = Settings()
-    owner, app = (
-        settings.migration_database_url.get_secret_value(),
-        settings.database_url.get_secret_value(),
-    )
     # A flow other than transfers is judged against transfers measured in the same run.
     runs = [("transfer", False), (flow, False)] if flow != "transfer" else []
     runs += [] if runs else [(flow, False), (flow, True)] if compare else [(flow, naive)]
@@ -141,23 +136,17 @@ def e2e(
     for run_flow, mode in runs:
         n = min(transfers, 2_000) if (mode and compare) else transfers
         results.append(
-            asyncio.run(
-                bench_e2e.run_e2e(
-                    owner,
-                    app,
-                    settings.kafka_bootstrap_servers,
-                    transfers=n,
-                    wallets=wallets,
-                    rate=rate,
-                    naive=mode,
-                    batch_records_max=settings.batch_records_max,
-                    workers=workers,
-                    auth=auth,
-                    flow=run_flow,
-                    partitions=partitions,
-                    profile_dir=profile,
-                    worker_settings=worker_settings,
-                )
+            _run_e2e(
+                transfers=n,
+                wallets=wallets,
+                rate=rate,
+                naive=mode,
+                workers=workers,
+                auth=auth,
+                flow=run_flow,
+                partitions=partitions,
+                profile_dir=profile,
+                worker_settings=worker_settings,
             )
         )
     out: dict[str, object] = results[-1].as_json() | {"machine": machine()}
@@ -200,8 +189,7 @@ def e2e(
         )
     console.print(table)
     for r in results:
-        used = ", ".join(f"{k} {v:.1f}" for k, v in r.cpu_s.items() if v >= 0.1)
-        console.print(f"{r.flow} {r.mode}: CPU seconds in the window: {used}")
+        console.print(f"{r.flow} {r.mode}: CPU seconds in the window: {_cpu_used(r)}")
         if r.ceiling_per_s:
             ratio = r.throughput_per_s / r.ceiling_per_s
             console.print(f"ceiling {r.ceiling_per_s:,.0f}/s; ratio {ratio:.2f}")
@@ -212,6 +200,29 @@ def e2e(
     elif compare:
         console.print(f"batched / naive throughput: {out['batched_over_naive']}x")
     console.print(f"machine: {machine()}")
+
+
+def _run_e2e(**options: Any) -> bench_e2e.E2EResult:
+    """One `run_e2e` against the configured stack (the databases, Kafka, the batch bound)."""
+    settings = Settings()
+    return asyncio.run(
+        bench_e2e.run_e2e(
+            settings.migration_database_url.get_secret_value(),
+            settings.database_url.get_secret_value(),
+            settings.kafka_bootstrap_servers,
+            batch_records_max=settings.batch_records_max,
+            **options,
+        )
+    )
+
+
+def _cpu_used(result: bench_e2e.E2EResult) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in result.cpu_s.items() if v >= 0.1)
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _settings_of(pairs: list[str]) -> dict[str, str]:
@@ -395,27 +406,17 @@ def sweep(
     out: str = typer.Option("docs/bench", help="Folder for e2e-sweep.json and e2e-latency.png."),
 ) -> None:
     """Latency percentiles against offered rate (one e2e run per rate), as JSON and a PNG plot."""
-    settings = Settings()
-    owner, app = (
-        settings.migration_database_url.get_secret_value(),
-        settings.database_url.get_secret_value(),
-    )
+    worker_settings = _settings_of(setting)
     results = []
     for rate in [float(r) for r in rates.split(",")]:
-        result = asyncio.run(
-            bench_e2e.run_e2e(
-                owner,
-                app,
-                settings.kafka_bootstrap_servers,
-                transfers=int(rate * seconds),
-                wallets=wallets,
-                rate=rate,
-                naive=False,
-                batch_records_max=settings.batch_records_max,
-                workers=workers,
-                ceiling=False,  # a latency run: the yardstick is the throughput runs'
-                worker_settings=_settings_of(setting),
-            )
+        result = _run_e2e(
+            transfers=int(rate * seconds),
+            wallets=wallets,
+            rate=rate,
+            naive=False,
+            workers=workers,
+            ceiling=False,  # a latency run: the yardstick is the throughput runs'
+            worker_settings=worker_settings,
         )
         results.append(result)
         console.print(
@@ -423,10 +424,9 @@ def sweep(
             f"p50 {result.p50_ms:.0f} ms, p95 {result.p95_ms:.0f} ms, p99 {result.p99_ms:.0f} ms"
         )
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "e2e-sweep.json").write_text(
-        json.dumps({"machine": machine(), "results": [r.as_json() for r in results]}, indent=2)
-        + "\n"
+    _write_json(
+        folder / "e2e-sweep.json",
+        {"machine": machine(), "results": [r.as_json() for r in results]},
     )
     bench_plot.latency_plot(results, folder / "e2e-latency.png")
     console.print(f"wrote {folder / 'e2e-sweep.json'} and {folder / 'e2e-latency.png'}")
@@ -452,11 +452,6 @@ def scaling(
 ) -> None:
     """Throughput against worker processes by partitions, auth on, with CPU by process per run
     and one ceiling for all of them, as JSON and a PNG plot."""
-    settings = Settings()
-    owner, app = (
-        settings.migration_database_url.get_secret_value(),
-        settings.database_url.get_secret_value(),
-    )
     grid = [
         (w, p)
         for p in _int_list(partitions, "--partitions")
@@ -465,41 +460,30 @@ def scaling(
     ]
     results = []
     for i, (w, p) in enumerate(grid):
-        result = asyncio.run(
-            bench_e2e.run_e2e(
-                owner,
-                app,
-                settings.kafka_bootstrap_servers,
-                transfers=transfers,
-                wallets=wallets,
-                rate=None,
-                naive=False,
-                batch_records_max=settings.batch_records_max,
-                workers=w,
-                partitions=p,
-                ceiling=i == len(grid) - 1,  # the yardstick once, after the last run
-            )
+        result = _run_e2e(
+            transfers=transfers,
+            wallets=wallets,
+            rate=None,
+            naive=False,
+            workers=w,
+            partitions=p,
+            ceiling=i == len(grid) - 1,  # the yardstick once, after the last run
         )
         results.append(result)
-        used = ", ".join(f"{k} {v:.1f}" for k, v in result.cpu_s.items() if v >= 0.1)
         console.print(
             f"{w} workers, {p} partitions: {result.throughput_per_s:,.0f}/s, p99 "
             f"{result.p99_ms:.0f} ms, machine busy {100 * (result.machine_busy or 0):.0f} %; "
-            f"CPU s: {used}"
+            f"CPU s: {_cpu_used(result)}"
         )
     ceiling_per_s = results[-1].ceiling_per_s if results else None
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "e2e-scaling.json").write_text(
-        json.dumps(
-            {
-                "machine": machine(),
-                "ceiling_per_s": round(ceiling_per_s) if ceiling_per_s else None,
-                "results": [r.as_json() for r in results],
-            },
-            indent=2,
-        )
-        + "\n"
+    _write_json(
+        folder / "e2e-scaling.json",
+        {
+            "machine": machine(),
+            "ceiling_per_s": round(ceiling_per_s) if ceiling_per_s else None,
+            "results": [r.as_json() for r in results],
+        },
     )
     bench_plot.scaling_plot(results, ceiling_per_s, folder / "e2e-scaling.png")
     console.print(f"wrote {folder / 'e2e-scaling.json'} and {folder / 'e2e-scaling.png'}")

@@ -482,6 +482,7 @@ class _Pending:
     topic: str
     message_key: bytes
     data: ResultData | None = None  # the result to encode; None when replaying
+    event_type: str = ""  # its CloudEvents type (the topic without the deployment's prefix)
     replay_of: _Stored | _Pending | None = None
     entry_id: uuid.UUID | None = None
     recorded: bool = False  # decided here: written to idempotency_records
@@ -509,6 +510,7 @@ def _decide(
             topic_prefix + flow.rejected_topic,
             item.key or cmd.idempotency_key.encode(),
             data=cmd.rejection(),
+            event_type=flow.rejected_topic,
         )
 
     key = (flow.name, cmd.idempotency_key)
@@ -523,6 +525,7 @@ def _decide(
             topic_prefix + flow.rejected_topic,
             message_key,
             data=flow.rejected(cmd.idempotency_key, RejectReason.UNAUTHORIZED, refusal),
+            event_type=flow.rejected_topic,
         )
     previous = stored.get(key)
     if previous is not None:
@@ -549,6 +552,7 @@ def _decide(
             topic_prefix + flow.rejected_topic,
             message_key,
             data=rejection,
+            event_type=flow.rejected_topic,
         )
 
     command = cast("LedgerCommand", cmd.data)
@@ -626,6 +630,7 @@ def _decide(
         topic_prefix + event_type,
         message_key,
         data=data,
+        event_type=event_type,
         entry_id=entry_id,
         recorded=reason not in _NOT_RECORDED,
     )
@@ -668,10 +673,11 @@ async def _answer_all(
         if p.replay_of is not None:
             p.event_id, p.payload = p.replay_of.event_id, p.replay_of.payload
         else:
-            assert p.data is not None
+            assert p.data is not None, "a decided result has data"
+            assert p.event_type, "and its CloudEvents type"
             p.event_uuid = uuid.uuid4()
             p.event_id = str(p.event_uuid)
-            p.payload = _encode(_type_of(p), p.data, p.event_id, cmd, now)
+            p.payload = _encode(p.event_type, p.data, p.event_id, cmd, now)
         if p.recorded:  # decided in this batch, so encoded just above
             assert isinstance(cmd, ValidCommand)
             assert p.event_uuid is not None
@@ -703,28 +709,6 @@ def _recorded_subject(subject: str | None) -> str | None:
     """Who sent the command, as the read API shows its outcome to them; a subject past the
     column's bound is left out (then only a `ledger:read` reader sees the outcome)."""
     return subject if subject and len(subject) <= SUBJECT_CHARS_MAX else None
-
-
-# (flow, result topic) -> CloudEvents type: a handful of entries, looked up once per result.
-_EVENT_TYPES: dict[tuple[str, str], str] = {}
-
-
-def _type_of(p: _Pending) -> str:
-    """The CloudEvents type of a pending result: its topic without the deployment prefix."""
-    flow = p.item.command.flow
-    found = _EVENT_TYPES.get((flow.name, p.topic))
-    if found is not None:
-        return found
-    for event_type in flow.result_topics:
-        if p.topic.endswith(event_type):
-            if len(_EVENT_TYPES) < _EVENT_TYPES_MAX:
-                _EVENT_TYPES[(flow.name, p.topic)] = event_type
-            return event_type
-    raise AssertionError(p.topic)
-
-
-# Bounded although the prefixes a process uses are few (one per deployment; tests use more).
-_EVENT_TYPES_MAX = 1_024
 
 
 def _add_customer(

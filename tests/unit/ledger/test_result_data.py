@@ -87,24 +87,16 @@ def decided() -> list[tuple[Flow, str, Any]]:
         # What the writer records of each so the next command finds it (the cash-outs).
         data: Any = result
         cmd_id: Any = getattr(command, "cashout_id", None)
-        if event_type == "cashout.completed" and cmd_id not in book.cashouts:
+        placed = {"cashout.completed": CashOutState.IMMEDIATE, "cashout.held": CashOutState.PENDING}
+        if event_type in placed and cmd_id not in book.cashouts:
             book.cashouts[cmd_id] = CashOut(
                 cmd_id,
                 data["wallet_account_id"],
                 "EUR",
                 data["amount"],
                 data["fee"],
-                CashOutState.IMMEDIATE,
-            )
-        if event_type == "cashout.held":
-            book.cashouts[cmd_id] = CashOut(
-                cmd_id,
-                data["wallet_account_id"],
-                "EUR",
-                data["amount"],
-                data["fee"],
-                CashOutState.PENDING,
-                expires_at=data["hold_expires_at"],
+                placed[event_type],
+                expires_at=data.get("hold_expires_at"),
                 out_day=NOW.date(),
             )
     return out
