@@ -58,6 +58,7 @@ from ledgerflow.ledger_db.rules import (
     house_account_id,
 )
 from ledgerflow.ledger_db.unit_of_work import RetryStats, run_in_transaction
+from ledgerflow.ledger_db.wallet_attributes import Attributes, WalletAttributes
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -74,6 +75,13 @@ if TYPE_CHECKING:
 # pid, so concurrent batches rarely queue on one row (docs/decisions/hot-house-accounts.md).
 HOUSE_SHARDS = 16
 BATCH_COMMANDS_MAX = 5_000
+# Commands decided before their rows are handed to PostgreSQL: small enough that it starts
+# early and never waits long for the next chunk, large enough that each COPY carries enough
+# rows to be worth its round trip (docs/benchmarks.md).
+DECIDE_CHUNK = 128
+# Deciding and encoding yield to the event loop every so many commands, so that the inserts
+# under way (a COPY is two round trips) go on without waiting for a whole chunk.
+YIELD_EVERY = 4
 # A hold's life when its command does not say (LEDGERFLOW_HOLD_EXPIRES_S), DESIGN.md §5.1.
 HOLD_EXPIRES_S_DEFAULT = 259_200
 # Holds voided per expiry round: one bounded transaction, like a batch.
@@ -130,19 +138,29 @@ class _Stored:
 
 
 @dataclass(slots=True)
-class _Writes:
-    """Every row the batch inserts, in the order the commands were decided."""
+class _Inserts:
+    """Ledger rows decided since the last hand-over, in the order the commands were decided:
+    inserted a chunk at a time, each table after those it refers to."""
 
     customers: list[tuple[Any, ...]] = field(default_factory=list)
     pii: list[tuple[Any, ...]] = field(default_factory=list)
     wallets: list[tuple[Any, ...]] = field(default_factory=list)
     entries: list[tuple[Any, ...]] = field(default_factory=list)
     postings: list[tuple[Any, ...]] = field(default_factory=list)
-    deltas: dict[uuid.UUID, int] = field(default_factory=dict)
+    payments: list[tuple[Any, ...]] = field(default_factory=list)
+    holds: list[tuple[Any, ...]] = field(default_factory=list)
+    # The answers: idempotency records and outbox rows, after the ledger rows they refer to.
     records: list[tuple[Any, ...]] = field(default_factory=list)
     outbox: list[tuple[Any, ...]] = field(default_factory=list)
-    holds: list[tuple[Any, ...]] = field(default_factory=list)
-    payments: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Writes:
+    """Every row the batch writes: the inserts of the chunk being decided, and the updates
+    made once for the whole batch (balance deltas, payments refunded, holds resolved)."""
+
+    rows: _Inserts = field(default_factory=_Inserts)
+    deltas: dict[uuid.UUID, int] = field(default_factory=dict)
     # (payment_id, refunded, fee_returned) after the batch's refunds, one per payment
     refunded: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)
     # (cashout_id, status, void_reason, day given back, month given back, settle entry id)
@@ -171,6 +189,8 @@ class LedgerWriter:
     hold_expires_s: int = HOLD_EXPIRES_S_DEFAULT
     # A merchant's fee when operations set none (LEDGERFLOW_MERCHANT_FEE_BPS, _FIXED).
     default_fee: FeeSchedule = field(default_factory=FeeSchedule)
+    # What the writer knows of the wallets it locked lately, besides their balance rows.
+    wallet_attributes: WalletAttributes = field(default_factory=WalletAttributes)
     _house_currencies: set[str] = field(default_factory=set)
 
     async def apply(self, batch: Sequence[Incoming]) -> list[Outcome]:
@@ -252,7 +272,7 @@ def _touched_wallets(commands: Iterable[LedgerCommand]) -> list[uuid.UUID]:
                     "ConfirmCashIn | ApproveCashOut | SettleCashOut | ReturnCashOut", cmd
                 ).wallet_account_id
             )
-    return sorted(ids)
+    return list(ids)  # in any order: LOCK_WALLETS locks them in ascending order
 
 
 def _refunded_payments(commands: Iterable[LedgerCommand]) -> list[uuid.UUID]:
@@ -296,16 +316,40 @@ async def _lock_book(
     now: datetime | None = None
     posted_at: datetime | None = None
     if wallet_ids:
-        rows = await conn.fetch(sql.LOCK_WALLETS, ",".join(map(str, wallet_ids)), writer.clock())
-        today, now, posted_at = rows[0]["clock_day"], rows[0]["clock_now"], rows[0]["posted_at"]
-        first = sql.LOCK_WALLETS_FIRST_WALLET_COLUMN
+        known = writer.wallet_attributes
+        rows = await conn.fetch(
+            sql.LOCK_WALLETS,
+            ",".join(map(str, wallet_ids)),
+            writer.clock(),
+            ",".join(map(str, known.unknown(wallet_ids))),
+        )
+        # The clock's row: last as written (UNION ALL), found wherever it comes.
+        clock = rows[-1] if rows[-1]["id"] is None else next(r for r in rows if r["id"] is None)
+        today, now, posted_at = clock["clock_day"], clock["clock_now"], clock["posted_at"]
+        version = clock["attributes_version"]
+        unread: list[Any] = []
+        known_at = known.get
         for row in rows:
-            if row["id"] is None:
-                continue  # the clock's row: none of the wallets exists yet
+            wallet_id = row[0]
+            if wallet_id is None:
+                continue
             # The outgoing totals were read with the lock: no concurrent debit slips past a
             # limit. Positional: the query's columns are Wallet's fields, in order.
-            wallet = Wallet(*row[first:])
-            wallets[wallet.id] = wallet
+            if row[1] is not None:  # attributes read with the lock
+                wallet = Wallet(*row[: sql.LOCK_WALLETS_WALLET_COLUMNS])
+                known.remember(version, wallet_id, _attributes_of(wallet))
+            else:
+                attributes = known_at(version, wallet_id)
+                if attributes is None:  # of another version, or forgotten since
+                    unread.append(row)
+                    continue
+                wallet = _wallet_from(row, attributes)
+            wallets[wallet_id] = wallet
+        if unread:
+            read = await _read_attributes(conn, known, version, [row[0] for row in unread])
+            for row in unread:
+                assert row[0] in read, "a locked wallet has its account and customer"
+                wallets[row[0]] = _wallet_from(row, read[row[0]])
     cashouts: dict[uuid.UUID, CashOut] = {}
     if cashout_ids:
         for row in await conn.fetch(sql.LOCK_CASHOUTS, ",".join(map(str, cashout_ids))):
@@ -353,6 +397,39 @@ async def _lock_book(
     )
 
 
+def _wallet_from(row: Any, attributes: Attributes) -> Wallet:
+    """A LOCK_WALLETS row without attributes, and the wallet's attributes."""
+    currency, status, tier, owner, kind, customer_id = attributes
+    # By position: id, balance, out_today, out_month, out_day, held.
+    return Wallet(
+        row[0], currency, status, tier, row[4], owner, row[6], row[7], row[8], row[9],
+        kind, customer_id,
+    )  # fmt: skip
+
+
+def _attributes_of(wallet: Wallet) -> Attributes:
+    return (
+        wallet.currency,
+        wallet.status,
+        wallet.tier,
+        wallet.owner,
+        wallet.kind,
+        wallet.customer_id,
+    )
+
+
+async def _read_attributes(
+    conn: asyncpg.Connection, known: WalletAttributes, version: int, wallet_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, Attributes]:
+    """Attributes the writer had of another version, or forgot since the batch began, read
+    after the lock and remembered at `version`: a later change shows in the next batch's."""
+    read: dict[uuid.UUID, Attributes] = {}
+    for row in await conn.fetch(sql.SELECT_WALLET_ATTRIBUTES, ",".join(map(str, wallet_ids))):
+        read[row[0]] = attributes = tuple(row[1:])
+        known.remember(version, row[0], attributes)
+    return read
+
+
 async def _apply_in_transaction(
     conn: asyncpg.Connection, batch: Sequence[Incoming], writer: LedgerWriter
 ) -> list[Outcome]:
@@ -388,7 +465,7 @@ async def _apply_in_transaction(
     wallet_ids = _touched_wallets(commands)
     if refunded:  # the payers are credited: their wallets are locked with the others
         payers = await conn.fetch(sql.SELECT_PAYMENT_PAYERS, refunded)
-        wallet_ids = sorted(set(wallet_ids) | {row["payer_account_id"] for row in payers})
+        wallet_ids = list(set(wallet_ids) | {row["payer_account_id"] for row in payers})
     book = await _lock_book(conn, writer, wallet_ids, _named_cashouts(commands), refunded)
     merchants = [
         w.customer_id
@@ -409,20 +486,36 @@ async def _apply_in_transaction(
         rows = await conn.fetch(sql.SELECT_TAKEN_PHONES, list(phones))
         book.taken_phone_numbers = {phones[bytes(row["phone_index"])] for row in rows}
 
-    # 3. Decide every command in consumption order (pure rules, no encoding yet).
+    # 3. Decide every command in consumption order (pure rules), a chunk at a time, and encode
+    #    its result events. Each chunk's rows (ledger and answers) are inserted while the next
+    #    one is decided: PostgreSQL works on one core while Python decides on the other. The
+    #    inserts run one after the other, in order, on the batch's connection.
     writes = _Writes()
-    pending = [
-        _decide(item, book, stored, writes, topic_prefix, vault, content_key) for item in batch
-    ]
-
-    # 4. Write the ledger while the result events are encoded: PostgreSQL works on the postings
-    #    on one core while Python encodes on the other. Then the answers, set-based.
-    ledger_written = asyncio.ensure_future(_write_ledger(conn, writes, book))
+    now = datetime.now(UTC)
+    outcomes: list[Outcome] = []
+    inserted: asyncio.Future[None] | None = None
     try:
-        outcomes = await _answer_all(pending, writes, datetime.now(UTC), write_key)
+        for start in range(0, len(batch), DECIDE_CHUNK):
+            pending = []
+            for index in range(start, min(start + DECIDE_CHUNK, len(batch))):
+                if index % YIELD_EVERY == YIELD_EVERY - 1:
+                    await asyncio.sleep(0)  # the inserts under way go on meanwhile
+                pending.append(
+                    _decide(batch[index], book, stored, writes, topic_prefix, vault, content_key)
+                )
+            decided, writes.rows = writes.rows, _Inserts()
+            inserted = asyncio.ensure_future(_insert_after(inserted, conn, decided))
+            answers = _Inserts()
+            outcomes += await _answer_all(pending, answers, now, write_key)
+            inserted = asyncio.ensure_future(_insert_after(inserted, conn, answers))
+        balances = _balance_update(writes, book, conn.get_server_pid() % HOUSE_SHARDS)
     finally:
-        await ledger_written
-    await _write_answers(conn, writes)
+        if inserted is not None:
+            await inserted
+
+    # 4. Once per batch, set-based: the updates (balances, refunded payments, resolved holds).
+    await _update_ledger(conn, writes, book, balances)
+    await _notify_relay(conn)
     return outcomes
 
 
@@ -456,7 +549,7 @@ async def _expire_in_transaction(
             time=now,
         )
         message_key = str(cashout.wallet_id).encode()
-        writes.outbox.append((event_id, topic, message_key, payload, None))
+        writes.rows.outbox.append((event_id, topic, message_key, payload, None))
         outcomes.append(
             Outcome(
                 CASHOUT.name,
@@ -467,8 +560,10 @@ async def _expire_in_transaction(
                 topic,
             )
         )
-    await _write_ledger(conn, writes, book)
-    await _write_answers(conn, writes)
+    balances = _balance_update(writes, book, conn.get_server_pid() % HOUSE_SHARDS)
+    await _update_ledger(conn, writes, book, balances)
+    await _insert_ledger(conn, writes.rows)
+    await _notify_relay(conn)
     return outcomes
 
 
@@ -565,12 +660,12 @@ def _decide(
     moved = decision.moved if isinstance(decision, RefundDecided) else decision
     if isinstance(moved, MoneyMoved):
         entry_id = moved.entry_id
-        writes.entries.append((entry_id, flow.name, cmd.idempotency_key, moved.out_day))
+        writes.rows.entries.append((entry_id, flow.name, cmd.idempotency_key, moved.out_day))
         assert book.posted_at is not None, "money moves only in a batch that locked its wallets"
         for seq, (posting, after) in enumerate(
             zip(moved.postings, moved.balances_after, strict=True)
         ):
-            writes.postings.append(
+            writes.rows.postings.append(
                 (
                     entry_id,
                     seq,
@@ -586,7 +681,7 @@ def _decide(
             )
         if type(command) is InitiatePayment:
             paid = book.payments[command.payment_id]
-            writes.payments.append(
+            writes.rows.payments.append(
                 (
                     paid.payment_id,
                     paid.payer_id,
@@ -606,7 +701,7 @@ def _decide(
         _add_customer(writes, cast("RequestOnboarding", command), decision, item.subject, vault)
     elif isinstance(decision, HoldPlaced):
         held = decision.cashout
-        writes.holds.append(
+        writes.rows.holds.append(
             (
                 held.cashout_id,
                 held.wallet_id,
@@ -652,13 +747,8 @@ def _resolve(writes: _Writes, void: HoldVoided) -> None:
     )
 
 
-# Encoding yields to the event loop every so many events, so the concurrent ledger writes
-# keep feeding PostgreSQL.
-_ENCODE_CHUNK = 64
-
-
 async def _answer_all(
-    pending: list[_Pending], writes: _Writes, now: datetime, write_key: ContentHashKey | None
+    pending: list[_Pending], rows: _Inserts, now: datetime, write_key: ContentHashKey | None
 ) -> list[Outcome]:
     """Encode each result event once (replays reuse the original bytes and id), in order.
 
@@ -666,7 +756,7 @@ async def _answer_all(
     """
     outcomes: list[Outcome] = []
     for index, p in enumerate(pending):
-        if index % _ENCODE_CHUNK == _ENCODE_CHUNK - 1:
+        if index % YIELD_EVERY == YIELD_EVERY - 1:
             await asyncio.sleep(0)
         cmd = p.item.command
         flow = cmd.flow
@@ -681,7 +771,7 @@ async def _answer_all(
         if p.recorded:  # decided in this batch, so encoded just above
             assert isinstance(cmd, ValidCommand)
             assert p.event_uuid is not None
-            writes.records.append(
+            rows.records.append(
                 (
                     flow.name,
                     cmd.idempotency_key,
@@ -698,7 +788,7 @@ async def _answer_all(
                     _recorded_subject(p.item.subject),
                 )
             )
-        writes.outbox.append((p.event_id, p.topic, p.message_key, p.payload, p.item.traceparent))
+        rows.outbox.append((p.event_id, p.topic, p.message_key, p.payload, p.item.traceparent))
         outcomes.append(
             Outcome(flow.name, cmd.idempotency_key, p.kind, p.reason, p.event_id, p.topic)
         )
@@ -720,8 +810,9 @@ def _add_customer(
 ) -> None:
     bank = cmd.bank_account
     cid = cmd.customer_id
-    writes.customers.append((cid, opened.wallet.tier, subject, opened.wallet.kind))
-    writes.pii.append(
+    rows = writes.rows
+    rows.customers.append((cid, opened.wallet.tier, subject, opened.wallet.kind))
+    rows.pii.append(
         (
             cid,
             vault.active_key_id,
@@ -734,7 +825,7 @@ def _add_customer(
             vault.phone_index(cmd.phone_number),
         )
     )
-    writes.wallets.append((opened.wallet.id, opened.wallet.currency, cmd.customer_id))
+    rows.wallets.append((opened.wallet.id, opened.wallet.currency, cmd.customer_id))
 
 
 def _voided(cashout: CashOut, void: HoldVoided) -> CashOutVoided:
@@ -891,26 +982,50 @@ async def _copy(
     await conn.copy_records_to_table(table, records=rows, columns=list(columns))
 
 
-async def _write_ledger(conn: asyncpg.Connection, w: _Writes, book: Book) -> None:
-    """Customers, journal, postings, holds, balances and outgoing totals: all the answers
-    don't need."""
-    if w.customers:
-        await _copy(conn, "customers", sql.CUSTOMER_COLUMNS, w.customers)
-        await _copy(conn, "customer_pii", sql.CUSTOMER_PII_COLUMNS, w.pii)
+async def _insert_after(
+    previous: asyncio.Future[None] | None, conn: asyncpg.Connection, rows: _Inserts
+) -> None:
+    """Insert a chunk's rows once the chunk before it is in (its error, if any, is raised)."""
+    if previous is not None:
+        await previous
+    await _insert_ledger(conn, rows)
+
+
+async def _insert_ledger(conn: asyncpg.Connection, rows: _Inserts) -> None:
+    """Customers, wallets, journal entries, postings, payments and holds, by binary COPY."""
+    if rows.customers:
+        await _copy(conn, "customers", sql.CUSTOMER_COLUMNS, rows.customers)
+        await _copy(conn, "customer_pii", sql.CUSTOMER_PII_COLUMNS, rows.pii)
         await _copy(
             conn,
             "accounts",
             sql.WALLET_ACCOUNT_COLUMNS,
-            [(i, "wallet", cur, cust) for i, cur, cust in w.wallets],
+            [(i, "wallet", cur, cust) for i, cur, cust in rows.wallets],
         )
         await _copy(
-            conn, "balances", sql.BALANCE_COLUMNS, [(i, "wallet", 0, 0) for i, _, _ in w.wallets]
+            conn,
+            "balances",
+            sql.BALANCE_COLUMNS,
+            [(i, "wallet", 0, 0) for i, _, _ in rows.wallets],
         )
-    if w.entries:
-        await _copy(conn, "journal_entries", sql.ENTRY_COLUMNS, w.entries)
-        await _copy(conn, "postings", sql.POSTING_COLUMNS, w.postings)
-    if w.payments:
-        await _copy(conn, "payments", sql.PAYMENT_COLUMNS, w.payments)
+    if rows.entries:
+        await _copy(conn, "journal_entries", sql.ENTRY_COLUMNS, rows.entries)
+        await _copy(conn, "postings", sql.POSTING_COLUMNS, rows.postings)
+    if rows.payments:
+        await _copy(conn, "payments", sql.PAYMENT_COLUMNS, rows.payments)
+    if rows.holds:
+        await _copy(conn, "holds", sql.HOLD_COLUMNS, rows.holds)
+    if rows.records:
+        await _copy(conn, "idempotency_records", sql.IDEMPOTENCY_RECORD_COLUMNS, rows.records)
+    if rows.outbox:
+        await _copy(conn, "outbox", sql.OUTBOX_COLUMNS, rows.outbox)
+
+
+async def _update_ledger(
+    conn: asyncpg.Connection, w: _Writes, book: Book, balances: _BalanceUpdate | None
+) -> None:
+    """Payments refunded, holds resolved, balances and outgoing totals: once per batch, after
+    every row they refer to is inserted."""
     if w.refunded:
         ids = list(w.refunded)
         await conn.execute(
@@ -919,53 +1034,63 @@ async def _write_ledger(conn: asyncpg.Connection, w: _Writes, book: Book) -> Non
             [w.refunded[i][0] for i in ids],
             [w.refunded[i][1] for i in ids],
         )
-    if w.holds:
-        await _copy(conn, "holds", sql.HOLD_COLUMNS, w.holds)
     if w.resolved:
         # The settle entries exist by now (the hold refers to its entry). Every hold decided
         # here was pending under the batch's locks, so each resolution updates exactly one row.
         status = await conn.execute(sql.RESOLVE_HOLDS, *zip(*w.resolved, strict=True), book.now)
         updated = int(status.rsplit(" ", 1)[1])
         assert updated == len(w.resolved), f"{updated} of {len(w.resolved)} holds resolved"
-    wallet_ids = sorted(
+    if balances is not None:
+        # Wallet rows are locked already; house shard rows are locked here, last and in order.
+        if balances.house_ids:
+            await conn.execute(sql.LOCK_HOUSE_SHARDS, balances.house_ids, balances.shard)
+        await conn.execute(sql.APPLY_BALANCE_DELTAS, *balances.arguments)
+
+
+@dataclass(frozen=True, slots=True)
+class _BalanceUpdate:
+    house_ids: list[uuid.UUID]
+    shard: int
+    arguments: tuple[Any, ...]  # APPLY_BALANCE_DELTAS'
+
+
+def _balance_update(w: _Writes, book: Book, shard: int) -> _BalanceUpdate | None:
+    """The batch's one balance update (None: no balance changes), built in Python while the
+    last inserts are still under way. Every wallet once, then the house accounts' `shard`."""
+    wallet_ids = [
         a
         for a in w.deltas.keys()
         | book.held.keys()
         | book.outgoing.keys()
         | book.outgoing_month.keys()
         if a in book.wallets
-    )
+    ]
     house_ids = sorted(a for a in w.deltas if a not in book.wallets)
     if not (wallet_ids or house_ids):
-        return
-    shard = conn.get_server_pid() % HOUSE_SHARDS
-    # Wallet rows are locked already; house shard rows are locked here, last and in order.
-    if house_ids:
-        await conn.execute(sql.LOCK_HOUSE_SHARDS, house_ids, shard)
+        return None
     ids = wallet_ids + house_ids
     assert book.today is not None, "money moves only in a batch that locked its wallets"
 
     def column(values: Mapping[uuid.UUID, int]) -> str:
         return ",".join([str(values.get(a, 0)) for a in ids])
 
-    await conn.execute(
-        sql.APPLY_BALANCE_DELTAS,
-        ",".join(map(str, ids)),
-        ",".join(["0"] * len(wallet_ids) + [str(shard)] * len(house_ids)),
-        column(w.deltas),
-        column(book.outgoing),
-        book.today,
-        column(book.outgoing_month),
-        column(book.held),
-        book.posted_at,
+    return _BalanceUpdate(
+        house_ids,
+        shard,
+        (
+            ",".join(map(str, ids)),
+            ",".join(["0"] * len(wallet_ids) + [str(shard)] * len(house_ids)),
+            column(w.deltas),
+            column(book.outgoing),
+            book.today,
+            column(book.outgoing_month),
+            column(book.held),
+            book.posted_at,
+        ),
     )
 
 
-async def _write_answers(conn: asyncpg.Connection, w: _Writes) -> None:
-    """Idempotency records and outbox rows, after the ledger rows they refer to."""
-    if w.records:
-        await _copy(conn, "idempotency_records", sql.IDEMPOTENCY_RECORD_COLUMNS, w.records)
-    if w.outbox:
-        await _copy(conn, "outbox", sql.OUTBOX_COLUMNS, w.outbox)
-        # One wake-up per transaction: NOTIFY takes a global lock at commit.
-        await conn.execute(sql.NOTIFY_OUTBOX)
+async def _notify_relay(conn: asyncpg.Connection) -> None:
+    """The batch wrote outbox rows (every outcome has one): one wake-up per transaction, since
+    NOTIFY takes a global lock at commit."""
+    await conn.execute(sql.NOTIFY_OUTBOX)

@@ -66,39 +66,58 @@ FROM keying LEFT JOIN (
 # the later of the row's own day and the clock, read once every row is locked ($2, or
 # clock_timestamp() when NULL). A transaction's start (now()) would not do: a batch begun before
 # midnight that commits after another batch rolled the row over would write the old day back and
-# reset the total. The first row always comes and carries the clock's day, for the wallets the
-# batch opens; APPLY_BALANCE_DELTAS gets it back and applies the same rule.
+# reset the total. APPLY_BALANCE_DELTAS gets the clock's day back and applies the same rule.
+# The wallets' attributes (account and customer) come only for the wallets in $3, those the
+# writer does not know (ledger_db/wallet_attributes.py); NULL for the others.
+# One row per wallet locked, in the order of rules.Wallet's fields (a row becomes a Wallet by
+# position: a thousand rows a batch, by-name lookups cost more), then one last row, whose id is
+# NULL, with the clock and the attributes' version: it always comes, and carries the clock's
+# day for the wallets the batch opens.
 LOCK_WALLETS = """
 WITH locked AS MATERIALIZED (
-    SELECT a.id, a.currency, a.status, c.tier, c.subject, c.kind, a.customer_id, b.balance,
-           b.held, b.out_day, b.out_day_total, b.out_month, b.out_month_total, b.last_posted_at
+    SELECT b.account_id, b.balance, b.held, b.out_day, b.out_day_total, b.out_month,
+           b.out_month_total, b.last_posted_at
     FROM unnest(string_to_array($1, ',')::uuid[]) AS w(id)
     JOIN balances b ON b.account_id = w.id AND b.shard = 0
-    JOIN accounts a ON a.id = b.account_id
-    JOIN customers c ON c.id = a.customer_id
     WHERE b.kind = 'wallet'
     ORDER BY b.account_id
     FOR UPDATE OF b
 ),
 clock AS MATERIALIZED (
-    SELECT (now.at AT TIME ZONE 'UTC')::date AS day, now.at
-    FROM (SELECT count(*) AS n FROM locked) AS every_row_locked,
+    SELECT (now.at AT TIME ZONE 'UTC')::date AS day, now.at,
+           greatest(now.at, every_row_locked.last_posted_at) AS posted_at
+    FROM (SELECT count(*) AS n, max(last_posted_at) AS last_posted_at FROM locked)
+         AS every_row_locked,
          LATERAL (SELECT coalesce($2::timestamptz, clock_timestamp()) AS at) AS now
     WHERE every_row_locked.n >= 0
 )
-SELECT clock.day AS clock_day, clock.at AS clock_now,
-       greatest(clock.at, max(l.last_posted_at) OVER ()) AS posted_at,
-       l.id, l.currency, l.status, l.tier, l.balance, l.subject,
+SELECT l.account_id AS id, a.currency, a.status, c.tier, l.balance, c.subject,
        CASE WHEN l.out_day >= clock.day THEN l.out_day_total ELSE 0 END AS out_today,
        CASE WHEN l.out_month >= date_trunc('month', clock.day)::date
             THEN l.out_month_total ELSE 0 END AS out_month,
        greatest(l.out_day, clock.day) AS out_day,
-       l.held, l.kind, l.customer_id
-FROM clock LEFT JOIN locked l ON true
+       l.held, c.kind, a.customer_id,
+       NULL::date AS clock_day, NULL::timestamptz AS clock_now, NULL::timestamptz AS posted_at,
+       NULL::bigint AS attributes_version
+FROM locked l CROSS JOIN clock
+LEFT JOIN unnest(string_to_array($3, ',')::uuid[]) AS unknown(id) ON unknown.id = l.account_id
+LEFT JOIN accounts a ON a.id = unknown.id
+LEFT JOIN customers c ON c.id = a.customer_id
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       clock.day, clock.at, clock.posted_at, v.version
+FROM clock CROSS JOIN wallet_attributes_version v
 """
-# LOCK_WALLETS' columns after the clock's three, in the order of rules.Wallet's fields: a row
-# becomes a Wallet positionally (a thousand rows a batch; by-name lookups cost more).
-LOCK_WALLETS_FIRST_WALLET_COLUMN = 3
+# LOCK_WALLETS' columns: Wallet's fields, then the clock's row's.
+LOCK_WALLETS_WALLET_COLUMNS = 12
+
+# The attributes of wallets locked already, when the writer's were of another version.
+SELECT_WALLET_ATTRIBUTES = """
+SELECT a.id, a.currency, a.status, c.tier, c.subject, c.kind, a.customer_id
+FROM unnest(string_to_array($1, ',')::uuid[]) AS w(id)
+JOIN accounts a ON a.id = w.id
+JOIN customers c ON c.id = a.customer_id
+"""
 
 SELECT_TIER_LIMITS = """
 SELECT tier, currency, single_amount_max, balance_max, daily_out_max, monthly_out_max

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from datetime import UTC
 
 import asyncpg
 import orjson
@@ -14,8 +15,8 @@ from ledgerflow.contracts.parsing import parse_command
 from ledgerflow.contracts.topics import TRANSFER
 from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
 from ledgerflow.ledger_db.queries import get_account
-from ledgerflow.ledger_db.rules import Wallet
-from ledgerflow.ledger_db.sql import LOCK_WALLETS, LOCK_WALLETS_FIRST_WALLET_COLUMN
+from ledgerflow.ledger_db.rules import TierLimits, Wallet
+from ledgerflow.ledger_db.sql import LOCK_WALLETS, LOCK_WALLETS_WALLET_COLUMNS
 from ledgerflow.testkit.commands import (
     apply_all,
     cashin,
@@ -82,24 +83,78 @@ async def test_every_flow_moves_money_and_writes_its_result(
 async def test_a_locked_row_is_its_wallet_field_by_field(
     writer: LedgerWriter, pool: asyncpg.Pool
 ) -> None:
-    """The writer builds a Wallet from LOCK_WALLETS' row by position: the columns after the
-    clock's must be Wallet's fields in order (the owner is the customer's subject)."""
+    """The writer builds a Wallet from LOCK_WALLETS' row by position: its first columns must
+    be Wallet's fields in order (the owner is the customer's subject), then the clock's row.
+    Attributes come for the wallets asked for ($3) only."""
     person = onboarding()
     await apply_all(writer, person, cashin(wallet_of(person), 700))
+    w = str(wallet_of(person))
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(LOCK_WALLETS, str(wallet_of(person)), None)
-    assert row is not None
-    columns = list(row.keys())[LOCK_WALLETS_FIRST_WALLET_COLUMN:]
+        rows = await conn.fetch(LOCK_WALLETS, w, None, w)
+        known = await conn.fetch(LOCK_WALLETS, w, None, "")
+        version = await conn.fetchval("SELECT version FROM wallet_attributes_version")
+    assert len(rows) == 2
+    row, clock = rows
+    columns = list(row.keys())[:LOCK_WALLETS_WALLET_COLUMNS]
     assert columns == [
         "subject" if f.name == "owner" else f.name for f in dataclasses.fields(Wallet)
     ]
-    wallet = Wallet(*row[LOCK_WALLETS_FIRST_WALLET_COLUMN:])
+    wallet = Wallet(*row[:LOCK_WALLETS_WALLET_COLUMNS])
     assert (wallet.id, wallet.balance, wallet.currency, wallet.customer_id) == (
         wallet_of(person),
         700,
         "EUR",
         person.customer_id,
     )
+    assert clock["id"] is None
+    assert clock["attributes_version"] == version
+    assert clock["clock_day"] == clock["clock_now"].astimezone(UTC).date()
+    bare = known[0]
+    assert (bare["id"], bare["balance"], bare["currency"], bare["tier"]) == (
+        wallet_of(person),
+        700,
+        None,
+        None,
+    )
+
+
+async def test_changes_to_accounts_and_customers_bump_the_attributes_version(
+    writer: LedgerWriter, pool: asyncpg.Pool
+) -> None:
+    """What the writers keep between batches is checked against this version with every lock:
+    new wallets leave it, any change to an account or a customer moves it."""
+    a, b = await two_wallets(writer)
+    await apply_all(writer, transfer(a, b, 1))
+    assert writer.wallet_attributes.unknown([a, b]) == []
+    version = "SELECT version FROM wallet_attributes_version"
+    before = await pool.fetchval(version)
+    await apply_all(writer, onboarding())
+    assert await pool.fetchval(version) == before
+    await pool.execute("UPDATE accounts SET status = 'open' WHERE id = $1", a)
+    assert await pool.fetchval(version) == before + 1
+    customer = await pool.fetchval("SELECT customer_id FROM accounts WHERE id = $1", b)
+    await pool.execute("UPDATE customers SET tier = 'basic' WHERE id = $1", customer)
+    assert await pool.fetchval(version) == before + 2
+    [moved] = await apply_all(writer, transfer(a, b, 5))
+    assert moved.kind is OutcomeKind.COMPLETED
+    assert writer.wallet_attributes.version == before + 2
+
+
+async def test_wallets_forgotten_during_a_batch_are_read_again(pool: asyncpg.Pool) -> None:
+    """A writer that knows one wallet at most: each batch finds the others forgotten, reads
+    them after the lock, and decides as if it had always known them."""
+    writer = LedgerWriter(pool, {"basic": TierLimits()})
+    writer.wallet_attributes.size_max = 1
+    a, b = await two_wallets(writer)
+    c = wallet_of(person := onboarding())
+    await apply_all(writer, person)
+    for amount in (5, 7, 11):
+        outcomes = await apply_all(
+            writer, transfer(a, b, amount), transfer(b, c, 2), transfer(c, a, 1)
+        )
+        assert [o.kind for o in outcomes] == [OutcomeKind.COMPLETED] * 3
+    assert len(writer.wallet_attributes) == 1
+    assert [await balance(pool, w) for w in (a, b, c)] == [10_000 - 23 + 3, 23 - 6, 6 - 3]
 
 
 @pytest.mark.parametrize(
