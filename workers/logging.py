@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ from opentelemetry import trace
 from ledgerflow.workers.tracing import trace_id_of
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from ledgerflow.contracts.topics import Flow
     from ledgerflow.ledger_db.apply import Incoming, Outcome
@@ -96,10 +97,13 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": scrub(record.getMessage())[:MESSAGE_CHARS_MAX],
+            "msg": None,
             "service": self.service,
         }
         fields: dict[str, Any] | None = getattr(record, _CHECKED_FIELDS, None)
+        # log_outcomes' message is a constant
+        message = record.getMessage()
+        line["msg"] = message if fields is not None else scrub(message)[:MESSAGE_CHARS_MAX]
         if fields is not None:  # log_outcomes' lines: checked already, the hot path
             line.update(fields)
         else:
@@ -117,6 +121,26 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stdout, flushed after every line, except while a batch's command lines are written
+    (`log_outcomes`): then once after the last, one write instead of one per command."""
+
+    holding = False
+
+    def flush(self) -> None:
+        if not self.holding:
+            super().flush()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            self.flush()
+
+
 class _ScrubbingTextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return scrub(super().format(record))
@@ -126,7 +150,11 @@ def configure(
     service: str, *, level: str = "INFO", fmt: str = "json", command_lines: bool = True
 ) -> None:
     """Route every logger (ours, FastStream's, uvicorn's, aiokafka's) to one stdout handler."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _COMMAND_LINES.handler = _LineHandler(sys.stdout)
+    # No line shows the thread or process names: don't look them up for every record.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     if fmt == "json":
         handler.setFormatter(JsonFormatter(service))
     else:
@@ -158,6 +186,7 @@ def configure(
 
 class _CommandLines:
     level = logging.INFO
+    handler: _LineHandler | None = None  # the process' handler, once configured
 
 
 _COMMAND_LINES = _CommandLines()
@@ -175,22 +204,24 @@ def log_outcomes(flow: Flow, incoming: Sequence[Incoming], outcomes: Sequence[Ou
     level = _COMMAND_LINES.level
     if not _commands_log.isEnabledFor(level):
         return
-    for item, outcome in zip(incoming, outcomes, strict=False):
-        meta = item.command.meta
-        fields = {
-            "flow": flow.name,
-            "command_id": scrub(meta.event_id) if meta.event_id else None,
-            "correlation_id": scrub(meta.correlation_id) if meta.correlation_id else None,
-            "idempotency_key": outcome.key,
-            "outcome": outcome.kind.value,
-            "reason": outcome.reason,
-            "result_event_id": outcome.event_id,
-        }
-        trace_id = trace_id_of(item.traceparent)
-        if trace_id is not None:  # the command's trace, rather than the batch span's
-            fields["trace_id"] = trace_id
-        record = _commands_log.makeRecord(
-            COMMANDS_LOGGER, level, "", 0, "command decided", (), None
-        )
-        setattr(record, _CHECKED_FIELDS, fields)
-        _commands_log.handle(record)
+    handler = _COMMAND_LINES.handler
+    with handler.held() if handler is not None else nullcontext():
+        for item, outcome in zip(incoming, outcomes, strict=False):
+            meta = item.command.meta
+            fields = {
+                "flow": flow.name,
+                "command_id": scrub(meta.event_id) if meta.event_id else None,
+                "correlation_id": scrub(meta.correlation_id) if meta.correlation_id else None,
+                "idempotency_key": outcome.key,
+                "outcome": outcome.kind.value,
+                "reason": outcome.reason,
+                "result_event_id": outcome.event_id,
+            }
+            trace_id = trace_id_of(item.traceparent)
+            if trace_id is not None:  # the command's trace, rather than the batch span's
+                fields["trace_id"] = trace_id
+            record = _commands_log.makeRecord(
+                COMMANDS_LOGGER, level, "", 0, "command decided", (), None
+            )
+            setattr(record, _CHECKED_FIELDS, fields)
+            _commands_log.handle(record)

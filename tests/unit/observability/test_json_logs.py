@@ -161,3 +161,36 @@ def test_command_lines_can_move_to_debug(lines: list[dict[str, Any]]) -> None:
         assert flush(lines) == []
     finally:
         json_logs.configure("test-service", level="DEBUG", command_lines=True)
+
+
+class _CountingStream(io.StringIO):
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_a_batch_of_command_lines_is_flushed_once_other_lines_at_once(
+    lines: list[dict[str, Any]],
+) -> None:
+    """One write per batch, not per command; every line still its own, and out when the call
+    returns. Any other line is flushed as it is logged."""
+    stream = _CountingStream()
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    before = stream.flushes
+    commands = [parsed(transfer(uuid.uuid4(), uuid.uuid4(), 100)) for _ in range(5)]
+    outcomes = [
+        Outcome("transfer", c.idempotency_key, OutcomeKind.COMPLETED, None, "e", "t")
+        for c in commands
+    ]
+    json_logs.log_outcomes(TRANSFER, [Incoming(c) for c in commands], outcomes)
+    assert stream.flushes == before + 1
+    assert [line["idempotency_key"] for line in flush(lines)] == [
+        c.idempotency_key for c in commands
+    ]
+    logging.getLogger("ledgerflow.test").warning("after the batch")
+    assert stream.flushes == before + 2
+    assert flush(lines)[-1]["msg"] == "after the batch"
