@@ -193,6 +193,22 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
                 await p.get(path)
 
             seen: list[float] = []
+            read_routes = ("/v1/wallets/{account_id}", "/v1/wallets/{account_id}/entries")
+
+            async def wait_scraped_reads(each: int) -> None:
+                """Prometheus scraped the API after `each` reads of every read route: the
+                latency panels' rate() needs a sample before the second wave and one after."""
+
+                def scraped() -> bool:
+                    result = prometheus.query(
+                        "sum by (route) (ledgerflow_api_request_seconds_count)"
+                    )
+                    counts = {r["metric"].get("route"): float(r["value"][1]) for r in result}
+                    return all(counts.get(route, 0) >= each for route in read_routes)
+
+                await wait_until(
+                    scraped, timeout_s=TIMEOUT_S, message=f"API scraped after {each} reads"
+                )
 
             def counted() -> bool:
                 """Each command decided once and published once, two dead letters: a dead
@@ -214,6 +230,7 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
                     raise AssertionError(message) from error
 
             await wait_counted("Prometheus saw the workload")
+            await wait_scraped_reads(1)
 
             # A second wave after Prometheus has scraped every series once: a series first seen
             # with its final value has no increase, so rate() of it is 0 and a quantile NaN.
@@ -227,6 +244,7 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
             for path in (f"/v1/wallets/{a}", f"/v1/wallets/{a}/entries", f"/v1/wallets/{b}x"):
                 await p.get(path)
             await wait_counted("Prometheus saw the second wave")
+            await wait_scraped_reads(2)
 
             empty: list[str] = []
 
