@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-COMMANDS = 200  # measured: 100 payments and their 100 refunds
+COMMANDS = 2_000  # measured: 1,000 payments and their 1,000 refunds; enough CPU for
+# the relay to be sampled and ticked (py-spy samples only running threads; /proc counts 10 ms ticks)
 WARM_UP = 100
 BENCH_DATABASE = "ledgerflow_bench_e2e_batched_refund"  # the run's own, recreated each run
 
