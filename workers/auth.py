@@ -107,6 +107,9 @@ JWKS_FETCH_TIMEOUT_S = 5.0  # the whole fetch, connection to last byte
 JWKS_BYTES_MAX = 1024 * 1024  # a JWKS is a few KiB; anything larger is not one
 TOKEN_CHARS_MAX = 8_192
 VERIFIED_TOKENS_MAX = 10_000  # bound of the verified-token cache (cleared when full)
+# Bound of the kids remembered by JWS header segment (cleared when full): every token one key
+# signs has the same header, so in practice there is one entry per signing key.
+HEADER_KIDS_MAX = 64
 
 JwksReader = Callable[[], Awaitable[bytes]]
 
@@ -231,6 +234,9 @@ class Authenticator:
     # Verified tokens by their text: a session token signs many commands, and a signature
     # check costs far more than the rest of a command. Expiry is re-checked on every use.
     _verified: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The `kid` of each JWS header segment seen: parsing it means decoding the whole token
+    # (~14 µs), which PyJWT's own decode does again anyway; only the key look-up needs it.
+    _header_kids: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.keys = SigningKeys(
@@ -249,7 +255,7 @@ class Authenticator:
             if token is None or token in self._verified:
                 continue
             try:
-                kids.add(str(_JWT_DECODER.unverified_header(token).get("kid", "")))
+                kids.add(self._kid(token))
             except jwt.PyJWTError:
                 continue  # malformed: `verify` refuses it without a key
         await self.keys.refresh_for(kids)
@@ -291,8 +297,7 @@ class Authenticator:
 
     def _verify_signature(self, token: str) -> dict[str, Any] | Refusal:
         try:
-            header = _JWT_DECODER.unverified_header(token)
-            key = self.keys.key(str(header.get("kid", "")))
+            key = self.keys.key(self._kid(token))
             if key is None:
                 return Refusal("token signed with an unknown key")
             claims = _JWT_DECODER.decode(
@@ -313,6 +318,18 @@ class Authenticator:
         except jwt.PyJWTError as error:
             return Refusal(f"token invalid: {type(error).__name__}")
         return dict(claims)
+
+    def _kid(self, token: str) -> str:
+        """The `kid` of the token's header; raises `jwt.DecodeError` for a malformed token.
+        Picks the key only: PyJWT's decode parses and checks the header itself."""
+        segment = token.partition(".")[0]
+        kid = self._header_kids.get(segment)
+        if kid is None:
+            kid = str(_JWT_DECODER.unverified_header(token).get("kid", ""))
+            if len(self._header_kids) >= HEADER_KIDS_MAX:
+                self._header_kids.clear()
+            self._header_kids[segment] = kid
+        return kid
 
     def _authorize(self, claims: dict[str, Any], command: ValidCommand) -> Principal | Refusal:
         issued_at = claims["iat"]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import time
+import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 
 from ledgerflow.contracts.parsing import ValidCommand
 from ledgerflow.harness.identity import Issuer
 from ledgerflow.testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
-from ledgerflow.workers.auth import Authenticator, Principal, Refusal
+from ledgerflow.workers.auth import HEADER_KIDS_MAX, Authenticator, Principal, Refusal
 
 
 @pytest.fixture
@@ -108,3 +112,41 @@ def test_cash_in_needs_the_service_scope(issuer: Issuer, verifier: Authenticator
     command = parsed(cashin(wallet_of(onboarding()), 100))
     assert isinstance(verifier.verify(issuer.bearer("alice"), command), Refusal)
     assert isinstance(verifier.verify(issuer.service_bearer(), command), Principal)
+
+
+def _segment(value: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(value)).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("attack", ["alg_none_same_kid", "known_header_garbage_rest"])
+def test_a_header_seen_before_picks_the_key_and_checks_nothing_else(
+    attack: str, issuer: Issuer, verifier: Authenticator
+) -> None:
+    """The fixture's batch made the issuer's header known: a token reusing it, or its kid
+    under another algorithm, is still refused by PyJWT's own checks."""
+    genuine = issuer.token("alice")
+    known_header = genuine.partition(".")[0]
+    token = {
+        "alg_none_same_kid": _segment({"alg": "none", "kid": issuer.key_id, "typ": "JWT"})
+        + "."
+        + genuine.split(".")[1]
+        + ".",
+        "known_header_garbage_rest": known_header + ".bm90LWpzb24.c2ln",
+    }[attack]
+    verdict = verifier.verify("Bearer " + token, a_transfer())
+    assert isinstance(verdict, Refusal)
+    assert "token invalid" in verdict.detail
+
+
+async def test_headers_remembered_are_bounded(issuer: Issuer, verifier: Authenticator) -> None:
+    """Tokens under ever new kids (a flood) leave at most HEADER_KIDS_MAX headers known, and
+    the issuer's own tokens still pass after the flood."""
+    flood = [
+        dataclasses.replace(issuer, key_id=uuid.uuid4().hex).bearer("mallory")
+        for _ in range(HEADER_KIDS_MAX * 3)
+    ]
+    for bearer in flood:
+        await verifier.ensure_keys([bearer])
+        assert len(verifier._header_kids) <= HEADER_KIDS_MAX
+        assert isinstance(verifier.verify(bearer, a_transfer()), Refusal)
+    assert verifier.verify(issuer.bearer("alice"), a_transfer()) == Principal("alice", frozenset())
