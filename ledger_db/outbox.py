@@ -297,13 +297,15 @@ async def retry_quarantined(conn: asyncpg.Connection, ids: Sequence[int] | None)
 # costs the same whether there is much or nothing to prune (a `published_at < cutoff` filter with
 # a LIMIT would read every young row when fewer than LIMIT are old). created_at follows the id
 # (both are taken at insert), so once a row examined is younger than the retention, so is the
-# rest: the sweep starts again from the beginning later. Only published rows are deleted.
+# rest: the sweep starts again from the beginning later. Only published rows are deleted. The
+# delete names the head's ids as an array, so it probes them by primary key: joined to the head
+# instead, the planner read the whole outbox for the few rows old enough (a week of events).
 _PRUNE_STEP = """
 WITH head AS (
     SELECT id, created_at FROM outbox WHERE id > $1 ORDER BY id LIMIT $2
 ), gone AS (
-    DELETE FROM outbox o USING head h
-    WHERE o.id = h.id
+    DELETE FROM outbox o
+    WHERE o.id = ANY (ARRAY(SELECT id FROM head))
       AND o.published_at < statement_timestamp() - make_interval(secs => $3)
     RETURNING o.id
 )
