@@ -19,7 +19,14 @@ from ledgerflow.ledger_db.apply import Incoming, LedgerWriter
 from ledgerflow.ledger_db.migrate import migrate
 from ledgerflow.ledger_db.rules import TierLimits
 from ledgerflow.ledger_db.unit_of_work import create_pool
-from ledgerflow.testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
+from ledgerflow.testkit.commands import (
+    apply_all,
+    onboarding,
+    open_funded_wallets,
+    parsed,
+    transfer,
+    wallet_of,
+)
 
 SETUP_BATCH = 2_000
 FUNDS = 10**9
@@ -92,14 +99,10 @@ async def run_ledger_bench(
     pool = await create_pool(with_database(app_url, database), size_max=2)
     try:
         writer = LedgerWriter(pool, {"basic": TierLimits()})
-        people = [onboarding() for _ in range(wallets + 1)]
-        ids = [wallet_of(p) for p in people]
-        merchant, ids = ids[0], ids[1:]
-        for start in range(0, len(people), SETUP_BATCH):
-            await writer.apply([Incoming(parsed(p)) for p in people[start : start + SETUP_BATCH]])
-        funding = [cashin(w, FUNDS) for w in ids]
-        for start in range(0, len(funding), SETUP_BATCH):
-            await writer.apply([Incoming(parsed(c)) for c in funding[start : start + SETUP_BATCH]])
+        merchant_owner = onboarding()
+        await apply_all(writer, merchant_owner)
+        merchant = wallet_of(merchant_owner)
+        ids = await open_funded_wallets(writer, wallets, FUNDS, batch=SETUP_BATCH)
         # Settle the freshly loaded tables so every case starts from the same state.
         owner = await asyncpg.connect(owner_bench_url)
         try:

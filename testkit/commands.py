@@ -33,7 +33,7 @@ from ledgerflow.contracts.topics import (
     TRANSFER,
     Flow,
 )
-from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, Outcome
+from ledgerflow.ledger_db.apply import BATCH_COMMANDS_MAX, Incoming, LedgerWriter, Outcome
 from ledgerflow.ledger_db.rules import wallet_account_id
 
 if TYPE_CHECKING:
@@ -209,3 +209,16 @@ def parsed_invalid(flow: Flow, value: bytes) -> InvalidCommand:
 async def apply_all(writer: LedgerWriter, *commands: BaseModel) -> list[Outcome]:
     """Apply valid commands as one batch, the way a worker would."""
     return await writer.apply([Incoming(parsed(c)) for c in commands])
+
+
+async def open_funded_wallets(
+    writer: LedgerWriter, wallets: int, amount: int, *, batch: int = BATCH_COMMANDS_MAX
+) -> list[uuid.UUID]:
+    """Open `wallets` wallets, then cash `amount` into each, in batches of `batch` as workers
+    apply them; their account ids, in order."""
+    people = [onboarding() for _ in range(wallets)]
+    ids = [wallet_of(p) for p in people]
+    for commands in (people, [cashin(w, amount) for w in ids]):
+        for start in range(0, wallets, batch):
+            await apply_all(writer, *commands[start : start + batch])
+    return ids

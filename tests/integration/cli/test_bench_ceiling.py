@@ -20,7 +20,7 @@ from ledgerflow.ledger_db.apply import LedgerWriter, OutcomeKind
 from ledgerflow.ledger_db.audit import run_audit
 from ledgerflow.ledger_db.rules import TierLimits
 from ledgerflow.ledger_db.unit_of_work import create_pool
-from ledgerflow.testkit.commands import apply_all, cashin, onboarding, transfer, wallet_of
+from ledgerflow.testkit.commands import apply_all, open_funded_wallets, transfer
 
 pytestmark = pytest.mark.integration
 
@@ -32,10 +32,7 @@ async def funded_wallets(app_url: str, n: int, funds: int = FUNDS) -> list[uuid.
     pool = await create_pool(app_url, size_max=1)
     try:
         writer = LedgerWriter(pool, {"basic": TierLimits()})
-        people = [onboarding() for _ in range(n)]
-        await apply_all(writer, *people)
-        ids = [wallet_of(p) for p in people]
-        await apply_all(writer, *[cashin(w, funds) for w in ids])
+        ids = await open_funded_wallets(writer, n, funds)
         await apply_all(writer, transfer(ids[0], ids[1], 1))
         return ids
     finally:

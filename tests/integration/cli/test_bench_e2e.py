@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-COMMANDS = 2_000  # measured: 1,000 payments and their 1,000 refunds; enough CPU for
-# the relay to be sampled and ticked (py-spy samples only running threads; /proc counts 10 ms ticks)
+# Measured: 1,000 payments and their 1,000 refunds. Enough CPU for the relay to be sampled and
+# ticked: py-spy samples only running threads, /proc counts 10 ms ticks (200 gave it 0-4 samples).
+COMMANDS = 2_000
 WARM_UP = 100
 BENCH_DATABASE = "ledgerflow_bench_e2e_batched_refund"  # the run's own, recreated each run
 

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 
-from ledgerflow.ledger_db.apply import BATCH_COMMANDS_MAX
 from ledgerflow.ledger_db.outbox import prune_published
-from ledgerflow.testkit.commands import apply_all, cashin, onboarding, wallet_of
+from ledgerflow.testkit.commands import open_funded_wallets
 from ledgerflow.workers.relay import PRUNE_ROWS_PER_STATEMENT
 
 if TYPE_CHECKING:
@@ -29,17 +28,13 @@ WEEK_S = 7 * 24 * 3600.0
 
 async def populated(writer: LedgerWriter, database: Any, wallets: int) -> list[uuid.UUID]:
     """Funded wallets (their accounts, cash-in entries and result events), analyzed."""
-    customers = [onboarding() for _ in range(wallets)]
-    for start in range(0, wallets, BATCH_COMMANDS_MAX):
-        batch = customers[start : start + BATCH_COMMANDS_MAX]
-        await apply_all(writer, *batch)
-        await apply_all(writer, *(cashin(wallet_of(c), 1_000) for c in batch))
+    ids = await open_funded_wallets(writer, wallets, 1_000)
     owner = await asyncpg.connect(database.owner_url)
     try:
         await owner.execute("ANALYZE accounts, journal_entries, postings, outbox")
     finally:
         await owner.close()
-    return [wallet_of(c) for c in customers]
+    return ids
 
 
 async def seq_scans(conn: asyncpg.Connection, *tables: str) -> dict[str, int]:
