@@ -15,6 +15,7 @@ from rich.table import Table
 from ledgerflow.contracts.topics import FLOWS
 from ledgerflow.harness.results import topic_partitions
 from ledgerflow.workers.kafka_security import kafka_client_options
+from ledgerflow.workers.records import header
 from ledgerflow.workers.settings import Settings
 
 console = Console()
@@ -30,13 +31,10 @@ class Letter:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
 
     def header(self, name: str) -> str:
-        for k, v in self.headers:
-            if k == name:
-                return v.decode("utf-8", "replace")
-        return ""
+        return header(self.headers, name) or ""
 
     def as_json(self) -> dict[str, object]:
         return {

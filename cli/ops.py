@@ -16,8 +16,8 @@ from rich.console import Console
 from ledgerflow.contracts.topics import FLOWS
 from ledgerflow.ledger_db.content_hash import keying_state
 from ledgerflow.ledger_db.migrate import migrate as apply_migrations
+from ledgerflow.workers import gc_policy, tracing
 from ledgerflow.workers import logging as json_logs
-from ledgerflow.workers import tracing
 from ledgerflow.workers.app import FLOW_NAMES, build_worker_app, watched_group
 from ledgerflow.workers.kafka_security import kafka_client_options
 from ledgerflow.workers.lag import LagMonitor
@@ -129,6 +129,7 @@ def worker(
     port = checked_http_port(settings, "worker" if name == "all" else f"worker-{name}")
     configure_logging(settings, "ledgerflow-worker")
     app = build_worker_app(settings, names)
+    gc_policy.tune_for_batches()
     try:
         asyncio.run(
             app.run(
@@ -188,6 +189,7 @@ def relay() -> None:
         quarantine_attempts=settings.relay_quarantine_attempts,
         retention_s=settings.outbox_retention_s,
     )
+    gc_policy.tune_for_batches()
     try:
         uvicorn.run(
             app,

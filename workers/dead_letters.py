@@ -46,7 +46,7 @@ class DeadLetter:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
     # Where the record came from: a refused letter holds back exactly this partition.
     source_topic: str = ""
     source_partition: int = 0
@@ -85,7 +85,7 @@ def truncated(letter: DeadLetter) -> DeadLetter:
     value = letter.value or b""
     ours = [(k, v) for k, v in letter.headers if k.startswith("x-")]
     theirs = [(k, v) for k, v in letter.headers if not k.startswith("x-")]
-    if sum(len(k) + len(v) for k, v in theirs) > TRUNCATED_HEADERS_BYTES_MAX:
+    if sum(len(k) + len(v or b"") for k, v in theirs) > TRUNCATED_HEADERS_BYTES_MAX:
         theirs = []
         ours.append(("x-headers-dropped", b"true"))
     ours.append(("x-truncated", f"value of {len(value)} bytes cut".encode()))

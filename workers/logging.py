@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from contextlib import contextmanager, nullcontext
+import time
+from contextlib import nullcontext
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from opentelemetry import trace
@@ -28,7 +29,7 @@ from opentelemetry import trace
 from ledgerflow.workers.tracing import trace_id_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     from ledgerflow.contracts.topics import Flow
     from ledgerflow.ledger_db.apply import Incoming, Outcome
@@ -92,53 +93,74 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self.service = service
 
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": None,
+    def head(self, created: float, level: str, logger: str, msg: str) -> dict[str, Any]:
+        return {
+            "ts": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+            "level": level.lower(),
+            "logger": logger,
+            "msg": msg,
             "service": self.service,
         }
+
+    def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] | None = getattr(record, _CHECKED_FIELDS, None)
-        # log_outcomes' message is a constant
-        message = record.getMessage()
-        line["msg"] = message if fields is not None else scrub(message)[:MESSAGE_CHARS_MAX]
-        if fields is not None:  # log_outcomes' lines: checked already, the hot path
-            line.update(fields)
-        else:
-            for key, value in vars(record).items():
-                if key not in _STANDARD and not key.startswith("_"):
-                    line[key] = _json_value(key, value)
+        if fields is not None:  # a command line routed through records (`log_outcomes`)
+            head = self.head(record.created, record.levelname, record.name, record.getMessage())
+            return self.checked_lines(head, [fields], _span_ids()).decode()
+        line = self.head(
+            record.created,
+            record.levelname,
+            record.name,
+            scrub(record.getMessage())[:MESSAGE_CHARS_MAX],
+        )
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                line[key] = _json_value(key, value)
         if "trace_id" not in line:
-            span_context = trace.get_current_span().get_span_context()
-            if span_context.is_valid:
-                line["trace_id"] = format(span_context.trace_id, "032x")
-                line["span_id"] = format(span_context.span_id, "016x")
+            line.update(_span_ids())
         if record.exc_info and record.exc_info[0] is not None:
             line["error_class"] = record.exc_info[0].__name__
             line["exc"] = scrub(self.formatException(record.exc_info))[-MESSAGE_CHARS_MAX:]
         return orjson.dumps(line, default=str).decode()
 
+    @staticmethod
+    def checked_lines(
+        head: dict[str, Any], fields: Sequence[dict[str, Any]], span: dict[str, str]
+    ) -> bytes:
+        """Lines whose fields were checked by their maker, one per element of `fields`,
+        newline-separated without a final newline; the span's ids where a line has no trace."""
+        lines = []
+        for own in fields:
+            line = head | own
+            if "trace_id" not in line:
+                line.update(span)
+            lines.append(orjson.dumps(line, default=str))
+        return b"\n".join(lines)
+
+
+def _span_ids() -> dict[str, str]:
+    """The current span's ids, or nothing outside a span."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return {}
+    return {
+        "trace_id": format(span_context.trace_id, "032x"),
+        "span_id": format(span_context.span_id, "016x"),
+    }
+
 
 class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """stdout, flushed after every line, except while a batch's command lines are written
-    (`log_outcomes`): then once after the last, one write instead of one per command."""
+    """stdout, flushed after every line; a batch's command lines are written and flushed in
+    one call (`write_lines`): one write instead of one per command, even with PYTHONUNBUFFERED
+    (the image sets it), where every stream write is a system call."""
 
-    holding = False
-
-    def flush(self) -> None:
-        if not self.holding:
-            super().flush()
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        self.holding = True
-        try:
-            yield
-        finally:
-            self.holding = False
-            self.flush()
+    def write_lines(self, text: str) -> None:
+        with self.lock or nullcontext():
+            try:
+                self.stream.write(text)
+                self.flush()
+            except Exception:  # as `emit` does: a log line never fails the batch
+                self.handleError(logging.makeLogRecord({"name": COMMANDS_LOGGER}))
 
 
 class _ScrubbingTextFormatter(logging.Formatter):
@@ -198,30 +220,72 @@ _CHECKED_FIELDS = "_ledgerflow_fields"
 def log_outcomes(flow: Flow, incoming: Sequence[Incoming], outcomes: Sequence[Outcome]) -> None:
     """One line per decided command: ids and outcome only, never the command's content.
 
-    On the hot path (a line per command), so records are made directly (no caller lookup) and
-    carry their fields checked: only the two ids the client chose are scrubbed.
+    On the hot path (a line per command), so the process' handler gets the batch's lines
+    formatted in one go, without a LogRecord each; only the two ids the client chose are
+    scrubbed. Any other handler on the way (a test's log capture) gets records as usual.
     """
     level = _COMMAND_LINES.level
     if not _commands_log.isEnabledFor(level):
         return
-    handler = _COMMAND_LINES.handler
-    with handler.held() if handler is not None else nullcontext():
-        for item, outcome in zip(incoming, outcomes, strict=False):
-            meta = item.command.meta
-            fields = {
-                "flow": flow.name,
-                "command_id": scrub(meta.event_id) if meta.event_id else None,
-                "correlation_id": scrub(meta.correlation_id) if meta.correlation_id else None,
-                "idempotency_key": outcome.key,
-                "outcome": outcome.kind.value,
-                "reason": outcome.reason,
-                "result_event_id": outcome.event_id,
-            }
-            trace_id = trace_id_of(item.traceparent)
-            if trace_id is not None:  # the command's trace, rather than the batch span's
-                fields["trace_id"] = trace_id
-            record = _commands_log.makeRecord(
-                COMMANDS_LOGGER, level, "", 0, "command decided", (), None
-            )
-            setattr(record, _CHECKED_FIELDS, fields)
+    lines = []
+    for item, outcome in zip(incoming, outcomes, strict=False):
+        meta = item.command.meta
+        fields = {
+            "flow": flow.name,
+            "command_id": scrub(meta.event_id) if meta.event_id else None,
+            "correlation_id": scrub(meta.correlation_id) if meta.correlation_id else None,
+            "idempotency_key": outcome.key,
+            "outcome": outcome.kind.value,
+            "reason": outcome.reason,
+            "result_event_id": outcome.event_id,
+        }
+        trace_id = trace_id_of(item.traceparent)
+        if trace_id is not None:  # the command's trace, rather than the batch span's
+            fields["trace_id"] = trace_id
+        lines.append(fields)
+    routes = _command_routes(level)
+    if routes is None:
+        others: list[logging.Handler] | None = None
+    else:
+        ours, others = routes
+        formatter = cast("JsonFormatter", ours.formatter)
+        head = formatter.head(time.time(), logging.getLevelName(level), COMMANDS_LOGGER, _DECIDED)
+        ours.write_lines(formatter.checked_lines(head, lines, _span_ids()).decode() + "\n")
+        if not others:
+            return
+    for fields in lines:
+        record = _commands_log.makeRecord(COMMANDS_LOGGER, level, "", 0, _DECIDED, (), None)
+        setattr(record, _CHECKED_FIELDS, fields)
+        if others is None:
             _commands_log.handle(record)
+        else:
+            for handler in others:
+                handler.handle(record)
+
+
+_DECIDED = "command decided"
+
+
+def _command_routes(level: int) -> tuple[_LineHandler, list[logging.Handler]] | None:
+    """Where a command line goes, as `Logger.callHandlers` would send its record: the process'
+    JSON handler, written to directly, and the other handlers. None when the line must go
+    through records alone: no such handler on the way, or a filter that needs a record."""
+    if _commands_log.disabled or _commands_log.filters:
+        return None
+    ours: _LineHandler | None = None
+    others: list[logging.Handler] = []
+    logger: logging.Logger | None = _commands_log
+    while logger is not None:
+        for handler in logger.handlers:
+            if level < handler.level:
+                continue
+            if (
+                handler is _COMMAND_LINES.handler
+                and not handler.filters
+                and isinstance(handler.formatter, JsonFormatter)
+            ):
+                ours = _COMMAND_LINES.handler
+            else:
+                others.append(handler)
+        logger = logger.parent if logger.propagate else None
+    return None if ours is None else (ours, others)

@@ -22,12 +22,17 @@ class Record(Protocol):
     @property
     def value(self) -> bytes | None: ...
     @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    def headers(self) -> Sequence[tuple[str, bytes | None]]: ...
 
 
-def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
+def header_text(value: bytes | None) -> str:
+    """A header value as text, whatever its bytes: Kafka allows any, and null."""
+    return "" if value is None else value.decode("utf-8", "replace")
+
+
+def header(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> str | None:
     """A header's value as text (names compared case-insensitively), None when absent."""
     for key, value in headers or ():
         if key.lower() == name:
-            return value.decode("utf-8", "replace")
+            return header_text(value)
     return None

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import asyncpg
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from ledgerflow.cli.dlq_cmd import read_dead_letters
+from ledgerflow.contracts.codec import encode_command
 from ledgerflow.contracts.topics import CASHIN, ONBOARDING, TRANSFER
+from ledgerflow.ledger_db.queries import get_account
 from ledgerflow.testkit.commands import cashin, onboarding, record, transfer, wallet_of
 from ledgerflow.testkit.pipeline import event_id_of, fund_wallets, publish, running_pipeline
 from ledgerflow.workers.dead_letters import TRUNCATED_VALUE_BYTES_MAX
@@ -81,3 +85,41 @@ async def test_a_dead_letter_too_large_to_write_whole_is_written_truncated(
         assert len(letter.value) == TRUNCATED_VALUE_BYTES_MAX
         _, metrics = p.worker.get("/metrics")
         assert f'ledgerflow_dead_letters_truncated_total{{topic="{topic}"}} 1.0' in metrics
+
+
+async def test_binary_and_null_header_values_lose_no_command(
+    postgres: Any, kafka: Any, ledgerflow_db_template: str, tmp_path: Any
+) -> None:
+    """Kafka allows any bytes, or null, as a header value. FastStream's batch parser decoded
+    every header of a batch as strict UTF-8 and, on the first that was not, dropped the whole
+    batch with a log line (the next batch's commit skipped it). Every command here applies,
+    in one partition, the odd ones among them, and the money adds up."""
+    async with running_pipeline(postgres, kafka, ledgerflow_db_template, tmp_path) as p:
+        a, b = await fund_wallets(p, 2, 1_000)
+        commands = [transfer(a, b, 10 + i) for i in range(8)]
+        odd: dict[int, list[tuple[str, bytes | None]]] = {
+            0: [("x-binary", b"\xff\xfe\x00")],
+            3: [("x-null", None)],
+            5: [("x-binary", b"\x80"), ("x-null", None)],
+        }
+        sent = []
+        for i, command in enumerate(commands):
+            rec = encode_command(TRANSFER, command, topic_prefix=p.prefix)
+            headers = [*rec.headers, *odd.get(i, [])]
+            sent.append(
+                await p.producer.send(
+                    rec.topic, rec.value, key=rec.key, headers=headers, partition=0
+                )
+            )
+        await asyncio.gather(*sent)
+        for command in commands:
+            [event] = await p.results.wait_for_key(str(command.transfer_id), timeout_s=60)
+            assert event["type"] == "transfer.completed", event
+        connection = await asyncpg.connect(p.database.app_url)
+        try:
+            views = [await get_account(connection, wallet) for wallet in (a, b)]
+        finally:
+            await connection.close()
+        moved = sum(c.amount for c in commands)
+        assert [v.balance if v else None for v in views] == [1_000 - moved, 1_000 + moved]
+        assert await read_dead_letters(p.bootstrap, [p.prefix + TRANSFER.dlq_topic], limit=10) == []

@@ -165,32 +165,78 @@ def test_command_lines_can_move_to_debug(lines: list[dict[str, Any]]) -> None:
 
 class _CountingStream(io.StringIO):
     flushes = 0
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
 
     def flush(self) -> None:
         self.flushes += 1
         super().flush()
 
 
-def test_a_batch_of_command_lines_is_flushed_once_other_lines_at_once(
+def test_a_batch_of_command_lines_is_one_write_other_lines_at_once(
     lines: list[dict[str, Any]],
 ) -> None:
-    """One write per batch, not per command; every line still its own, and out when the call
-    returns. Any other line is flushed as it is logged."""
+    """One write and flush per batch, not per command (with PYTHONUNBUFFERED every write is a
+    system call); every line still its own, and out when the call returns. Any other line is
+    flushed as it is logged."""
     stream = _CountingStream()
     handler = logging.getLogger().handlers[0]
     assert isinstance(handler, logging.StreamHandler)
     handler.setStream(stream)
-    before = stream.flushes
+    before = (stream.writes, stream.flushes)
     commands = [parsed(transfer(uuid.uuid4(), uuid.uuid4(), 100)) for _ in range(5)]
     outcomes = [
         Outcome("transfer", c.idempotency_key, OutcomeKind.COMPLETED, None, "e", "t")
         for c in commands
     ]
     json_logs.log_outcomes(TRANSFER, [Incoming(c) for c in commands], outcomes)
-    assert stream.flushes == before + 1
+    assert (stream.writes, stream.flushes) == (before[0] + 1, before[1] + 1)
     assert [line["idempotency_key"] for line in flush(lines)] == [
         c.idempotency_key for c in commands
     ]
     logging.getLogger("ledgerflow.test").warning("after the batch")
-    assert stream.flushes == before + 2
+    assert stream.flushes == before[1] + 2
     assert flush(lines)[-1]["msg"] == "after the batch"
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_command_lines_written_directly_are_the_lines_records_make(
+    lines: list[dict[str, Any]],
+) -> None:
+    """The process' handler is written to without records; another handler on the way (a
+    test's capture) still gets one record per command, and formatting those records gives the
+    same lines, but for the time."""
+    capture = _Capture()
+    logging.getLogger(json_logs.COMMANDS_LOGGER).addHandler(capture)
+    try:
+        commands = [parsed(transfer(uuid.uuid4(), uuid.uuid4(), 100)) for _ in range(3)]
+        traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        incoming = [Incoming(commands[0], traceparent), *map(Incoming, commands[1:])]
+        outcomes = [
+            Outcome("transfer", c.idempotency_key, OutcomeKind.COMPLETED, None, f"e{i}", "t")
+            for i, c in enumerate(commands)
+        ]
+        json_logs.log_outcomes(TRANSFER, incoming, outcomes)
+    finally:
+        logging.getLogger(json_logs.COMMANDS_LOGGER).removeHandler(capture)
+    written = flush(lines)
+    formatter = logging.getLogger().handlers[0].formatter
+    assert formatter is not None
+    made = [json.loads(formatter.format(record)) for record in capture.records]
+    assert len(written) == len(made) == 3
+    for line in (*written, *made):
+        del line["ts"]
+    assert written == made
+    assert written[0]["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert [line["result_event_id"] for line in written] == ["e0", "e1", "e2"]
