@@ -21,6 +21,7 @@ from ledgerflow.cli import (
     bench_ledger,
     bench_plot,
 )
+from ledgerflow.workers import gc_policy
 from ledgerflow.workers.settings import Settings
 
 console = Console()
@@ -42,6 +43,7 @@ def ledger(
 ) -> None:
     """Transfers/s through the batched apply, spread over wallets and into one hot wallet."""
     settings = Settings()
+    gc_policy.tune_for_batches()  # the apply runs here as in a worker process
     results = bench_ledger.run(
         settings.migration_database_url.get_secret_value(),
         settings.database_url.get_secret_value(),
