@@ -119,9 +119,9 @@ async def _batch(
 
     FastStream's own parser decodes every header of every record as strict UTF-8: one binary
     or null header value anywhere raised before the handler ran, and FastStream dropped the
-    whole batch with a log line (its offsets were committed by the next batch), and decoding
-    them cost ~5 % of a worker's CPU. The handler reads each record's raw headers
-    (`records.header`), which is where a header's meaning is judged."""
+    whole batch with a log line (its offsets were committed by the next batch). The handler
+    reads each record's raw headers (`records.header`), which is where a header's meaning is
+    judged."""
     first = records[0]
     readable = [(name, header_text(value).encode()) for name, value in first.headers]
     message = await parse((replace(first, headers=readable),))

@@ -29,12 +29,13 @@ from opentelemetry import trace
 from ledgerflow.workers.tracing import trace_id_of
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from ledgerflow.contracts.topics import Flow
     from ledgerflow.ledger_db.apply import Incoming, Outcome
 
 COMMANDS_LOGGER = "ledgerflow.commands"
+_DECIDED = "command decided"  # the message of every command line
 MASK = "***"
 MESSAGE_CHARS_MAX = 4_000  # a line stays a line: long messages and tracebacks are cut
 
@@ -245,25 +246,24 @@ def log_outcomes(flow: Flow, incoming: Sequence[Incoming], outcomes: Sequence[Ou
         lines.append(fields)
     routes = _command_routes(level)
     if routes is None:
-        others: list[logging.Handler] | None = None
-    else:
-        ours, others = routes
-        formatter = cast("JsonFormatter", ours.formatter)
-        head = formatter.head(time.time(), logging.getLevelName(level), COMMANDS_LOGGER, _DECIDED)
-        ours.write_lines(formatter.checked_lines(head, lines, _span_ids()).decode() + "\n")
-        if not others:
-            return
+        for record in _records(lines, level):
+            _commands_log.handle(record)
+        return
+    ours, others = routes
+    formatter = cast("JsonFormatter", ours.formatter)
+    head = formatter.head(time.time(), logging.getLevelName(level), COMMANDS_LOGGER, _DECIDED)
+    ours.write_lines(formatter.checked_lines(head, lines, _span_ids()).decode() + "\n")
+    for record in _records(lines, level) if others else ():
+        for handler in others:
+            handler.handle(record)
+
+
+def _records(lines: Sequence[dict[str, Any]], level: int) -> Iterator[logging.LogRecord]:
+    """A command line as a record, its fields checked already (`JsonFormatter` keeps them)."""
     for fields in lines:
         record = _commands_log.makeRecord(COMMANDS_LOGGER, level, "", 0, _DECIDED, (), None)
         setattr(record, _CHECKED_FIELDS, fields)
-        if others is None:
-            _commands_log.handle(record)
-        else:
-            for handler in others:
-                handler.handle(record)
-
-
-_DECIDED = "command decided"
+        yield record
 
 
 def _command_routes(level: int) -> tuple[_LineHandler, list[logging.Handler]] | None:
