@@ -14,6 +14,7 @@ from jwt.utils import base64url_encode
 from ledgerflow.contracts.parsing import ValidCommand
 from ledgerflow.harness.identity import Issuer
 from ledgerflow.testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
+from ledgerflow.workers import auth
 from ledgerflow.workers.auth import HEADER_KIDS_MAX, Authenticator, Principal, Refusal
 
 
@@ -148,3 +149,34 @@ async def test_headers_remembered_are_bounded(issuer: Issuer, verifier: Authenti
         assert len(verifier._header_kids) <= HEADER_KIDS_MAX
         assert isinstance(verifier.verify(bearer, a_transfer()), Refusal)
     assert verifier.verify(issuer.bearer("alice"), a_transfer()) == Principal("alice", frozenset())
+
+
+async def test_a_full_cache_of_verified_tokens_drops_its_oldest_only(
+    issuer: Issuer, verifier: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bounded, and not cleared: the sessions verified last stay verified (no burst of
+    signature checks for every live session each time the cache fills)."""
+    monkeypatch.setattr(auth, "VERIFIED_TOKENS_MAX", 8)
+    monkeypatch.setattr(auth, "VERIFIED_TOKENS_EVICTED", 2)
+    decoded: list[str] = []
+    decode = auth._JWT_DECODER.decode
+
+    def counting(token: str, *args: object, **kwargs: object) -> object:
+        decoded.append(token)
+        return decode(token, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(auth._JWT_DECODER, "decode", counting)
+    command = a_transfer()
+    bearers = [issuer.bearer(f"session-{n}") for n in range(20)]
+    for bearer in bearers:
+        assert isinstance(verifier.verify(bearer, command), Principal)
+        assert len(verifier._verified) <= 8
+    assert len(decoded) == 20
+    recent = bearers[-5:]
+    for bearer in recent:
+        assert verifier.verify(bearer, command) == Principal(
+            f"session-{bearers.index(bearer)}", frozenset()
+        )
+    assert len(decoded) == 20  # the latest were answered from the cache
+    assert isinstance(verifier.verify(bearers[0], command), Principal)
+    assert len(decoded) == 21  # the oldest was dropped and is checked again
