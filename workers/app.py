@@ -106,8 +106,10 @@ def authenticator(settings: Settings) -> Authenticator | None:
     )
 
 
-async def _raw(_message: Any) -> None:
-    """Skip FastStream's JSON decoding: `contracts.parsing` parses the bytes once, strictly."""
+async def _raw(message: KafkaMessage) -> KafkaMessage:
+    """The handler's one argument is the message itself: no JSON decoding by FastStream
+    (`contracts.parsing` parses the bytes once, strictly), and nothing to inject."""
+    return message
 
 
 async def _batch(
@@ -165,6 +167,10 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
         middlewares=_observability(settings, flows_of(flow_names)),
         logger=FASTSTREAM_LOG,
         log_level=logging.DEBUG,  # its per-batch "Received"/"Processed" lines: DEBUG only
+        # No dependency injection: the handler takes the message from the decoder (`_raw`).
+        # Injected, the message is a context field that FastDepends resolves in a worker
+        # thread, a thread hop on every batch.
+        apply_types=False,
     )
     state = WorkerState(settings)
     flows = flows_of(flow_names)
@@ -314,7 +320,7 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
     state.subscribers[flow.name] = subscriber
 
     @subscriber
-    async def handle(_body: Any, msg: KafkaMessage) -> None:
+    async def handle(msg: KafkaMessage) -> None:
         records = msg.raw_message
         if not isinstance(records, tuple):
             records = (records,)
