@@ -93,10 +93,13 @@ class Settings(BaseSettings):
 
     # Consumption and the database.
     batch_records_max: int = Field(default=500, ge=1, le=5000)
+    # How long the broker may gather a batch; each flow's consumer also fetches this often
+    # while idle. Longer costs latency at low load and saves CPU at moderate load (measured
+    # for 10, 30 and 40 ms in docs/benchmarks.md, the fifth round).
     batch_wait_ms: int = Field(default=10, ge=0, le=1000)
     fetch_min_bytes: int = Field(default=32 * 1024, ge=1, le=8 * 1024 * 1024)
     # How long the broker holds a fetch while fewer than fetch_min_bytes are ready; None: as
-    # long as batch_wait_ms. Every consumer (one per flow) fetches this often while idle.
+    # long as batch_wait_ms.
     fetch_max_wait_ms: int | None = Field(default=None, ge=1, le=5_000)
     db_pool_size_max: int = Field(default=4, ge=1, le=32)
     statement_timeout_ms: int = Field(default=30_000, ge=100, le=120_000)
