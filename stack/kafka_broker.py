@@ -32,6 +32,7 @@ from ledgerflow.stack.process import (
     live_pid,
     pid_alive,
     port_in_use,
+    port_taken,
     remove_file,
     run_checked,
     spawn_detached,
@@ -360,7 +361,7 @@ async def start(settings: StackSettings) -> tuple[int, bool]:
     if settings.secure:
         ports.append(settings.kafka_mtls_port)
     for port in ports:
-        if port_in_use(settings.host, port):
+        if port_taken(settings.host, port):
             raise StackError(
                 f"{settings.host}:{port} is taken by another process; set "
                 "LEDGERFLOW_STACK_KAFKA_PORT / LEDGERFLOW_STACK_KAFKA_CONTROLLER_PORT "

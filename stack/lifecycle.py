@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ledgerflow.stack import kafka_acls, kafka_broker, postgres, tls
-from ledgerflow.stack.process import StackError, file_lock, free_port, port_in_use
+from ledgerflow.stack.process import StackError, file_lock, free_port, port_taken
 from ledgerflow.stack.settings import PORT_FIELDS, StackSettings, recorded_ports
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def claim_free_ports(s: StackSettings, wanted: Collection[Service]) -> dict[Serv
         )
         for name in names:
             port = getattr(s, name)
-            if s.port_is_explicit(name) or not port_in_use(s.host, port):
+            if s.port_is_explicit(name) or not port_taken(s.host, port):
                 continue
             taken = {getattr(s, other) for other in PORT_FIELDS}
             chosen = free_port(s.host, avoid=taken)

@@ -37,7 +37,7 @@ from ledgerflow.stack.process import (
     is_root,
     live_pid,
     pid_alive,
-    port_in_use,
+    port_taken,
     remove_file,
     run_checked,
     spawn_detached,
@@ -420,7 +420,7 @@ async def start(settings: StackSettings) -> tuple[int, bool]:
         await wait_ready(settings, existing, p.log, time.monotonic() + settings.start_timeout_s)
         await bootstrap(admin_url(settings))
         return existing, False
-    if port_in_use(settings.host, settings.postgres_port):
+    if port_taken(settings.host, settings.postgres_port):
         raise StackError(
             f"{settings.host}:{settings.postgres_port} is taken by another process; "
             "set LEDGERFLOW_STACK_POSTGRES_PORT to a free port"

@@ -316,6 +316,20 @@ def free_port(host: str, avoid: Collection[int] = ()) -> int:
     raise StackError(f"no free port on {host} after {FREE_PORT_ATTEMPTS_MAX} attempts")
 
 
+def port_taken(host: str, port: int) -> bool:
+    """True when a server could not listen on host:port now: something listens there, or the
+    port is the local end of a connection (a default port can sit in the ephemeral range).
+    Tried as PostgreSQL and Java bind, with SO_REUSEADDR, so TIME_WAIT does not count."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def port_in_use(host: str, port: int, timeout_s: float = 0.5) -> bool:
     """True when something accepts TCP connections on host:port."""
     try:

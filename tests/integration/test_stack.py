@@ -258,28 +258,18 @@ def test_cluster_ids_never_look_like_options() -> None:
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
 
 
-HOLD_PORT_TIMEOUT_S = 30.0
-
-
 def _hold_if_free(port: int, stack: contextlib.ExitStack) -> None:
-    """Make sure something listens on `port` (the session's stack usually does already).
-
-    A default port sits in the ephemeral range: for a while it can be the local end of some
-    outgoing connection, neither listening nor free to bind. Wait that out (bounded)."""
-    deadline = time.monotonic() + HOLD_PORT_TIMEOUT_S
-    while not port_in_use("127.0.0.1", port):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT, as Java
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            sock.close()
-            assert time.monotonic() < deadline, f"127.0.0.1:{port} neither listens nor binds"
-            time.sleep(0.2)  # polling a condition with a deadline, not synchronising
-            continue
-        sock.listen()
-        stack.callback(sock.close)
+    """Make sure `port` is taken (the session's stack usually listens there already); bound
+    as the servers bind, with SO_REUSEADDR, so a port in TIME_WAIT is held too."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
         return
+    sock.listen()
+    stack.callback(sock.close)
 
 
 def test_taken_default_ports_move_to_free_ones_and_are_said(
