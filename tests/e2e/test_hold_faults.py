@@ -57,7 +57,10 @@ async def kill_when(p: Pipeline, where: str, total: int) -> int:
         done = await count(p, where)
         return 0 < done < total
 
-    await wait_until(midway, timeout_s=TIMEOUT_S, interval_s=0.01, message=f"some holds {where}")
+    try:
+        await wait_until(midway, timeout_s=TIMEOUT_S, interval_s=0.01, message=f"holds {where}")
+    except TimeoutError as exc:  # say which way it missed: nothing applied, or all at once
+        raise TimeoutError(f"{exc}: {done} of {total} when last counted") from None
     p.worker.process.kill()
     await asyncio.to_thread(p.worker.process.wait, 10)
     return done
@@ -111,7 +114,15 @@ async def test_kill9_worker_while_it_expires_holds(
 async def test_kill9_worker_while_it_settles_holds(
     postgres: Any, kafka: Any, ledgerflow_db_template: str, tmp_path: Path
 ) -> None:
-    async with running_pipeline(postgres, kafka, ledgerflow_db_template, tmp_path) as p:
+    async with running_pipeline(
+        postgres,
+        kafka,
+        ledgerflow_db_template,
+        tmp_path,
+        # Small batches: the settles land in many transactions, so the kill finds some but
+        # not all applied. A fetch that gathers all 200 would settle them in one step.
+        batch_records_max="5",
+    ) as p:
         holds = await place_holds(p, expires_in_s=3_600)
         total = len(holds)
         for hold in holds:
