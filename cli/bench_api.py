@@ -386,13 +386,15 @@ async def _bulk_transfers(
             )
         async with conn.transaction():
             await conn.copy_records_to_table(
-                "journal_entries", records=entries, columns=list(sql.ENTRY_COLUMNS)
+                "journal_entries", records=entries, columns=list(sql.ENTRIES.columns)
             )
             await conn.copy_records_to_table(
-                "postings", records=postings, columns=list(sql.POSTING_COLUMNS)
+                "postings", records=postings, columns=list(sql.POSTINGS.columns)
             )
             await conn.copy_records_to_table(
-                "idempotency_records", records=records, columns=list(sql.IDEMPOTENCY_RECORD_COLUMNS)
+                "idempotency_records",
+                records=records,
+                columns=list(sql.IDEMPOTENCY_RECORDS.columns),
             )
         history.advance(len(entries))
 

@@ -76,11 +76,15 @@ if TYPE_CHECKING:
 HOUSE_SHARDS = 16
 BATCH_COMMANDS_MAX = 5_000
 # Commands decided before their rows are handed to PostgreSQL: small enough that it starts
-# early and never waits long for the next chunk, large enough that each COPY carries enough
-# rows to be worth its round trip (docs/benchmarks.md).
+# early and never waits long for the next chunk, large enough that each insert carries enough
+# rows to be worth its round trips (docs/benchmarks.md).
 DECIDE_CHUNK = 128
+# Up to this many rows (all tables together), a chunk's inserts are one statement of arrays: one
+# round trip, where a COPY per table costs two each. Beyond it, COPY per table: PostgreSQL's
+# multi-row insert outruns row-by-row INSERT ... SELECT (measured in docs/benchmarks.md).
+STATEMENT_ROWS_MAX = 128
 # Deciding and encoding yield to the event loop every so many commands, so that the inserts
-# under way (a COPY is two round trips) go on without waiting for a whole chunk.
+# under way (a COPY per table, two round trips each) go on without waiting for a whole chunk.
 YIELD_EVERY = 4
 # A hold's life when its command does not say (LEDGERFLOW_HOLD_EXPIRES_S), DESIGN.md §5.1.
 HOLD_EXPIRES_S_DEFAULT = 259_200
@@ -92,7 +96,6 @@ EXPIRY_ROUND_MAX = 500
 _NOT_RECORDED = frozenset({RejectReason.HOLD_NOT_FOUND.value, RejectReason.PAYMENT_NOT_FOUND.value})
 RESULT_SOURCE = "/ledgerflow"
 SUBJECT_CHARS_MAX = 255  # idempotency_records.subject, like customers.subject
-OUTBOX_CHANNEL = "ledgerflow_outbox"
 
 
 class OutcomeKind(StrEnum):
@@ -515,7 +518,8 @@ async def _apply_in_transaction(
 
     # 4. Once per batch, set-based: the updates (balances, refunded payments, resolved holds).
     await _update_ledger(conn, writes, book, balances)
-    await _notify_relay(conn)
+    if not valid:  # rejections only: no statement above raised the relay's wake-up
+        await _notify_relay(conn)
     return outcomes
 
 
@@ -975,13 +979,6 @@ def _encode(
     )
 
 
-async def _copy(
-    conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: list[Any]
-) -> None:
-    """Binary COPY: the fastest bulk insert (no per-element array checks), triggers still fire."""
-    await conn.copy_records_to_table(table, records=rows, columns=list(columns))
-
-
 async def _insert_after(
     previous: asyncio.Future[None] | None, conn: asyncpg.Connection, rows: _Inserts
 ) -> None:
@@ -992,33 +989,37 @@ async def _insert_after(
 
 
 async def _insert_ledger(conn: asyncpg.Connection, rows: _Inserts) -> None:
-    """Customers, wallets, journal entries, postings, payments and holds, by binary COPY."""
-    if rows.customers:
-        await _copy(conn, "customers", sql.CUSTOMER_COLUMNS, rows.customers)
-        await _copy(conn, "customer_pii", sql.CUSTOMER_PII_COLUMNS, rows.pii)
-        await _copy(
-            conn,
-            "accounts",
-            sql.WALLET_ACCOUNT_COLUMNS,
-            [(i, "wallet", cur, cust) for i, cur, cust in rows.wallets],
-        )
-        await _copy(
-            conn,
-            "balances",
-            sql.BALANCE_COLUMNS,
-            [(i, "wallet", 0, 0) for i, _, _ in rows.wallets],
-        )
-    if rows.entries:
-        await _copy(conn, "journal_entries", sql.ENTRY_COLUMNS, rows.entries)
-        await _copy(conn, "postings", sql.POSTING_COLUMNS, rows.postings)
-    if rows.payments:
-        await _copy(conn, "payments", sql.PAYMENT_COLUMNS, rows.payments)
-    if rows.holds:
-        await _copy(conn, "holds", sql.HOLD_COLUMNS, rows.holds)
-    if rows.records:
-        await _copy(conn, "idempotency_records", sql.IDEMPOTENCY_RECORD_COLUMNS, rows.records)
-    if rows.outbox:
-        await _copy(conn, "outbox", sql.OUTBOX_COLUMNS, rows.outbox)
+    """Customers, wallets, journal entries, postings, payments, holds, idempotency records and
+    outbox rows, whichever the chunk has, each table after those it refers to: in one statement
+    when they are few, by binary COPY per table when they are many."""
+    tables: list[tuple[sql.Insert, list[tuple[Any, ...]]]] = [
+        (sql.CUSTOMERS, rows.customers),
+        (sql.CUSTOMER_PII, rows.pii),
+        (sql.WALLET_ACCOUNTS, [(i, "wallet", cur, cust) for i, cur, cust in rows.wallets]),
+        (sql.WALLET_BALANCES, [(i, "wallet", 0, 0) for i, _, _ in rows.wallets]),
+        (sql.ENTRIES, rows.entries),
+        (sql.POSTINGS, rows.postings),
+        (sql.PAYMENTS, rows.payments),
+        (sql.HOLDS, rows.holds),
+        (sql.IDEMPOTENCY_RECORDS, rows.records),
+        (sql.OUTBOX, rows.outbox),
+    ]
+    present = [(insert, table_rows) for insert, table_rows in tables if table_rows]
+    for insert, table_rows in present:
+        width = len(insert.typed)
+        assert all(len(row) == width for row in table_rows), f"{insert.table}: a row's width"
+    if sum(len(table_rows) for _, table_rows in present) > STATEMENT_ROWS_MAX:
+        for insert, table_rows in present:
+            # Binary COPY: PostgreSQL's multi-row insert, no per-element array checks.
+            await conn.copy_records_to_table(
+                insert.table, records=table_rows, columns=list(insert.columns)
+            )
+        return
+    if present:
+        arrays: list[Any] = []
+        for _, table_rows in present:
+            arrays.extend(list(column) for column in zip(*table_rows, strict=True))
+        await conn.execute(sql.insert_statement(tuple(insert for insert, _ in present)), *arrays)
 
 
 async def _update_ledger(

@@ -1,53 +1,157 @@
-"""Every SQL statement of the write path: one round trip per table and batch.
+"""Every SQL statement of the write path: a constant number of round trips per batch.
 
-Reads and updates take arrays (`unnest`, `= ANY`); plain inserts go by binary COPY.
+Reads, updates and inserts take arrays (`unnest`, `= ANY`): a chunk of a batch inserts into
+every table it writes with one statement.
 """
 
-CUSTOMER_COLUMNS = ("id", "tier", "subject", "kind")
-CUSTOMER_PII_COLUMNS = (
-    "customer_id",
-    "key_id",
-    "full_name",
-    "phone_number",
-    "email",
-    "national_id",
-    "bank_code",
-    "bank_account_number",
-    "phone_index",
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    """A table the apply path inserts into: the columns it writes, each with the element type
+    of the array that carries it (a char(3) column takes text, cast on assignment)."""
+
+    table: str
+    typed: tuple[tuple[str, str], ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.typed)
+
+
+CUSTOMERS = Insert(
+    "customers", (("id", "uuid"), ("tier", "text"), ("subject", "text"), ("kind", "text"))
 )
-WALLET_ACCOUNT_COLUMNS = ("id", "kind", "currency", "customer_id")
-BALANCE_COLUMNS = ("account_id", "kind", "shard", "balance")
-ENTRY_COLUMNS = ("id", "flow", "idempotency_key", "out_day")
-POSTING_COLUMNS = (
-    "entry_id",
-    "seq",
-    "account_id",
-    "currency",
-    "amount",
-    "posted_at",
-    "balance_after",
+CUSTOMER_PII = Insert(
+    "customer_pii",
+    (
+        ("customer_id", "uuid"),
+        ("key_id", "text"),
+        ("full_name", "bytea"),
+        ("phone_number", "bytea"),
+        ("email", "bytea"),
+        ("national_id", "bytea"),
+        ("bank_code", "text"),
+        ("bank_account_number", "bytea"),
+        ("phone_index", "bytea"),
+    ),
 )
-IDEMPOTENCY_RECORD_COLUMNS = (
-    "flow",
-    "key",
-    "content_hash",
-    "content_hash_keyed",
-    "outcome",
-    "reason",
-    "journal_entry_id",
-    "result_topic",
-    "result_event_id",
-    "result_payload",
-    "subject",
+WALLET_ACCOUNTS = Insert(
+    "accounts", (("id", "uuid"), ("kind", "text"), ("currency", "text"), ("customer_id", "uuid"))
 )
-OUTBOX_COLUMNS = ("event_id", "topic", "key", "payload", "traceparent")
+WALLET_BALANCES = Insert(
+    "balances",
+    (("account_id", "uuid"), ("kind", "text"), ("shard", "smallint"), ("balance", "bigint")),
+)
+ENTRIES = Insert(
+    "journal_entries",
+    (("id", "uuid"), ("flow", "text"), ("idempotency_key", "uuid"), ("out_day", "date")),
+)
+POSTINGS = Insert(
+    "postings",
+    (
+        ("entry_id", "uuid"),
+        ("seq", "smallint"),
+        ("account_id", "uuid"),
+        ("currency", "text"),
+        ("amount", "bigint"),
+        ("posted_at", "timestamptz"),
+        ("balance_after", "bigint"),
+    ),
+)
+PAYMENTS = Insert(
+    "payments",
+    (
+        ("payment_id", "uuid"),
+        ("payer_account_id", "uuid"),
+        ("merchant_account_id", "uuid"),
+        ("currency", "text"),
+        ("amount", "bigint"),
+        ("fee", "bigint"),
+        ("entry_id", "uuid"),
+    ),
+)
+HOLDS = Insert(
+    "holds",
+    (
+        ("cashout_id", "uuid"),
+        ("wallet_account_id", "uuid"),
+        ("currency", "text"),
+        ("amount", "bigint"),
+        ("fee", "bigint"),
+        ("placed_at", "timestamptz"),
+        ("expires_at", "timestamptz"),
+        ("out_day", "date"),
+        ("command_event_id", "text"),
+        ("correlation_id", "text"),
+    ),
+)
+IDEMPOTENCY_RECORDS = Insert(
+    "idempotency_records",
+    (
+        ("flow", "text"),
+        ("key", "uuid"),
+        ("content_hash", "bytea"),
+        ("content_hash_keyed", "boolean"),
+        ("outcome", "text"),
+        ("reason", "text"),
+        ("journal_entry_id", "uuid"),
+        ("result_topic", "text"),
+        ("result_event_id", "uuid"),
+        ("result_payload", "bytea"),
+        ("subject", "text"),
+    ),
+)
+OUTBOX = Insert(
+    "outbox",
+    (
+        ("event_id", "uuid"),
+        ("topic", "text"),
+        ("key", "bytea"),
+        ("payload", "bytea"),
+        ("traceparent", "text"),
+    ),
+)
+
+
+@functools.cache
+def insert_statement(inserts: tuple[Insert, ...]) -> str:
+    """One statement inserting into every table of `inserts`, each column one array parameter,
+    in that order: one round trip where a COPY per table takes two each. A row may refer to a
+    row of a table before it: foreign keys and the postings check run at the end of the
+    statement, when every table's rows are in."""
+    assert inserts, "nothing to insert"
+    parts: list[str] = []
+    n = 0
+    for insert in inserts:
+        arrays = []
+        for _, element in insert.typed:
+            n += 1
+            arrays.append(f"${n}::{element}[]")
+        parts.append(
+            f"INSERT INTO {insert.table} ({', '.join(insert.columns)})\n"
+            f"SELECT * FROM unnest({', '.join(arrays)})"
+        )
+    *first, last = parts
+    ctes = [f"i{k} AS ({part})" for k, part in enumerate(first)]
+    return ("WITH " + ",\n".join(ctes) + "\n" if ctes else "") + last
+
 
 # Large id lists travel as one comma-separated text parameter: asyncpg type-checks every element
 # of an array parameter in Python, which costs more than PostgreSQL's string_to_array.
 # Also the deployment's content-hash key check (None: records are written plain; see
 # ledger_db/content_hash.py), on a first row that always comes, with the records if any.
+# And the relay's wake-up: a batch with commands writes outbox rows (every outcome has one), and
+# PostgreSQL delivers a notification at commit only, wherever in the transaction it was raised,
+# so this first statement raises it instead of a round trip of its own.
 SELECT_IDEMPOTENCY_RECORDS = """
-WITH keying AS MATERIALIZED (SELECT content_hash_key_check() AS key_check)
+WITH keying AS MATERIALIZED (
+    SELECT content_hash_key_check() AS key_check, pg_notify('ledgerflow_outbox', '') AS woke
+)
 SELECT keying.key_check, r.flow, r.key, r.content_hash, r.content_hash_keyed, r.result_topic,
        r.result_event_id, r.result_payload
 FROM keying LEFT JOIN (
@@ -180,19 +284,6 @@ FROM unnest(
 WHERE b.account_id = d.account_id AND b.shard = d.shard
 """
 
-HOLD_COLUMNS = (
-    "cashout_id",
-    "wallet_account_id",
-    "currency",
-    "amount",
-    "fee",
-    "placed_at",
-    "expires_at",
-    "out_day",
-    "command_event_id",
-    "correlation_id",
-)
-
 # The cash-outs a batch's second-phase commands (and expiries) name, locked after the wallets:
 # holds in any state, and cash-outs paid at once (v1: their entry's postings), with whether a
 # reversal was posted. One row per cash-out found.
@@ -257,16 +348,6 @@ LIMIT $1
 """
 
 NOTIFY_OUTBOX = "SELECT pg_notify('ledgerflow_outbox', '')"
-
-PAYMENT_COLUMNS = (
-    "payment_id",
-    "payer_account_id",
-    "merchant_account_id",
-    "currency",
-    "amount",
-    "fee",
-    "entry_id",
-)
 
 # The payers of the payments a batch's refunds name, read before any lock: their wallets are
 # credited, so they are locked with the others (a payment's accounts never change).

@@ -71,7 +71,8 @@ def retry_cause(error: BaseException) -> str | None:
 
 
 async def _nothing_to_reset(_conn: asyncpg.Connection) -> None:
-    return None
+    """The pool's reset: asyncpg has rolled back any open transaction by now."""
+    return
 
 
 async def create_pool(
@@ -94,10 +95,12 @@ async def create_pool(
         dsn,
         min_size=size_min,
         max_size=size_max,
-        # A reader's read-only transactions leave no session state (no locks, cursors, LISTEN or
-        # SET): asyncpg's reset on release would be one more round trip per request for nothing.
-        # None: asyncpg's own Connection.reset().
-        reset=_nothing_to_reset if read_only else None,
+        # Nothing run on a pooled connection leaves session state: transactions only, with
+        # transaction-scoped locks and settings (the relay's session lock and LISTEN are on a
+        # connection of its own). asyncpg's full reset on release (unlock all, close all,
+        # unlisten, reset all) would be one more round trip per batch and per read for nothing;
+        # its rollback of a transaction left open still runs before this hook.
+        reset=_nothing_to_reset,
         server_settings={
             # Defence in depth for readers: the role cannot write, nor can its transactions.
             **({"default_transaction_read_only": "on"} if read_only else {}),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from datetime import UTC
+from typing import Any
 
 import asyncpg
 import orjson
@@ -13,7 +15,9 @@ import pytest
 from ledgerflow.contracts.events import RejectReason
 from ledgerflow.contracts.parsing import parse_command
 from ledgerflow.contracts.topics import TRANSFER
+from ledgerflow.ledger_db import apply
 from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
+from ledgerflow.ledger_db.outbox import OUTBOX_CHANNEL
 from ledgerflow.ledger_db.queries import get_account
 from ledgerflow.ledger_db.rules import TierLimits, Wallet
 from ledgerflow.ledger_db.sql import LOCK_WALLETS, LOCK_WALLETS_WALLET_COLUMNS
@@ -21,12 +25,18 @@ from ledgerflow.testkit.commands import (
     apply_all,
     cashin,
     cashout,
+    held_cashout,
+    merchant,
     onboarding,
     parsed,
+    payment,
     record,
+    refund,
+    settle,
     transfer,
     wallet_of,
 )
+from ledgerflow.testkit.plugin import assert_audit_passes, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -271,3 +281,67 @@ async def test_house_accounts_balance_the_wallets(writer: LedgerWriter, pool: as
         "fee_revenue": 25,
         "wallet": 4_475,
     }
+
+
+async def test_each_committed_batch_wakes_the_relay_once(
+    writer: LedgerWriter, pool: asyncpg.Pool, database: Any
+) -> None:
+    a, b = await two_wallets(writer)
+    listener = await asyncpg.connect(database.app_url)
+    woken: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(OUTBOX_CHANNEL, lambda *args: woken.put_nowait(args[2]))
+    try:
+        await apply_all(writer, transfer(a, b, 100), transfer(b, a, 50))
+        envelope = orjson.loads(record(transfer(a, b, 1)).value)
+        envelope["data"]["amount"] = "1"
+        await writer.apply([Incoming(parse_command(TRANSFER, orjson.dumps(envelope)))])
+        # A round trip on the listener's connection delivers whatever was sent before it.
+        await wait_until(lambda: woken.qsize() >= 2, timeout_s=5, message="two wake-ups")
+        await listener.fetchval("SELECT 1")
+        assert woken.qsize() == 2  # the batch of two transfers, then the rejection alone
+    finally:
+        await listener.close()
+    assert [e["type"] for e in (await outbox(pool))[-3:]] == [
+        "transfer.completed",
+        "transfer.completed",
+        "transfer.rejected",
+    ]
+
+
+@pytest.mark.parametrize("rows_max", [0, 1_000_000], ids=["copy", "statement"])
+async def test_a_chunk_writes_the_same_rows_by_copy_or_by_one_statement(
+    rows_max: int, writer: LedgerWriter, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every table a chunk inserts into (customers and their PII, wallets, entries, postings,
+    holds, payments, records, outbox), by either path."""
+    monkeypatch.setattr(apply, "STATEMENT_ROWS_MAX", rows_max)
+    a, b, shop = onboarding(), onboarding(), merchant()
+    held = held_cashout(wallet_of(b), 100, fee=10)
+    paid = payment(wallet_of(a), wallet_of(shop), 400)
+    first = await apply_all(
+        writer,
+        a,
+        b,
+        shop,
+        cashin(wallet_of(a), 1_000),
+        transfer(wallet_of(a), wallet_of(b), 300),
+        held,
+        paid,
+    )
+    second = await apply_all(writer, settle(held), refund(paid, 150))
+    assert [o.kind for o in first + second] == [OutcomeKind.COMPLETED] * 9
+    counts = {
+        table: await pool.fetchval(f"SELECT count(*) FROM {table}")
+        for table in ("customer_pii", "journal_entries", "holds", "payments", "outbox")
+    }
+    assert counts == {
+        "customer_pii": 3,
+        "journal_entries": 5,  # cash-in, transfer, payment, settle, refund (a hold has none)
+        "holds": 1,
+        "payments": 1,
+        "outbox": 9,
+    }
+    assert await balance(pool, wallet_of(a)) == 1_000 - 300 - 400 + 150
+    assert await balance(pool, wallet_of(b)) == 300 - 110
+    assert await pool.fetchval("SELECT status FROM holds") == "settled"
+    await assert_audit_passes(pool)
