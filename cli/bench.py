@@ -425,6 +425,12 @@ def sweep(
             f"offered {rate:,.0f}/s: achieved {result.throughput_per_s:,.0f}/s, "
             f"p50 {result.p50_ms:.0f} ms, p95 {result.p95_ms:.0f} ms, p99 {result.p99_ms:.0f} ms"
         )
+        if (w := result.windows) is not None:
+            console.print(
+                f"  p99 by {w.window_s:g} s of publishing: median {w.median_p99_ms:.0f} ms, "
+                f"{w.over_limit} of {w.windows} over {w.limit_ms:.0f} ms, worst "
+                f"{w.worst_p99_ms:.0f} ms at {w.worst_at_s:.2f} s"
+            )
     folder = Path(out)
     _write_json(
         folder / "e2e-sweep.json",

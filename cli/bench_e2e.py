@@ -28,7 +28,14 @@ from pydantic import BaseModel
 
 from ledgerflow.cli.bench_ceiling import ceiling_for
 from ledgerflow.cli.bench_ledger import create_bench_database, with_database
-from ledgerflow.cli.bench_measure import Profiler, cpu_by_group, cpu_snapshot, machine_cpu_s
+from ledgerflow.cli.bench_measure import (
+    LatencyWindows,
+    Profiler,
+    cpu_by_group,
+    cpu_snapshot,
+    latency_windows,
+    machine_cpu_s,
+)
 from ledgerflow.contracts.codec import KafkaRecord, encode_command
 from ledgerflow.contracts.commands import RequestOnboarding
 from ledgerflow.contracts.topics import CASHOUT, CASHOUT_SETTLE, PAYMENT, REFUND, TRANSFER, Flow
@@ -51,6 +58,7 @@ from ledgerflow.testkit.commands import (
     transfer,
     wallet_of,
 )
+from ledgerflow.workers import gc_policy
 from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 if TYPE_CHECKING:
@@ -96,6 +104,7 @@ class E2EResult:
     cpu_s: dict[str, float] = field(default_factory=dict)
     machine_busy: float | None = None
     profiles: dict[str, dict[str, object]] = field(default_factory=dict)  # role: py-spy summary
+    windows: LatencyWindows | None = None  # the latency by publish time: steady, or stalls
 
     @property
     def throughput_per_s(self) -> float:
@@ -113,6 +122,7 @@ class E2EResult:
                 "p95": round(self.p95_ms, 1),
                 "p99": round(self.p99_ms, 1),
             },
+            **({"latency_windows": self.windows.as_json()} if self.windows else {}),
             "worker_batch_mean_commands": round(self.batch_mean, 1),
             "worker_batch_mean_ms": round(self.batch_ms_mean, 1),
             "flow": self.flow,
@@ -296,6 +306,11 @@ async def run_e2e(
                     role = " ".join(process.args)
                     out = profile_dir / f"{flow}-{role.replace(' ', '-')}.folded"
                     profilers[role] = Profiler(process.process.pid, out)
+            # The client must not pause its own clock: what it built (commands, tokens, the
+            # warm-up's results) is frozen out of collections, and young collections are rare,
+            # as in a worker. Untuned, a full collection over 10^5-10^6 of its objects took
+            # 50-200 ms now and then, stalling publishing and the result timestamps alike.
+            gc_policy.tune_for_batches()
             cpu_before, machine_before = cpu_snapshot(), machine_cpu_s()
             started = time.monotonic()
             interval = 1.0 / rate if rate else 0.0
@@ -329,7 +344,8 @@ async def run_e2e(
             await results.stop()
         # The n-th answer to a key answers its n-th phase (held, then completed).
         received = {(key, n): results.by_command_key[key][n]["_received"] for key, n in sent_at}
-        latencies = sorted((received[k] - t) * 1000 for k, t in sent_at.items())
+        samples = [(t - started, (received[k] - t) * 1000) for k, t in sent_at.items()]
+        latencies = sorted(latency for _, latency in samples)
         last = max(received.values())
         q = statistics.quantiles(latencies, n=100)
         batch_mean, batch_ms = _batch_stats(processes[:workers], _RESULTS[flow])
@@ -360,6 +376,7 @@ async def run_e2e(
             cpu_s=cpu_s,
             machine_busy=busy / total if total else None,
             profiles=profiles,
+            windows=latency_windows(samples),
         )
     finally:
         for process in processes:

@@ -1,5 +1,6 @@
-"""What the benchmarks measure besides time: CPU by process from /proc, the run queue, and
-py-spy profiles of the processes under load (folded stacks, summarised by function)."""
+"""What the benchmarks measure besides the percentiles: latency by publish window, CPU by
+process from /proc, the run queue, and py-spy profiles of the processes under load (folded
+stacks, summarised by function)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,71 @@ import signal
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 PROFILE_RATE_HZ = 100  # py-spy samples per second: enough for shares of a few percent
 PROFILE_TOP = 25  # functions kept per profile summary
 PROFILE_STOP_TIMEOUT_S = 30.0
+WINDOW_S = 0.25  # latency windows: a few hundred commands each at 1,000/s
+WINDOW_LIMIT_MS = 100.0  # the p99 target (issue 18): windows above it are counted
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyWindows:
+    """The p99 of each window of publish time: a run's p99 above the target is either every
+    window a little slow, or a few windows stalled (a slow disk flush, a pause) while the rest
+    stay well under it. Those need different fixes."""
+
+    window_s: float
+    windows: int
+    over_limit: int  # windows whose p99 is above limit_ms
+    limit_ms: float
+    median_p99_ms: float  # the typical window
+    worst_p99_ms: float
+    worst_at_s: float  # the worst window's start, seconds into the measured run
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "window_s": self.window_s,
+            "windows": self.windows,
+            f"over_{self.limit_ms:.0f}ms": self.over_limit,
+            "median_p99_ms": round(self.median_p99_ms, 1),
+            "worst_p99_ms": round(self.worst_p99_ms, 1),
+            "worst_at_s": round(self.worst_at_s, 2),
+        }
+
+
+def latency_windows(
+    samples: Iterable[tuple[float, float]],
+    window_s: float = WINDOW_S,
+    limit_ms: float = WINDOW_LIMIT_MS,
+) -> LatencyWindows | None:
+    """`samples`: (seconds since the start when published, latency in ms). None: no samples."""
+    by_window: defaultdict[int, list[float]] = defaultdict(list)
+    for at_s, latency_ms in samples:
+        by_window[int(at_s // window_s)].append(latency_ms)
+    if not by_window:
+        return None
+    p99s: dict[int, float] = {}
+    for window, latencies in by_window.items():
+        latencies.sort()
+        p99s[window] = latencies[int(0.99 * (len(latencies) - 1))]
+    ordered = sorted(p99s.values())
+    worst = max(p99s, key=lambda w: p99s[w])
+    return LatencyWindows(
+        window_s,
+        len(p99s),
+        sum(1 for p99 in ordered if p99 > limit_ms),
+        limit_ms,
+        ordered[(len(ordered) - 1) // 2],
+        p99s[worst],
+        worst * window_s,
+    )
 
 
 def cpu_snapshot() -> dict[int, tuple[str, float]]:

@@ -50,6 +50,10 @@ async def test_refund_flow_is_measured_with_its_cpu_and_profiles(
     )
     assert result.throughput_per_s > 0
     assert 0 < result.p50_ms <= result.p99_ms
+    assert result.windows is not None
+    assert result.windows.windows >= 1
+    assert 0 < result.windows.median_p99_ms <= result.windows.worst_p99_ms
+    assert result.as_json()["latency_windows"] == result.windows.as_json()
     assert result.cpu_s["worker transfer"] > 0
     assert result.cpu_s["relay"] > 0
     assert result.ceiling_per_s is None  # the yardstick is measured for transfers only

@@ -1,8 +1,9 @@
-"""What the benchmarks report besides time: profile summaries and CPU by process."""
+"""What the benchmarks report besides the percentiles: latency windows, profile summaries and
+CPU by process."""
 
 from __future__ import annotations
 
-from ledgerflow.cli.bench_measure import cpu_by_group, summarize_folded
+from ledgerflow.cli.bench_measure import cpu_by_group, latency_windows, summarize_folded
 
 FOLDED = """\
 main (app.py:10);apply (apply.py:20);decide (rules.py:30) 6
@@ -42,3 +43,17 @@ def test_cpu_is_grouped_by_role_then_by_command() -> None:
         "postgres": 2.5,
         "kafka (java)": 1.0,
     }
+
+
+def test_latency_windows_tell_a_stall_from_a_steady_tail() -> None:
+    # Four windows of 100 samples each at 40 ms, but the third one stalled: 2 samples at 300 ms.
+    samples = [(w * 0.25 + i / 400, 40.0) for w in range(4) for i in range(100)]
+    samples[250] = (samples[250][0], 300.0)
+    samples[251] = (samples[251][0], 300.0)
+    windows = latency_windows(samples)
+    assert windows is not None
+    assert (windows.windows, windows.over_limit) == (4, 1)
+    assert (windows.worst_p99_ms, windows.worst_at_s) == (300.0, 0.5)
+    assert windows.median_p99_ms == 40.0
+    assert windows.as_json()["over_100ms"] == 1
+    assert latency_windows([]) is None
