@@ -16,7 +16,7 @@ from rich.console import Console
 from ledgerflow.contracts.topics import FLOWS
 from ledgerflow.ledger_db.content_hash import keying_state
 from ledgerflow.ledger_db.migrate import migrate as apply_migrations
-from ledgerflow.workers import gc_policy, tracing
+from ledgerflow.workers import event_loop, gc_policy, tracing
 from ledgerflow.workers import logging as json_logs
 from ledgerflow.workers.app import FLOW_NAMES, build_worker_app, watched_group
 from ledgerflow.workers.kafka_security import kafka_client_options
@@ -131,7 +131,7 @@ def worker(
     app = build_worker_app(settings, names)
     gc_policy.tune_for_batches()
     try:
-        asyncio.run(
+        event_loop.run(
             app.run(
                 log_level=logging.WARNING,
                 # log_config=None: uvicorn logs through our handler instead of its own.
