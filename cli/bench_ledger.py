@@ -27,6 +27,7 @@ from ledgerflow.testkit.commands import (
     transfer,
     wallet_of,
 )
+from ledgerflow.workers import event_loop
 
 SETUP_BATCH = 2_000
 FUNDS = 10**9
@@ -143,4 +144,5 @@ async def run_ledger_bench(
 def run(
     owner_url: str, app_url: str, wallets: int, batches: list[int], transfers: int
 ) -> list[LedgerBenchResult]:
-    return asyncio.run(run_ledger_bench(owner_url, app_url, wallets, batches, transfers))
+    # On the workers' event loop: the apply runs here as in a worker process.
+    return event_loop.run(run_ledger_bench(owner_url, app_url, wallets, batches, transfers))
