@@ -428,9 +428,9 @@ def sweep(
         )
         if (w := result.windows) is not None:
             console.print(
-                f"  p99 by {w.window_s:g} s of publishing: median {w.median_p99_ms:.0f} ms, "
-                f"{w.over_limit} of {w.windows} over {w.limit_ms:.0f} ms, worst "
-                f"{w.worst_p99_ms:.0f} ms at {w.worst_at_s:.2f} s"
+                f"  p99 per {w.window_s:g} s: median {w.median_p99_ms:.0f} ms, worst "
+                f"{w.worst_p99_ms:.0f} ms at {w.worst_at_s:.2f} s, {w.over_limit} of "
+                f"{w.windows} over {w.limit_ms:.0f} ms"
             )
     folder = Path(out)
     _write_json(
