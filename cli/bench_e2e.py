@@ -307,37 +307,39 @@ async def run_e2e(
                     out = profile_dir / f"{flow}-{role.replace(' ', '-')}.folded"
                     profilers[role] = Profiler(process.process.pid, out)
             # The client must not pause its own clock: what it built (commands, tokens, the
-            # warm-up's results) is frozen out of collections, and young collections are rare,
-            # as in a worker. Untuned, a full collection over 10^5-10^6 of its objects took
-            # 50-200 ms now and then, stalling publishing and the result timestamps alike.
-            gc_policy.tune_for_batches()
-            cpu_before, machine_before = cpu_snapshot(), machine_cpu_s()
-            started = time.monotonic()
-            interval = 1.0 / rate if rate else 0.0
-            i = 0
-            for answer, phase in enumerate(phases):
-                share = warm_up // len(phases) if flow != "transfer" else warm_up
-                for key, rec in phase[share:]:
-                    if interval:
-                        due = started + i * interval
-                        delay = due - time.monotonic()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                    if answer:
-                        # As the payout service would: a settle once its hold was answered,
-                        # streamed behind the approvals rather than after all of them.
-                        await results.wait_for_key(key, RESULT_TIMEOUT_S, count=answer)
-                    sent_at[(key, answer)] = time.monotonic()
-                    await producer.send(
-                        rec.topic, rec.value, key=rec.key, headers=list(rec.headers)
-                    )
-                    i += 1
-                await producer.flush()
-                expected += len(phase) - share
-            await results.wait_total(expected, RESULT_TIMEOUT_S)
-            cpu_s = cpu_by_group(cpu_before, cpu_snapshot(), roles)
-            busy, total = (b - a for a, b in zip(machine_before, machine_cpu_s(), strict=True))
-            profiles = {role: await asyncio.to_thread(p.stop) for role, p in profilers.items()}
+            # warm-up's results) is frozen out of collections and young collections are rare,
+            # as in a worker, for the window only (this also runs in a test's process). Untuned,
+            # a full collection over 10^5-10^6 of its objects took 50-200 ms now and then,
+            # stalling publishing and the result timestamps alike.
+            with gc_policy.restored():
+                gc_policy.tune_for_batches()
+                cpu_before, machine_before = cpu_snapshot(), machine_cpu_s()
+                started = time.monotonic()
+                interval = 1.0 / rate if rate else 0.0
+                i = 0
+                for answer, phase in enumerate(phases):
+                    share = warm_up // len(phases) if flow != "transfer" else warm_up
+                    for key, rec in phase[share:]:
+                        if interval:
+                            due = started + i * interval
+                            delay = due - time.monotonic()
+                            if delay > 0:
+                                await asyncio.sleep(delay)
+                        if answer:
+                            # As the payout service would: a settle once its hold was answered,
+                            # streamed behind the approvals rather than after all of them.
+                            await results.wait_for_key(key, RESULT_TIMEOUT_S, count=answer)
+                        sent_at[(key, answer)] = time.monotonic()
+                        await producer.send(
+                            rec.topic, rec.value, key=rec.key, headers=list(rec.headers)
+                        )
+                        i += 1
+                    await producer.flush()
+                    expected += len(phase) - share
+                await results.wait_total(expected, RESULT_TIMEOUT_S)
+                cpu_s = cpu_by_group(cpu_before, cpu_snapshot(), roles)
+                busy, total = (b - a for a, b in zip(machine_before, machine_cpu_s(), strict=True))
+                profiles = {role: await asyncio.to_thread(p.stop) for role, p in profilers.items()}
             transfers = i
         finally:
             await producer.stop()

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from ledgerflow.ledger_db import sql
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
@@ -27,7 +29,6 @@ RELAY_LOCK_KEY = 7_406_931_200_002
 # `ledgerflow outbox retry`. Serialised, a retry can never miss a row the relay is quarantining
 # at that moment, and the relay never holds a row behind one a retry has just released.
 QUARANTINE_LOCK_KEY = 7_406_931_200_005
-OUTBOX_CHANNEL = "ledgerflow_outbox"
 RELAY_BATCH_MAX = 5_000
 LAST_ERROR_CHARS_MAX = 500  # what the quarantine keeps of an error message
 HELD_ERROR = "held behind quarantined row "  # + the id of the row of its key it waits for
@@ -289,7 +290,7 @@ async def retry_quarantined(conn: asyncpg.Connection, ids: Sequence[int] | None)
                 list(ids),
             )
         if rows:
-            await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)  # wake the relay
+            await conn.execute(sql.NOTIFY_OUTBOX)  # wake the relay
     return sorted(int(r["id"]) for r in rows)
 
 

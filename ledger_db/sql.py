@@ -9,6 +9,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+# The relay LISTENs here; every transaction that writes outbox rows notifies it once.
+OUTBOX_CHANNEL = "ledgerflow_outbox"
+
 
 @dataclass(frozen=True, slots=True)
 class Insert:
@@ -148,9 +151,9 @@ def insert_statement(inserts: tuple[Insert, ...]) -> str:
 # And the relay's wake-up: a batch with commands writes outbox rows (every outcome has one), and
 # PostgreSQL delivers a notification at commit only, wherever in the transaction it was raised,
 # so this first statement raises it instead of a round trip of its own.
-SELECT_IDEMPOTENCY_RECORDS = """
+SELECT_IDEMPOTENCY_RECORDS = f"""
 WITH keying AS MATERIALIZED (
-    SELECT content_hash_key_check() AS key_check, pg_notify('ledgerflow_outbox', '') AS woke
+    SELECT content_hash_key_check() AS key_check, pg_notify('{OUTBOX_CHANNEL}', '') AS woke
 )
 SELECT keying.key_check, r.flow, r.key, r.content_hash, r.content_hash_keyed, r.result_topic,
        r.result_event_id, r.result_payload
@@ -347,7 +350,7 @@ ORDER BY expires_at
 LIMIT $1
 """
 
-NOTIFY_OUTBOX = "SELECT pg_notify('ledgerflow_outbox', '')"
+NOTIFY_OUTBOX = f"SELECT pg_notify('{OUTBOX_CHANNEL}', '')"
 
 # The payers of the payments a batch's refunds name, read before any lock: their wallets are
 # credited, so they are locked with the others (a payment's accounts never change).

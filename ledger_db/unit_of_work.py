@@ -72,7 +72,6 @@ def retry_cause(error: BaseException) -> str | None:
 
 async def _nothing_to_reset(_conn: asyncpg.Connection) -> None:
     """The pool's reset: asyncpg has rolled back any open transaction by now."""
-    return
 
 
 async def create_pool(

@@ -15,8 +15,12 @@ counts stay in `python_gc_*` on /metrics.
 
 from __future__ import annotations
 
+import contextlib
 import gc
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # Net allocations of container objects between young collections (CPython's default: 700).
 # Above what one batch holds at once, so a batch is not scanned again and again while it runs.
@@ -32,3 +36,16 @@ def tune_for_batches() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_ALLOCATIONS, OLDER_EVERY, OLDER_EVERY)
+
+
+@contextlib.contextmanager
+def restored() -> Iterator[None]:
+    """The collector's settings as they were, once the block ends (thresholds, nothing frozen):
+    for a process that tunes a stretch of its life only, such as a benchmark's measured window,
+    which also runs inside a test process."""
+    threshold = gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -36,7 +36,6 @@ from aiokafka.errors import (
 )
 
 from ledgerflow.ledger_db.outbox import (
-    OUTBOX_CHANNEL,
     RELAY_BATCH_MAX,
     bounded_error,
     fetch_pending,
@@ -47,6 +46,7 @@ from ledgerflow.ledger_db.outbox import (
     record_failures,
     try_lock_relay,
 )
+from ledgerflow.ledger_db.sql import OUTBOX_CHANNEL
 from ledgerflow.workers import http, metrics, tracing
 from ledgerflow.workers.kafka_io import idempotent_producer
 

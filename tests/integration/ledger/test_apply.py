@@ -17,10 +17,9 @@ from ledgerflow.contracts.parsing import parse_command
 from ledgerflow.contracts.topics import TRANSFER
 from ledgerflow.ledger_db import apply
 from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
-from ledgerflow.ledger_db.outbox import OUTBOX_CHANNEL
 from ledgerflow.ledger_db.queries import get_account
 from ledgerflow.ledger_db.rules import TierLimits, Wallet
-from ledgerflow.ledger_db.sql import LOCK_WALLETS, LOCK_WALLETS_WALLET_COLUMNS
+from ledgerflow.ledger_db.sql import LOCK_WALLETS, LOCK_WALLETS_WALLET_COLUMNS, OUTBOX_CHANNEL
 from ledgerflow.testkit.commands import (
     apply_all,
     cashin,

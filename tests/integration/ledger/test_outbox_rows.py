@@ -15,7 +15,6 @@ from prometheus_client import REGISTRY
 from ledgerflow.ledger_db.migrate import MIGRATIONS_DIR, migrate
 from ledgerflow.ledger_db.outbox import (
     HELD_ERROR,
-    OUTBOX_CHANNEL,
     fetch_pending,
     list_quarantined,
     outbox_stats,
@@ -24,6 +23,7 @@ from ledgerflow.ledger_db.outbox import (
     record_failures,
     retry_quarantined,
 )
+from ledgerflow.ledger_db.sql import OUTBOX_CHANNEL
 from ledgerflow.workers.relay import Relay, connect_relay
 
 if TYPE_CHECKING:

@@ -20,12 +20,8 @@ BATCH_OBJECTS = 30_000
 
 @pytest.fixture
 def restored() -> Iterator[None]:
-    threshold = gc.get_threshold()
-    try:
+    with gc_policy.restored():
         yield
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
 
 
 def _collections() -> int:
@@ -63,3 +59,13 @@ def test_cycles_are_still_collected(restored: None) -> None:
         if gone() is None:
             break
     assert gone() is None
+
+
+def test_a_tuned_stretch_gives_the_collector_settings_back() -> None:
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    with gc_policy.restored():
+        gc_policy.tune_for_batches()
+        assert gc.get_threshold() == (gc_policy.YOUNG_ALLOCATIONS, 10, 10)
+        assert gc.get_freeze_count() > frozen
+    assert gc.get_threshold() == threshold
+    assert gc.get_freeze_count() == 0
