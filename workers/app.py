@@ -31,6 +31,7 @@ from ledgerflow.workers.batch import BatchProcessor, BatchResult, PoisonUnproven
 from ledgerflow.workers.dead_letters import DeadLetter, send_dead_letters
 from ledgerflow.workers.expiry import HoldExpiry
 from ledgerflow.workers.failures import is_infrastructure
+from ledgerflow.workers.fetch_hold import hold_when_idle
 from ledgerflow.workers.kafka_io import commit_offsets, idempotent_producer, rewind
 from ledgerflow.workers.kafka_security import faststream_security, kafka_client_options
 from ledgerflow.workers.lag import LagMonitor, Watched
@@ -232,6 +233,15 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
                 verifier,
             )
 
+    async def consuming() -> None:
+        for name, subscriber in state.subscribers.items():
+            if subscriber.consumer is not None:
+                hold_when_idle(
+                    subscriber.consumer,
+                    settings.idle_fetch_hold_ms,
+                    metrics.CONSUMER_IDLE.labels(name).set,
+                )
+
     async def shutdown() -> None:
         await expiry.stop()
         await lag.stop()
@@ -271,6 +281,7 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
         broker,
         asgi_routes=http.routes(ready),
         on_startup=[startup],
+        after_startup=[consuming],
         after_shutdown=[shutdown],
         logger=FASTSTREAM_LOG,
     )

@@ -111,6 +111,12 @@ LAST_PROCESSED = Gauge(
     "Unix time of the last batch committed, by flow.",
     ["flow"],
 )
+CONSUMER_IDLE = Gauge(
+    "ledgerflow_consumer_idle",
+    "1 while the flow's consumer waits at the broker for its first record, 0 while it fetches"
+    " batches.",
+    ["flow"],
+)
 ASSIGNED_PARTITIONS = Gauge(
     "ledgerflow_assigned_partitions",
     "Partitions of its command topic this process consumes, by flow.",
@@ -201,6 +207,7 @@ def initialize_flow(flow: str, command_topic: str) -> None:
     DEAD_LETTERS.labels(command_topic)
     DEAD_LETTERS_TRUNCATED.labels(command_topic)
     PARTITIONS_HELD.labels(flow).set(0)
+    CONSUMER_IDLE.labels(flow).set(0)
     for cause in RETRYABLE.values():
         DB_RETRIES.labels(cause)
     BATCH_SIZE.labels(flow)

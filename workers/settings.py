@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     # How long the broker holds a fetch while fewer than fetch_min_bytes are ready; None: as
     # long as batch_wait_ms.
     fetch_max_wait_ms: int | None = Field(default=None, ge=1, le=5_000)
+    # How long the broker may hold the fetch of an idle flow's consumer, which waits there for
+    # its first record instead of fetching every batch_wait_ms (workers/fetch_hold.py); 0: poll.
+    idle_fetch_hold_ms: int = Field(default=500, ge=0, le=5_000)
     db_pool_size_max: int = Field(default=4, ge=1, le=32)
     statement_timeout_ms: int = Field(default=30_000, ge=100, le=120_000)
     lock_timeout_ms: int = Field(default=5_000, ge=10, le=60_000)

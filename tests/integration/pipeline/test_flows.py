@@ -155,3 +155,26 @@ async def test_dlq_command_shows_and_replays(pipeline: Pipeline) -> None:
     )
     # Replayed unchanged, it is dead-lettered again: the topic now holds two letters.
     await wait_until(lambda: len(show()) == 2, timeout_s=30, message="replayed letter back")
+
+
+def idle_gauge(pipeline: Pipeline, flow: str) -> float | None:
+    _, text = pipeline.worker.get("/metrics")
+    for line in text.splitlines():
+        if line.startswith(f'ledgerflow_consumer_idle{{flow="{flow}"}}'):
+            return float(line.split()[-1])
+    return None
+
+
+async def test_an_idle_flow_waits_at_the_broker_and_answers_at_once(
+    pipeline: Pipeline,
+) -> None:
+    await wait_until(
+        lambda: idle_gauge(pipeline, CASHIN.name) == 1.0,
+        timeout_s=30,
+        message="the cash-in consumer idle",
+    )
+    person = onboarding()
+    assert (await pipeline.send(person))["type"] == "onboarding.completed"
+    answer = await pipeline.send(cashin(wallet_of(person), 500), timeout_s=10)
+    assert answer["type"] == "cashin.completed"
+    assert answer["data"]["balance_after"] == 500
