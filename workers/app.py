@@ -32,7 +32,7 @@ from ledgerflow.workers.dead_letters import DeadLetter, send_dead_letters
 from ledgerflow.workers.expiry import HoldExpiry
 from ledgerflow.workers.failures import is_infrastructure
 from ledgerflow.workers.fetch_hold import hold_when_idle
-from ledgerflow.workers.kafka_io import commit_offsets, idempotent_producer, rewind
+from ledgerflow.workers.kafka_io import OffsetCommits, idempotent_producer, rewind
 from ledgerflow.workers.kafka_security import faststream_security, kafka_client_options
 from ledgerflow.workers.lag import LagMonitor, Watched
 from ledgerflow.workers.records import header_text
@@ -152,6 +152,8 @@ class WorkerState:
     held: dict[str, set[TopicPartition]] = field(default_factory=dict)
     # Each flow's FastStream subscriber (its consumer, once started).
     subscribers: dict[str, Any] = field(default_factory=dict)
+    # Each flow's offset commits (one in flight while the next batch runs).
+    commits: dict[str, OffsetCommits] = field(default_factory=dict)
 
     async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
         assert self.producer is not None
@@ -242,6 +244,12 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
                     metrics.CONSUMER_IDLE.labels(name).set,
                 )
 
+    async def stopping() -> None:
+        # Before the broker stops its consumers: the commit in flight lands, and the batch a
+        # handler may still finish commits before it returns.
+        for commits in state.commits.values():
+            await commits.drain()
+
     async def shutdown() -> None:
         await expiry.stop()
         await lag.stop()
@@ -282,6 +290,7 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
         asgi_routes=http.routes(ready),
         on_startup=[startup],
         after_startup=[consuming],
+        on_shutdown=[stopping],
         after_shutdown=[shutdown],
         logger=FASTSTREAM_LOG,
     )
@@ -329,6 +338,9 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
     )
     # Kept by flow: the broker's own list of subscribers is not in registration order.
     state.subscribers[flow.name] = subscriber
+    commits = state.commits[flow.name] = OffsetCommits(
+        metrics.OFFSET_COMMIT_FAILURES.labels(flow.name).inc
+    )
 
     @subscriber
     async def handle(msg: KafkaMessage) -> None:
@@ -361,8 +373,8 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
             return
         if result.interrupted is not None:
             # Isolating stopped short: keep what it applied or dead-lettered, retry the rest.
-            if result.handled and not await commit_offsets(consumer, result.handled):
-                metrics.OFFSET_COMMIT_FAILURES.labels(flow.name).inc()
+            if result.handled:
+                await commits.send(consumer, result.handled)
             for record in result.handled:
                 suspects.pop((record.topic, record.partition, record.offset), None)
             done = {(r.topic, r.partition, r.offset) for r in result.handled}
@@ -377,8 +389,8 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
         if not suspects:
             state.suspect_since.pop(flow.name, None)
         metrics.ASSIGNED_PARTITIONS.labels(flow.name).set(len(consumer.assignment()))
-        if result.handled and not await commit_offsets(consumer, result.handled):
-            metrics.OFFSET_COMMIT_FAILURES.labels(flow.name).inc()
+        if result.handled:
+            await commits.send(consumer, result.handled)
         if result.held:
             _hold(state, flow, consumer, result)
         metrics.BATCH_DURATION.labels(flow.name).observe(time.perf_counter() - started)

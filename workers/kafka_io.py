@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from aiokafka import AIOKafkaConsumer
 
     from ledgerflow.workers.records import Record
+
+log = logging.getLogger("ledgerflow.worker")
 
 PRODUCER_REQUEST_BYTES_MAX = 1024 * 1024
 PRODUCER_LINGER_MS = 2
@@ -60,6 +64,49 @@ async def commit_offsets(consumer: AIOKafkaConsumer, records: Sequence[Record]) 
     except (CommitFailedError, IllegalStateError, KafkaError):
         return False
     return True
+
+
+class OffsetCommits:
+    """One flow's offset commits, sent in order with at most one in flight.
+
+    A batch's commit overlaps the next batch: the handler sends it and returns, and the next
+    batch, once its own transaction committed, waits for it before sending its own. Commits land
+    in order, so a later batch's offsets are never overwritten by an earlier one's. Once
+    `drain` ran (graceful shutdown, before the consumer stops) every commit is awaited where it
+    is sent, so a clean stop leaves nothing applied uncommitted.
+    """
+
+    def __init__(self, on_failure: Callable[[], None]) -> None:
+        self._on_failure = on_failure
+        self._in_flight: asyncio.Task[None] | None = None
+        self._draining = False
+
+    async def send(self, consumer: AIOKafkaConsumer, records: Sequence[Record]) -> None:
+        await self.settle()
+        if self._draining:
+            await self._commit(consumer, records)
+        else:
+            self._in_flight = asyncio.create_task(self._commit(consumer, records))
+
+    async def settle(self) -> None:
+        """Wait for the commit in flight, if any."""
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            await in_flight
+
+    async def drain(self) -> None:
+        """Every commit from now on completes before `send` returns; the one in flight too."""
+        self._draining = True
+        await self.settle()
+
+    async def _commit(self, consumer: AIOKafkaConsumer, records: Sequence[Record]) -> None:
+        try:
+            committed = await commit_offsets(consumer, records)
+        except Exception as error:  # a stopped client, say: redelivery is harmless, a crash is not
+            log.warning("offset commit failed", extra={"error_class": type(error).__name__})
+            committed = False
+        if not committed:
+            self._on_failure()
 
 
 def rewind(consumer: AIOKafkaConsumer, records: Sequence[Record]) -> int:

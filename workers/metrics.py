@@ -46,13 +46,13 @@ BATCH_SIZE = Histogram(
 )
 BATCH_DURATION = Histogram(
     "ledgerflow_batch_duration_seconds",
-    "Time from a batch's arrival to its offsets being committed.",
+    "Time from a batch's arrival to its transaction committed and its offset commit sent.",
     ["flow"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 COMMAND_LATENCY = Histogram(
     "ledgerflow_command_latency_seconds",
-    "Time from a command's Kafka timestamp to its batch's offsets being committed, by flow.",
+    "Time from a command's Kafka timestamp to its batch's transaction committed, by flow.",
     ["flow"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
@@ -253,7 +253,7 @@ def watch_pool(pool: asyncpg.Pool | None) -> None:
 
 class _CommandLatencyMiddleware(BaseMiddleware[Any, Any]):
     """Observes each record's latency when its batch's handler returned without a nack (the
-    handler commits the batch's offsets before it returns)."""
+    batch's transaction committed and its offset commit was sent)."""
 
     def __init__(
         self, msg: Any, /, *, context: ContextRepo, flow_of_topic: Mapping[str, str]
