@@ -492,11 +492,13 @@ async def _apply_in_transaction(
     # 3. Decide every command in consumption order (pure rules), a chunk at a time, and encode
     #    its result events. Each chunk's rows (ledger and answers) are inserted while the next
     #    one is decided: PostgreSQL works on one core while Python decides on the other. The
-    #    inserts run one after the other, in order, on the batch's connection.
+    #    inserts run one after the other, in order, on the batch's connection. A batch of one
+    #    chunk has nothing to overlap: its ledger rows and answers go in together, one insert.
     writes = _Writes()
     now = datetime.now(UTC)
     outcomes: list[Outcome] = []
     inserted: asyncio.Future[None] | None = None
+    one_chunk = len(batch) <= DECIDE_CHUNK
     try:
         for start in range(0, len(batch), DECIDE_CHUNK):
             pending = []
@@ -507,8 +509,9 @@ async def _apply_in_transaction(
                     _decide(batch[index], book, stored, writes, topic_prefix, vault, content_key)
                 )
             decided, writes.rows = writes.rows, _Inserts()
-            inserted = asyncio.ensure_future(_insert_after(inserted, conn, decided))
-            answers = _Inserts()
+            answers = decided if one_chunk else _Inserts()
+            if not one_chunk:
+                inserted = asyncio.ensure_future(_insert_after(inserted, conn, decided))
             outcomes += await _answer_all(pending, answers, now, write_key)
             inserted = asyncio.ensure_future(_insert_after(inserted, conn, answers))
         balances = _balance_update(writes, book, conn.get_server_pid() % HOUSE_SHARDS)

@@ -307,6 +307,29 @@ async def test_each_committed_batch_wakes_the_relay_once(
     ]
 
 
+async def test_a_batch_of_one_chunk_inserts_its_ledger_rows_and_answers_at_once(
+    writer: LedgerWriter, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One round trip for a small batch's inserts; chunks of a larger one overlap deciding."""
+    a, b = await two_wallets(writer)
+    inserts: list[tuple[int, int, int, int]] = []  # entries, postings, records, outbox rows
+    insert_ledger = apply._insert_ledger
+
+    async def counted(conn: asyncpg.Connection, rows: Any) -> None:
+        inserts.append((len(rows.entries), len(rows.postings), len(rows.records), len(rows.outbox)))
+        await insert_ledger(conn, rows)
+
+    monkeypatch.setattr(apply, "_insert_ledger", counted)
+    await apply_all(writer, transfer(a, b, 10), transfer(b, a, 5))
+    assert inserts == [(2, 4, 2, 2)]
+    inserts.clear()
+    monkeypatch.setattr(apply, "DECIDE_CHUNK", 1)
+    await apply_all(writer, transfer(a, b, 10), transfer(b, a, 5))
+    assert inserts == [(1, 2, 0, 0), (0, 0, 1, 1)] * 2
+    assert await balance(pool, a) == 10_000 - 10
+    await assert_audit_passes(pool)
+
+
 @pytest.mark.parametrize("rows_max", [0, 1_000_000], ids=["copy", "statement"])
 async def test_a_chunk_writes_the_same_rows_by_copy_or_by_one_statement(
     rows_max: int, writer: LedgerWriter, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
