@@ -56,16 +56,6 @@ def next_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
     return offsets
 
 
-async def commit_offsets(consumer: AIOKafkaConsumer, records: Sequence[Record]) -> bool:
-    """False when the commit failed (e.g. partitions revoked in a rebalance): the new owner gets
-    the batch again, and the idempotency records make that redelivery change nothing."""
-    try:
-        await consumer.commit(next_offsets(records))
-    except (CommitFailedError, IllegalStateError, KafkaError):
-        return False
-    return True
-
-
 class OffsetCommits:
     """One flow's offset commits, sent in order with at most one in flight.
 
@@ -100,12 +90,15 @@ class OffsetCommits:
         await self.settle()
 
     async def _commit(self, consumer: AIOKafkaConsumer, records: Sequence[Record]) -> None:
+        """A failed commit (partitions revoked in a rebalance, a stopped client) is counted, never
+        raised: the new owner gets the batch again, and the idempotency records make that
+        redelivery change nothing."""
         try:
-            committed = await commit_offsets(consumer, records)
-        except Exception as error:  # a stopped client, say: redelivery is harmless, a crash is not
+            await consumer.commit(next_offsets(records))
+        except (CommitFailedError, IllegalStateError, KafkaError):
+            self._on_failure()
+        except Exception as error:  # unexpected from the client: still only a redelivery
             log.warning("offset commit failed", extra={"error_class": type(error).__name__})
-            committed = False
-        if not committed:
             self._on_failure()
 
 

@@ -12,10 +12,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ledgerflow.testkit.plugin import KafkaServer, create_topics, unique_group, wait_until
 from ledgerflow.workers.fetch_hold import hold_when_idle
+from ledgerflow.workers.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-BATCHING = (32 * 1024, 10)  # the workers' defaults: fetch_min_bytes, the batch wait
+# The workers' defaults: fetch_min_bytes, and the batch wait the broker holds a fetch for.
+BATCHING = (
+    Settings.model_fields["fetch_min_bytes"].default,
+    Settings.model_fields["batch_wait_ms"].default,
+)
 IDLE_HOLD_MS = 5_000  # the longest the setting allows: an answer well before it is the byte's
 
 
