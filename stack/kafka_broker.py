@@ -172,6 +172,7 @@ def _jvm_args(settings: StackSettings, libs: Path, p: KafkaPaths, heap_mb: int) 
         f"-Xmx{heap_mb}m",
         f"-Xms{min(256, heap_mb)}m",
         "-XX:+UseG1GC",
+        *(["-XX:TieredStopAtLevel=1"] if settings.kafka_jit == "c1" else []),
         "-XX:+ExitOnOutOfMemoryError",
         "-Djava.awt.headless=true",
         f"-Dkafka.logs.dir={p.root}",
