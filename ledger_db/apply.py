@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ledgerflow.contracts.codec import encode_event
 from ledgerflow.contracts.commands import (
@@ -304,42 +304,27 @@ async def load_tier_limits(pool: asyncpg.Pool) -> dict[str, TierLimits]:
     }
 
 
-class _Keys(NamedTuple):
-    """A batch's idempotency keys, pairwise, comma-separated ('' for none)."""
-
-    flows: str
-    keys: str
-
-
-_NO_KEYS = _Keys("", "")
-
-
 async def _lock_book(
     conn: asyncpg.Connection,
     writer: LedgerWriter,
     wallet_ids: list[uuid.UUID],
     cashout_ids: list[uuid.UUID],
     payment_ids: Sequence[uuid.UUID] = (),
-    keys: _Keys = _NO_KEYS,
-) -> tuple[Book, Any]:
+) -> Book:
     """The rows a batch decides on, locked: wallets first (ascending id), then holds
     (ascending cashout_id), then payments (ascending payment_id), the same order for commands
-    and expiry, so none of them deadlocks. Also LOCK_WALLETS' clock row, which carries what
-    was decided before for `keys` (None when the statement had nothing to do)."""
+    and expiry, so none of them deadlocks."""
     wallets: dict[uuid.UUID, Wallet] = {}
     today: date | None = None
     now: datetime | None = None
     posted_at: datetime | None = None
-    clock: Any = None
-    if wallet_ids or keys.flows:
+    if wallet_ids:
         known = writer.wallet_attributes
         rows = await conn.fetch(
             sql.LOCK_WALLETS,
             ",".join(map(str, wallet_ids)),
             writer.clock(),
             ",".join(map(str, known.unknown(wallet_ids))),
-            keys.flows,
-            keys.keys,
         )
         # The clock's row: last as written (UNION ALL), found wherever it comes.
         clock = rows[-1] if rows[-1]["id"] is None else next(r for r in rows if r["id"] is None)
@@ -401,7 +386,7 @@ async def _lock_book(
                 row["refunded"],
                 row["fee_returned"],
             )
-    book = Book(
+    return Book(
         wallets=wallets,
         taken_phone_numbers=set(),
         limits=writer.limits,
@@ -413,7 +398,6 @@ async def _lock_book(
         default_fee=writer.default_fee,
         payments=payments,
     )
-    return book, clock
 
 
 def _wallet_from(row: Any, attributes: Attributes) -> Wallet:
@@ -449,25 +433,6 @@ async def _read_attributes(
     return read
 
 
-def _stored_records(clock: Any) -> dict[tuple[str, str], _Stored]:
-    """What was decided before, by (flow, key): the arrays on LOCK_WALLETS' clock row."""
-    if clock["record_flows"] is None:  # no key had a record
-        return {}
-    return {
-        (flow, str(key)): _Stored(bytes(h), keyed, topic, str(event_id), bytes(payload))
-        for flow, key, h, keyed, topic, event_id, payload in zip(
-            clock["record_flows"],
-            clock["record_keys"],
-            clock["record_hashes"],
-            clock["record_keyed"],
-            clock["record_topics"],
-            clock["record_event_ids"],
-            clock["record_payloads"],
-            strict=True,
-        )
-    }
-
-
 async def _apply_in_transaction(
     conn: asyncpg.Connection, batch: Sequence[Incoming], writer: LedgerWriter
 ) -> list[Outcome]:
@@ -475,28 +440,36 @@ async def _apply_in_transaction(
     valid = [item.command for item in batch if isinstance(item.command, ValidCommand)]
     commands = [cast("LedgerCommand", cmd.data) for cmd in valid]
 
-    # 1. Lock the wallets the batch touches, in ascending id order (no deadlock cycles), read
-    #    the clock under the locks and, in the same statement, what was decided before for the
-    #    batch's keys and whether records are written keyed; then the cash-outs the second
-    #    phase names.
+    # 1. What was decided before, by key, and whether records are written keyed.
+    stored: dict[tuple[str, str], _Stored | _Pending] = {}
+    write_key: ContentHashKey | None = None
+    if valid:
+        rows = await conn.fetch(
+            sql.SELECT_IDEMPOTENCY_RECORDS,
+            ",".join([cmd.flow.name for cmd in valid]),
+            ",".join([cmd.idempotency_key for cmd in valid]),
+        )
+        if content_key.writes_keyed(rows[0]["key_check"]):
+            write_key = content_key
+        for row in rows:
+            if row["flow"] is None:
+                continue  # the key check's row, no record with it
+            stored[(row["flow"], str(row["key"]))] = _Stored(
+                bytes(row["content_hash"]),
+                row["content_hash_keyed"],
+                row["result_topic"],
+                str(row["result_event_id"]),
+                bytes(row["result_payload"]),
+            )
+
+    # 2. Lock the wallets the batch touches, in ascending id order (no deadlock cycles), and
+    #    read the clock under the locks; then the cash-outs the second phase names.
     refunded = _refunded_payments(commands)
     wallet_ids = _touched_wallets(commands)
     if refunded:  # the payers are credited: their wallets are locked with the others
         payers = await conn.fetch(sql.SELECT_PAYMENT_PAYERS, refunded)
         wallet_ids = list(set(wallet_ids) | {row["payer_account_id"] for row in payers})
-    keys = _Keys(
-        ",".join([cmd.flow.name for cmd in valid]), ",".join([cmd.idempotency_key for cmd in valid])
-    )
-    book, clock = await _lock_book(
-        conn, writer, wallet_ids, _named_cashouts(commands), refunded, keys
-    )
-    stored: dict[tuple[str, str], _Stored | _Pending] = {}
-    write_key: ContentHashKey | None = None
-    if valid:
-        assert clock is not None, "a batch with commands reads its keys' records"
-        if content_key.writes_keyed(clock["key_check"]):
-            write_key = content_key
-        stored.update(_stored_records(clock))
+    book = await _lock_book(conn, writer, wallet_ids, _named_cashouts(commands), refunded)
     merchants = [
         w.customer_id
         for w in book.wallets.values()
@@ -559,7 +532,7 @@ async def _expire_in_transaction(
     """Lock the candidates' wallets, then their holds; void those still pending and past their
     time; publish `cashout.voided` (reason expired) answering each hold's approving command."""
     by_hold = {row["cashout_id"]: row["wallet_account_id"] for row in candidates}
-    book, _ = await _lock_book(conn, writer, sorted(set(by_hold.values())), sorted(by_hold))
+    book = await _lock_book(conn, writer, sorted(set(by_hold.values())), sorted(by_hold))
     writes = _Writes()
     voided = [v for v in (book.expire(cashout_id) for cashout_id in sorted(by_hold)) if v]
     if not voided:

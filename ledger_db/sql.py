@@ -146,6 +146,24 @@ def insert_statement(inserts: tuple[Insert, ...]) -> str:
 
 # Large id lists travel as one comma-separated text parameter: asyncpg type-checks every element
 # of an array parameter in Python, which costs more than PostgreSQL's string_to_array.
+# Also the deployment's content-hash key check (None: records are written plain; see
+# ledger_db/content_hash.py), on a first row that always comes, with the records if any.
+# And the relay's wake-up: a batch with commands writes outbox rows (every outcome has one), and
+# PostgreSQL delivers a notification at commit only, wherever in the transaction it was raised,
+# so this first statement raises it instead of a round trip of its own.
+SELECT_IDEMPOTENCY_RECORDS = f"""
+WITH keying AS MATERIALIZED (
+    SELECT content_hash_key_check() AS key_check, pg_notify('{OUTBOX_CHANNEL}', '') AS woke
+)
+SELECT keying.key_check, r.flow, r.key, r.content_hash, r.content_hash_keyed, r.result_topic,
+       r.result_event_id, r.result_payload
+FROM keying LEFT JOIN (
+    idempotency_records r
+    JOIN unnest(string_to_array($1, ','), string_to_array($2, ',')::uuid[]) AS k(flow, key)
+      ON r.flow = k.flow AND r.key = k.key
+) ON true
+"""
+
 # ORDER BY before FOR UPDATE: rows are locked in ascending id order, so two batches touching
 # the same wallets wait for each other instead of deadlocking.
 # Id lists are joined as a set (unnest), never matched with `= ANY(array)`: on a table whose
@@ -162,35 +180,13 @@ def insert_statement(inserts: tuple[Insert, ...]) -> str:
 # position: a thousand rows a batch, by-name lookups cost more), then one last row, whose id is
 # NULL, with the clock and the attributes' version: it always comes, and carries the clock's
 # day for the wallets the batch opens.
-# A batch of commands also reads here, in the same round trip, what was decided before for its
-# idempotency keys ($4 flows and $5 keys, pairwise; '' for none), as arrays on the last row,
-# with the deployment's content-hash key check (NULL: records are written plain; see
-# ledger_db/content_hash.py). The key check takes its shared advisory lock before any wallet
-# is locked, as when it was a statement of its own: `locked` waits on `keying` (a one-time
-# filter, evaluated before the first row is read), so a waiting mark_content_hashes_keyed can
-# never sit between a batch holding wallets and its advisory lock. The records and the locks
-# share the statement's snapshot, taken before any lock wait, as the separate read's was: a
-# concurrent batch that commits a key meanwhile makes our insert conflict, and the unit of work
-# retries (ledger_db/unit_of_work.py). And the relay's wake-up: a batch with commands writes
-# outbox rows (every outcome has one), and PostgreSQL delivers a notification at commit only,
-# wherever in the transaction it was raised, so this first statement raises it too.
-LOCK_WALLETS = f"""
-WITH keying AS MATERIALIZED (
-    SELECT content_hash_key_check() AS key_check, pg_notify('{OUTBOX_CHANNEL}', '') AS woke
-    WHERE $4 <> ''
-),
-records AS MATERIALIZED (
-    SELECT r.flow, r.key, r.content_hash, r.content_hash_keyed, r.result_topic,
-           r.result_event_id, r.result_payload
-    FROM unnest(string_to_array($4, ','), string_to_array($5, ',')::uuid[]) AS k(flow, key)
-    JOIN idempotency_records r ON r.flow = k.flow AND r.key = k.key
-),
-locked AS MATERIALIZED (
+LOCK_WALLETS = """
+WITH locked AS MATERIALIZED (
     SELECT b.account_id, b.balance, b.held, b.out_day, b.out_day_total, b.out_month,
            b.out_month_total, b.last_posted_at
     FROM unnest(string_to_array($1, ',')::uuid[]) AS w(id)
     JOIN balances b ON b.account_id = w.id AND b.shard = 0
-    WHERE b.kind = 'wallet' AND (SELECT count(*) FROM keying) >= 0
+    WHERE b.kind = 'wallet'
     ORDER BY b.account_id
     FOR UPDATE OF b
 ),
@@ -209,26 +205,15 @@ SELECT l.account_id AS id, a.currency, a.status, c.tier, l.balance, c.subject,
        greatest(l.out_day, clock.day) AS out_day,
        l.held, c.kind, a.customer_id,
        NULL::date AS clock_day, NULL::timestamptz AS clock_now, NULL::timestamptz AS posted_at,
-       NULL::bigint AS attributes_version, NULL::bytea AS key_check,
-       NULL::text[] AS record_flows, NULL::uuid[] AS record_keys,
-       NULL::bytea[] AS record_hashes, NULL::boolean[] AS record_keyed,
-       NULL::text[] AS record_topics, NULL::uuid[] AS record_event_ids,
-       NULL::bytea[] AS record_payloads
+       NULL::bigint AS attributes_version
 FROM locked l CROSS JOIN clock
 LEFT JOIN unnest(string_to_array($3, ',')::uuid[]) AS unknown(id) ON unknown.id = l.account_id
 LEFT JOIN accounts a ON a.id = unknown.id
 LEFT JOIN customers c ON c.id = a.customer_id
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       clock.day, clock.at, clock.posted_at, v.version, (SELECT key_check FROM keying),
-       r.flows, r.keys, r.hashes, r.keyed, r.topics, r.event_ids, r.payloads
+       clock.day, clock.at, clock.posted_at, v.version
 FROM clock CROSS JOIN wallet_attributes_version v
-CROSS JOIN (
-    SELECT array_agg(flow) AS flows, array_agg(key) AS keys, array_agg(content_hash) AS hashes,
-           array_agg(content_hash_keyed) AS keyed, array_agg(result_topic) AS topics,
-           array_agg(result_event_id) AS event_ids, array_agg(result_payload) AS payloads
-    FROM records
-) AS r
 """
 # LOCK_WALLETS' columns: Wallet's fields, then the clock's row's.
 LOCK_WALLETS_WALLET_COLUMNS = 12

@@ -19,12 +19,7 @@ from ledgerflow.ledger_db import apply
 from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
 from ledgerflow.ledger_db.queries import get_account
 from ledgerflow.ledger_db.rules import TierLimits, Wallet
-from ledgerflow.ledger_db.sql import (
-    APPLY_BALANCE_DELTAS,
-    LOCK_WALLETS,
-    LOCK_WALLETS_WALLET_COLUMNS,
-    OUTBOX_CHANNEL,
-)
+from ledgerflow.ledger_db.sql import LOCK_WALLETS, LOCK_WALLETS_WALLET_COLUMNS, OUTBOX_CHANNEL
 from ledgerflow.testkit.commands import (
     apply_all,
     cashin,
@@ -104,8 +99,8 @@ async def test_a_locked_row_is_its_wallet_field_by_field(
     await apply_all(writer, person, cashin(wallet_of(person), 700))
     w = str(wallet_of(person))
     async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(LOCK_WALLETS, w, None, w, "", "")
-        known = await conn.fetch(LOCK_WALLETS, w, None, "", "", "")
+        rows = await conn.fetch(LOCK_WALLETS, w, None, w)
+        known = await conn.fetch(LOCK_WALLETS, w, None, "")
         version = await conn.fetchval("SELECT version FROM wallet_attributes_version")
     assert len(rows) == 2
     row, clock = rows
@@ -333,41 +328,6 @@ async def test_a_batch_of_one_chunk_inserts_its_ledger_rows_and_answers_at_once(
     assert inserts == [(1, 2, 0, 0), (0, 0, 1, 1)] * 2
     assert await balance(pool, a) == 10_000 - 10
     await assert_audit_passes(pool)
-
-
-async def test_a_small_batch_reads_its_records_with_its_locks_in_one_round_trip(
-    writer: LedgerWriter, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """BEGIN, the locks (with what was decided before for the batch's keys, the content-hash
-    key check and the relay's wake-up), the insert, the balance update, COMMIT: a round trip
-    more would show here. A replay in the batch is still answered from its record."""
-    a, b = await two_wallets(writer)
-    first = transfer(a, b, 10)
-    await apply_all(writer, first)
-    sent: list[str] = []
-    execute, fetch = asyncpg.Connection.execute, asyncpg.Connection.fetch
-
-    async def executed(self: asyncpg.Connection, query: str, *args: Any, **kw: Any) -> str:
-        sent.append(query)
-        return await execute(self, query, *args, **kw)
-
-    async def fetched(self: asyncpg.Connection, query: str, *args: Any, **kw: Any) -> Any:
-        sent.append(query)
-        return await fetch(self, query, *args, **kw)
-
-    monkeypatch.setattr(asyncpg.Connection, "execute", executed)
-    monkeypatch.setattr(asyncpg.Connection, "fetch", fetched)
-    outcomes = await apply_all(writer, first, transfer(b, a, 5))
-    assert [o.kind for o in outcomes] == [OutcomeKind.REPLAYED, OutcomeKind.COMPLETED]
-    assert len(sent) == 5, sent
-    begin, lock, insert, update, commit = sent
-    assert (begin, lock, update, commit) == (
-        "BEGIN;",
-        LOCK_WALLETS,
-        APPLY_BALANCE_DELTAS,
-        "COMMIT;",
-    )
-    assert insert.startswith("WITH i0 AS (INSERT INTO journal_entries")
 
 
 @pytest.mark.parametrize("rows_max", [0, 1_000_000], ids=["copy", "statement"])

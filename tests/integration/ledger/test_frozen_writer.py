@@ -47,7 +47,7 @@ async def test_a_writer_frozen_mid_copy_is_ended_by_the_next_one(database: Any) 
         # The frozen writer: wallet row locked, then a COPY whose rows never come.
         transaction = frozen.transaction()
         await transaction.start()
-        await frozen.fetch(LOCK_WALLETS, str(w), None, str(w), "", "")
+        await frozen.fetch(LOCK_WALLETS, str(w), None, str(w))
 
         async def rows() -> AsyncIterator[tuple[Any, ...]]:
             await forever.wait()
