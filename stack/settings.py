@@ -78,9 +78,10 @@ class StackSettings(BaseSettings):
     # The machine has 2 cores and other work; 768 MiB is plenty for test traffic.
     kafka_heap_mb: int = Field(default=768, ge=256, le=8192)
     # The JIT compilers the broker runs. "c1" compiles quickly to less optimised code: a broker
-    # started for a test run, a demo or a benchmark spent 6-11 s of CPU in C2 compiler threads
-    # over its first minutes, on the cores the workers and PostgreSQL share. "tiered" (the
-    # JVM's default, C1 then C2) suits a broker that lives for days (docs/benchmarks.md).
+    # started for a test run, a demo or a benchmark was still compiling with C2 minutes after
+    # its start (2.7 s of CPU over one benchmark run, more than all its request handling), on
+    # the cores the workers and PostgreSQL share. "tiered" (the JVM's default, C1 then C2)
+    # suits a broker that lives for days (docs/benchmarks.md, the eighth round).
     kafka_jit: Literal["c1", "tiered"] = "c1"
     cache_dir: Path | None = None  # default: ~/.cache/ledgerflow/kafka-<version>
     java: str = "java"
