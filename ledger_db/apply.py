@@ -509,9 +509,11 @@ async def _apply_in_transaction(
                     _decide(batch[index], book, stored, writes, topic_prefix, vault, content_key)
                 )
             decided, writes.rows = writes.rows, _Inserts()
-            answers = decided if one_chunk else _Inserts()
-            if not one_chunk:
+            if one_chunk:  # nothing to overlap: the answers join the ledger rows' insert
+                answers = decided
+            else:
                 inserted = asyncio.ensure_future(_insert_after(inserted, conn, decided))
+                answers = _Inserts()
             outcomes += await _answer_all(pending, answers, now, write_key)
             inserted = asyncio.ensure_future(_insert_after(inserted, conn, answers))
         balances = _balance_update(writes, book, conn.get_server_pid() % HOUSE_SHARDS)

@@ -341,18 +341,16 @@ async def test_a_small_batch_takes_six_round_trips(
     first = transfer(a, b, 10)
     await apply_all(writer, first)
     sent: list[str] = []
-    execute, fetch = asyncpg.Connection.execute, asyncpg.Connection.fetch
 
-    async def executed(self: asyncpg.Connection, query: str, *args: Any, **kw: Any) -> str:
-        sent.append(query)
-        return await execute(self, query, *args, **kw)
+    def recorded(method: Any) -> Any:
+        async def call(self: asyncpg.Connection, query: str, *args: Any, **kw: Any) -> Any:
+            sent.append(query)
+            return await method(self, query, *args, **kw)
 
-    async def fetched(self: asyncpg.Connection, query: str, *args: Any, **kw: Any) -> Any:
-        sent.append(query)
-        return await fetch(self, query, *args, **kw)
+        return call
 
-    monkeypatch.setattr(asyncpg.Connection, "execute", executed)
-    monkeypatch.setattr(asyncpg.Connection, "fetch", fetched)
+    for name in ("execute", "fetch"):
+        monkeypatch.setattr(asyncpg.Connection, name, recorded(getattr(asyncpg.Connection, name)))
     outcomes = await apply_all(writer, first, transfer(b, a, 5))
     assert [o.kind for o in outcomes] == [OutcomeKind.REPLAYED, OutcomeKind.COMPLETED]
     assert len(sent) == 6, sent
