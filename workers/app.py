@@ -34,9 +34,10 @@ from ledgerflow.workers.failures import is_infrastructure
 from ledgerflow.workers.fetch_hold import hold_when_idle
 from ledgerflow.workers.kafka_io import OffsetCommits, idempotent_producer, rewind
 from ledgerflow.workers.kafka_security import faststream_security, kafka_client_options
-from ledgerflow.workers.lag import LagMonitor, Watched
+from ledgerflow.workers.lag import Lag, LagMonitor, Watched
 from ledgerflow.workers.records import header_text
 from ledgerflow.workers.settings import content_hash_key, pii_vault
+from ledgerflow.workers.stall import FlowActivity, StallWatch
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -63,6 +64,9 @@ SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_INTERVAL_MS = 3_000
 MAX_POLL_INTERVAL_MS = 120_000
 GRACEFUL_TIMEOUT_S = 15.0
+# A stalled consumer's stop is waited for this long; a client stuck in its group protocol may
+# never finish stopping, and is then left behind for a new one.
+CONSUMER_STOP_TIMEOUT_S = 10.0
 
 
 def group_id(flow: Flow) -> str:
@@ -154,6 +158,18 @@ class WorkerState:
     subscribers: dict[str, Any] = field(default_factory=dict)
     # Each flow's offset commits (one in flight while the next batch runs).
     commits: dict[str, OffsetCommits] = field(default_factory=dict)
+    # Batches handed to each flow's handler, and the flows handling one now (the stall watch).
+    deliveries: Counter[str] = field(default_factory=Counter)
+    busy: set[str] = field(default_factory=set)
+    # Flows whose consumer is being restarted after a stall.
+    restarting: set[str] = field(default_factory=set)
+
+    def activity(self, flow: str) -> FlowActivity:
+        return FlowActivity(
+            deliveries=self.deliveries[flow],
+            busy=flow in self.busy,
+            excused=bool(self.failures.get(flow) or self.held.get(flow)),
+        )
 
     async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
         assert self.producer is not None
@@ -177,11 +193,25 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
     )
     state = WorkerState(settings)
     flows = flows_of(flow_names)
+    stalls = StallWatch(settings.consumer_stall_rounds) if settings.consumer_stall_rounds else None
+
+    async def lag_round(lags: list[Lag]) -> None:
+        if stalls is None or state.pool is None:
+            return  # off, or still starting
+        for flow in flows:
+            flow_lags = [lag for lag in lags if lag.watched.flow == flow.name]
+            if flow.name in state.restarting:
+                continue
+            if stalls.observe(flow.name, flow_lags, state.activity(flow.name)):
+                waiting = sum(lag.messages for lag in flow_lags)
+                await _restart_consumer(state, flow, waiting, install_fetch_hold)
+
     lag = LagMonitor(
         settings.kafka_bootstrap_servers,
         [watched_group(settings, flow) for flow in flows],
         settings.lag_interval_ms / 1000,
         kafka_client_options(settings),
+        on_round=lag_round,
     )
     for flow in flows:
         _subscribe(broker, state, flow)
@@ -235,14 +265,15 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
                 verifier,
             )
 
+    def install_fetch_hold(name: str, consumer: AIOKafkaConsumer) -> None:
+        hold_when_idle(
+            consumer, settings.idle_fetch_hold_ms, metrics.CONSUMER_IDLE.labels(name).set
+        )
+
     async def consuming() -> None:
         for name, subscriber in state.subscribers.items():
             if subscriber.consumer is not None:
-                hold_when_idle(
-                    subscriber.consumer,
-                    settings.idle_fetch_hold_ms,
-                    metrics.CONSUMER_IDLE.labels(name).set,
-                )
+                install_fetch_hold(name, subscriber.consumer)
 
     async def stopping() -> None:
         # Before the broker stops its consumers: the commit in flight lands, and the batch a
@@ -269,6 +300,8 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
             return f"postgresql unavailable: {type(error).__name__}"
         if not await broker.ping(timeout=1.0):
             return "kafka unavailable"
+        if state.restarting:
+            return "consumer restarting after a stall: " + ", ".join(sorted(state.restarting))
         for flow in flows:
             consumer = getattr(state.subscribers[flow.name], "consumer", None)
             assigned = len(consumer.assignment()) if consumer is not None else 0
@@ -344,57 +377,103 @@ def _subscribe(broker: KafkaBroker, state: WorkerState, flow: Flow) -> None:
 
     @subscriber
     async def handle(msg: KafkaMessage) -> None:
-        records = msg.raw_message
-        if not isinstance(records, tuple):
-            records = (records,)
-        started = time.perf_counter()
-        processor = state.processors[flow.name]
-        consumer = cast("AIOKafkaConsumer", msg.consumer)  # FastStream types it as a protocol
-        # Counted per record, not per flow: after a rewind the next batch may hold only other
-        # partitions' records, and its success must not reset the poison message's count.
-        suspects = state.suspects.setdefault(flow.name, Counter())
-        positions = [(r.topic, r.partition, r.offset) for r in records]
+        state.deliveries[flow.name] += 1
+        state.busy.add(flow.name)
         try:
-            if any(suspects[p] >= POISON_ATTEMPTS_MAX for p in positions):
-                # The batch failed again and again, not for the infrastructure: find the poison
-                # message(s) one by one and dead-letter them, so the partition moves on.
-                since = state.suspect_since.get(flow.name, started)
-                result = await processor.process_isolating(
-                    records,
-                    flow_applied_since=state.applied_at.get(flow.name, 0.0) > since,
-                    alone_long_enough=all(
-                        suspects[p] >= 2 * POISON_ATTEMPTS_MAX for p in positions
-                    ),
-                )
-            else:
-                result = await processor.process(records)
-        except Exception as error:
-            await _failed(state, flow, consumer, records, error)
-            return
-        if result.interrupted is not None:
-            # Isolating stopped short: keep what it applied or dead-lettered, retry the rest.
-            if result.handled:
-                await commits.send(consumer, result.handled)
-            for record in result.handled:
-                suspects.pop((record.topic, record.partition, record.offset), None)
-            done = {(r.topic, r.partition, r.offset) for r in result.handled}
-            rest = [r for r in records if (r.topic, r.partition, r.offset) not in done]
-            await _failed(state, flow, consumer, rest, result.interrupted)
-            return
-        state.failures[flow.name] = 0
-        if result.outcomes:
-            state.applied_at[flow.name] = time.monotonic()
-        for record in result.handled:
-            suspects.pop((record.topic, record.partition, record.offset), None)
-        if not suspects:
-            state.suspect_since.pop(flow.name, None)
-        metrics.ASSIGNED_PARTITIONS.labels(flow.name).set(len(consumer.assignment()))
+            await _handle(state, flow, commits, msg)
+        finally:
+            state.busy.discard(flow.name)
+
+
+async def _handle(
+    state: WorkerState, flow: Flow, commits: OffsetCommits, msg: KafkaMessage
+) -> None:
+    """One batch of a flow: applied, committed, or rewound to be tried again."""
+    records = msg.raw_message
+    if not isinstance(records, tuple):
+        records = (records,)
+    started = time.perf_counter()
+    processor = state.processors[flow.name]
+    consumer = cast("AIOKafkaConsumer", msg.consumer)  # FastStream types it as a protocol
+    # Counted per record, not per flow: after a rewind the next batch may hold only other
+    # partitions' records, and its success must not reset the poison message's count.
+    suspects = state.suspects.setdefault(flow.name, Counter())
+    positions = [(r.topic, r.partition, r.offset) for r in records]
+    try:
+        if any(suspects[p] >= POISON_ATTEMPTS_MAX for p in positions):
+            # The batch failed again and again, not for the infrastructure: find the poison
+            # message(s) one by one and dead-letter them, so the partition moves on.
+            since = state.suspect_since.get(flow.name, started)
+            result = await processor.process_isolating(
+                records,
+                flow_applied_since=state.applied_at.get(flow.name, 0.0) > since,
+                alone_long_enough=all(suspects[p] >= 2 * POISON_ATTEMPTS_MAX for p in positions),
+            )
+        else:
+            result = await processor.process(records)
+    except Exception as error:
+        await _failed(state, flow, consumer, records, error)
+        return
+    if result.interrupted is not None:
+        # Isolating stopped short: keep what it applied or dead-lettered, retry the rest.
         if result.handled:
             await commits.send(consumer, result.handled)
-        if result.held:
-            _hold(state, flow, consumer, result)
-        metrics.BATCH_DURATION.labels(flow.name).observe(time.perf_counter() - started)
-        metrics.LAST_PROCESSED.labels(flow.name).set(time.time())
+        for record in result.handled:
+            suspects.pop((record.topic, record.partition, record.offset), None)
+        done = {(r.topic, r.partition, r.offset) for r in result.handled}
+        rest = [r for r in records if (r.topic, r.partition, r.offset) not in done]
+        await _failed(state, flow, consumer, rest, result.interrupted)
+        return
+    state.failures[flow.name] = 0
+    if result.outcomes:
+        state.applied_at[flow.name] = time.monotonic()
+    for record in result.handled:
+        suspects.pop((record.topic, record.partition, record.offset), None)
+    if not suspects:
+        state.suspect_since.pop(flow.name, None)
+    metrics.ASSIGNED_PARTITIONS.labels(flow.name).set(len(consumer.assignment()))
+    if result.handled:
+        await commits.send(consumer, result.handled)
+    if result.held:
+        _hold(state, flow, consumer, result)
+    marker = state.settings.fault_stall_marker.encode()
+    if marker and any(marker in (record.value or b"") for record in records):
+        consumer.pause(*consumer.assignment())  # the test hook: fetching stops, nothing said
+    metrics.BATCH_DURATION.labels(flow.name).observe(time.perf_counter() - started)
+    metrics.LAST_PROCESSED.labels(flow.name).set(time.time())
+
+
+async def _restart_consumer(
+    state: WorkerState,
+    flow: Flow,
+    waiting: int,
+    prepare: Callable[[str, AIOKafkaConsumer], None],
+) -> None:
+    """Replace a stalled flow's consumer with a new one, which joins the group afresh and reads
+    on from the committed offsets. No batch is in flight (the stall watch saw none); the commit
+    of the last one is settled first, so nothing applied is left uncommitted by this consumer."""
+    subscriber = state.subscribers[flow.name]
+    state.restarting.add(flow.name)
+    metrics.CONSUMER_RESTARTS.labels(flow.name).inc()
+    log.warning(
+        "consumer stalled: commands wait and none is delivered; restarting it",
+        extra={"flow": flow.name, "lag": waiting, "rounds": state.settings.consumer_stall_rounds},
+    )
+    try:
+        await state.commits[flow.name].settle()
+        try:
+            async with asyncio.timeout(CONSUMER_STOP_TIMEOUT_S):
+                await subscriber.stop()
+        except TimeoutError:
+            log.warning("stalled consumer did not stop; left behind", extra={"flow": flow.name})
+            subscriber.consumer = None
+        state.held.pop(flow.name, None)
+        metrics.PARTITIONS_HELD.labels(flow.name).set(0)
+        await subscriber.start()
+        if subscriber.consumer is not None:
+            prepare(flow.name, subscriber.consumer)
+    finally:
+        state.restarting.discard(flow.name)
 
 
 async def _failed(

@@ -21,6 +21,11 @@ log = logging.getLogger("ledgerflow.worker")
 PRODUCER_REQUEST_BYTES_MAX = 1024 * 1024
 PRODUCER_LINGER_MS = 2
 PRODUCER_REQUEST_TIMEOUT_MS = 30_000
+# An offset commit waits this long at most. aiokafka retries a commit while it finds no
+# coordinator, and the next batch waits for the commit before it: unbounded, a commit that never
+# lands stops the flow's consumer, which then leaves its group for want of polls
+# (max_poll_interval_ms, 120 s) and does not rejoin. A commit given up is a redelivery at worst.
+COMMIT_TIMEOUT_S = 30.0
 
 
 def idempotent_producer(
@@ -66,8 +71,9 @@ class OffsetCommits:
     is sent, so a clean stop leaves nothing applied uncommitted.
     """
 
-    def __init__(self, on_failure: Callable[[], None]) -> None:
+    def __init__(self, on_failure: Callable[[], None], timeout_s: float = COMMIT_TIMEOUT_S) -> None:
         self._on_failure = on_failure
+        self._timeout_s = timeout_s
         self._in_flight: asyncio.Task[None] | None = None
         self._draining = False
 
@@ -92,10 +98,14 @@ class OffsetCommits:
     async def _commit(self, consumer: AIOKafkaConsumer, records: Sequence[Record]) -> None:
         """A failed commit (partitions revoked in a rebalance, a stopped client) is counted, never
         raised: the new owner gets the batch again, and the idempotency records make that
-        redelivery change nothing."""
+        redelivery change nothing. So is one that takes longer than `timeout_s`."""
         try:
-            await consumer.commit(next_offsets(records))
+            async with asyncio.timeout(self._timeout_s):
+                await consumer.commit(next_offsets(records))
         except (CommitFailedError, IllegalStateError, KafkaError):
+            self._on_failure()
+        except TimeoutError:
+            log.warning("offset commit given up", extra={"timeout_s": self._timeout_s})
             self._on_failure()
         except Exception as error:  # unexpected from the client: still only a redelivery
             log.warning("offset commit failed", extra={"error_class": type(error).__name__})

@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from ledgerflow.workers import metrics
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
 log = logging.getLogger("ledgerflow.lag")
 
@@ -61,6 +61,8 @@ class LagMonitor:
     watched: Sequence[Watched]
     interval_s: float = 5.0
     security: dict[str, Any] = field(default_factory=dict)  # kafka_client_options(settings)
+    # Called with every round's numbers (the worker's stall watch); its failures are logged.
+    on_round: Callable[[list[Lag]], Awaitable[None]] | None = None
     _admin: Any = None
     _offsets: Any = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -87,7 +89,7 @@ class LagMonitor:
         try:
             while not stop.is_set():
                 try:
-                    await self.measure()
+                    lags = await self.measure()
                     last_measured = loop.time()
                 except Exception as error:  # Kafka away or a group not there yet: next round
                     metrics.LAG_MEASUREMENT_ERRORS.labels(type(error).__name__).inc()
@@ -104,10 +106,20 @@ class LagMonitor:
                             "consumer lag not measured",
                             extra={"error_class": type(error).__name__},
                         )
+                else:
+                    await self._report(lags)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.interval_s)
         finally:
             await self._close()
+
+    async def _report(self, lags: list[Lag]) -> None:
+        if self.on_round is None:
+            return
+        try:
+            await self.on_round(lags)
+        except Exception:  # the watcher's bug must not stop the measuring
+            log.exception("lag round handler failed")
 
     async def measure(self) -> list[Lag]:
         """One round: committed offsets per group, watermarks per topic; gauges set."""

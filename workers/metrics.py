@@ -106,6 +106,12 @@ OFFSET_COMMIT_FAILURES = Counter(
     "Offset commits that failed (e.g. after a rebalance); redelivery is harmless.",
     ["flow"],
 )
+CONSUMER_RESTARTS = Counter(
+    "ledgerflow_consumer_restarts",
+    "Consumers replaced because their group had commands waiting and they delivered none"
+    " (workers/stall.py), by flow.",
+    ["flow"],
+)
 LAST_PROCESSED = Gauge(
     "ledgerflow_last_processed_timestamp_seconds",
     "Unix time of the last batch committed, by flow.",
@@ -214,6 +220,7 @@ def initialize_flow(flow: str, command_topic: str) -> None:
     BATCH_DURATION.labels(flow)
     COMMAND_LATENCY.labels(flow)
     OFFSET_COMMIT_FAILURES.labels(flow)
+    CONSUMER_RESTARTS.labels(flow)
 
 
 class _PoolCollector(Collector):

@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     # Test hook for fault-injection tests: commands containing this text fail like a bug would.
     # Empty (off) in every real deployment.
     fault_poison_marker: str = Field(default="", max_length=64)
+    # Test hook: after a batch holding a command with this text, the flow's consumer stops
+    # fetching without a word, as aiokafka's does when it never rejoins its group. Empty (off).
+    fault_stall_marker: str = Field(default="", max_length=64)
 
     # Observability (docs/metrics.md). Traces are off unless an OTLP/HTTP endpoint is set: the
     # collector's base URL, as in OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://otel-collector:4318);
@@ -166,6 +169,10 @@ class Settings(BaseSettings):
     log_commands: bool = True
     # How often consumer lag is measured (committed offsets and high watermarks from Kafka).
     lag_interval_ms: int = Field(default=5_000, ge=100, le=300_000)
+    # A flow's consumer is restarted after this many lag rounds in a row in which its group had
+    # work waiting and it delivered nothing (workers/stall.py): 12 rounds of 5 s, a minute.
+    # 0: never.
+    consumer_stall_rounds: int = Field(default=12, ge=0, le=1_000)
     # Holds (two-phase cash-outs): a hold's life when its command does not say, and the cash-out
     # worker's expiry sweep. The contract bounds hold_expires_in_s to 60 s … 30 days; the setting
     # may be shorter, for demos and tests.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 import urllib.error
@@ -87,6 +88,9 @@ class Scenario:
         await verify(self.workload, self.observer, self.report)
         line = self.report.line()
         print(line)
+        if self.report.problems:  # what the processes said, for a failure seen only in CI
+            for process in (*self.pipeline.workers, self.pipeline.relay, *self.pipeline.extra):
+                print(warnings_of(process))
         REPORT_LINES.append(line)
         return self.report
 
@@ -137,6 +141,27 @@ async def scenario(
             yield s
         finally:
             await s.close()
+
+
+def warnings_of(process: ManagedProcess, kinds_max: int = 40) -> str:
+    """A process' warnings and errors, one line per message with its count and last time."""
+    seen: dict[tuple[str, str, str], tuple[int, str]] = {}
+    text = process.log_path.read_text(errors="replace") if process.log_path.exists() else ""
+    for raw in text.splitlines():
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            entry = {"level": "raw", "logger": "", "msg": raw[:200], "ts": ""}
+        if entry.get("level") not in {"warning", "error", "critical", "raw"}:
+            continue
+        what = f"{entry.get('msg', '')} {entry.get('flow', '')} {entry.get('error_class', '')}"
+        key = (str(entry.get("level")), str(entry.get("logger")), what.strip()[:200])
+        count, _ = seen.get(key, (0, ""))
+        seen[key] = (count + 1, str(entry.get("ts", "")))
+    lines = [f"-- {' '.join(process.args)} ({process.log_path.name}): warnings and errors"]
+    for (level, logger, msg), (count, last) in list(seen.items())[-kinds_max:]:
+        lines.append(f"{count:6d}x last {last} {level} {logger}: {msg}")
+    return "\n".join(lines)
 
 
 def assert_ok(report: Report) -> None:

@@ -114,3 +114,22 @@ async def test_a_failed_commit_is_counted_and_the_next_goes_on() -> None:
     await commit(2)
     assert consumer.landed == [{tp(0): 3}]
     assert len(failures) == 2
+
+
+async def test_a_commit_that_never_lands_is_given_up_and_the_next_is_sent() -> None:
+    """A commit stuck in the client (no coordinator found, ever) must not stop the flow: the
+    next batch waits for it, and a consumer that stops polling leaves its group."""
+    consumer = SlowConsumer()
+    failures: list[None] = []
+    commits = OffsetCommits(lambda: failures.append(None), timeout_s=0.05)
+    await commits.send(consumer, [Rec("transfer.initiated", 0, 4)])  # type: ignore[arg-type]
+    second = asyncio.create_task(
+        commits.send(consumer, [Rec("transfer.initiated", 0, 9)])  # type: ignore[arg-type]
+    )
+    await asyncio.wait_for(second, timeout=5)  # the first was given up, never released
+    assert failures == [None]
+    await until(lambda: len(consumer.gates) == 2 and consumer.in_flight == 1)
+    consumer.release()
+    await commits.settle()
+    assert consumer.landed == [{tp(0): 10}]
+    assert failures == [None]
