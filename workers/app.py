@@ -199,9 +199,9 @@ def build_worker_app(settings: Settings, flow_names: Sequence[str]) -> AsgiFastS
         if stalls is None or state.pool is None:
             return  # off, or still starting
         for flow in flows:
-            flow_lags = [lag for lag in lags if lag.watched.flow == flow.name]
             if flow.name in state.restarting:
                 continue
+            flow_lags = [lag for lag in lags if lag.watched.flow == flow.name]
             if stalls.observe(flow.name, flow_lags, state.activity(flow.name)):
                 waiting = sum(lag.messages for lag in flow_lags)
                 await _restart_consumer(state, flow, waiting, install_fetch_hold)

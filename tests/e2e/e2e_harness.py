@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ledgerflow.testkit.pipeline import running_pipeline
+from ledgerflow.testkit.scrape import metric
 from ledgerflow.testkit.workload import Observer, Report, Workload, drain, measure_recovery, verify
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from ledgerflow.harness.processes import ManagedProcess
     from ledgerflow.testkit.faults import FaultStack
     from ledgerflow.testkit.pipeline import Pipeline
+
+__all__ = ["assert_ok", "http_get", "metric", "scenario"]
 
 # Report lines of the session's scenarios, repeated in pytest's terminal summary (conftest).
 REPORT_LINES: list[str] = []
@@ -179,18 +182,3 @@ def http_get(process: ManagedProcess, path: str, timeout_s: float = 10.0) -> tup
     except urllib.error.HTTPError as error:
         status, body = int(error.code), error.read().decode()
     return status, body, time.monotonic() - started
-
-
-def metric(process: ManagedProcess, name: str, **labels: str) -> float:
-    """Sum of a Prometheus counter's samples (with these labels) on a live process."""
-    _, text = process.get("/metrics")
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name) or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        if head.split("{")[0] != name:
-            continue
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total

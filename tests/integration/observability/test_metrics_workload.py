@@ -10,12 +10,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from observability_helpers import Samples, scrape
 
 from ledgerflow.contracts.topics import CASHIN, FLOWS, ONBOARDING, TRANSFER
 from ledgerflow.testkit.commands import cashin, onboarding, transfer, wallet_of
 from ledgerflow.testkit.pipeline import event_id_of, publish, running_pipeline
 from ledgerflow.testkit.plugin import wait_until
+from ledgerflow.testkit.scrape import Samples, scrape
 
 if TYPE_CHECKING:
     from ledgerflow.testkit.pipeline import Pipeline

@@ -11,17 +11,13 @@ from ledgerflow.contracts.topics import TRANSFER
 from ledgerflow.testkit.commands import transfer
 from ledgerflow.testkit.pipeline import fund_wallets, publish, running_pipeline
 from ledgerflow.testkit.plugin import wait_until
+from ledgerflow.testkit.scrape import scrape
 
 pytestmark = pytest.mark.integration
 
 MARKER = "STALL-HERE-91c2"
 LAG_INTERVAL_MS = "200"
 STALL_ROUNDS = "5"  # a second without deliveries while commands wait
-
-
-def metric(text: str, name: str, flow: str) -> float:
-    prefix = f'{name}{{flow="{flow}"}} '
-    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
 
 
 async def test_a_consumer_that_stops_fetching_is_restarted_and_the_commands_complete(
@@ -48,9 +44,10 @@ async def test_a_consumer_that_stops_fetching_is_restarted_and_the_commands_comp
         for command in behind:
             [event] = await p.results.wait_for_key(str(command.transfer_id), timeout_s=60)
             assert event["type"] == "transfer.completed"
-        _, text = p.worker.get("/metrics")
-        assert metric(text, "ledgerflow_consumer_restarts_total", "transfer") == 1
-        assert metric(text, "ledgerflow_consumer_restarts_total", "cashin") == 0
+        restarts = scrape(p.worker)
+        assert restarts.total("ledgerflow_consumer_restarts_total", flow="transfer") == 1
+        assert restarts.has("ledgerflow_consumer_restarts_total", flow="cashin")
+        assert restarts.total("ledgerflow_consumer_restarts_total", flow="cashin") == 0
         warnings = [
             json.loads(line)
             for line in p.worker.log_path.read_text().splitlines()

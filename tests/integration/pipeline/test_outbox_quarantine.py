@@ -35,6 +35,7 @@ from ledgerflow.ledger_db.unit_of_work import create_pool
 from ledgerflow.testkit.commands import cashin, onboarding, transfer
 from ledgerflow.testkit.pipeline import ResultCollector, fund_wallets, publish, running_pipeline
 from ledgerflow.testkit.plugin import create_topics, wait_until
+from ledgerflow.testkit.scrape import metric
 from ledgerflow.workers.kafka_io import idempotent_producer
 from ledgerflow.workers.relay import HELD_ERROR_CLASS, Relay
 
@@ -304,10 +305,6 @@ def ledgerflow(env: dict[str, str], *args: str) -> bytes:
     return done.stdout
 
 
-def metric(text: str, line_start: str) -> float:
-    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(line_start))
-
-
 @dataclass(frozen=True, slots=True)
 class Sent:
     flow: str
@@ -411,20 +408,18 @@ async def test_a_result_topic_deleted_under_load(
             assert {bytes(r["key"]).decode() for r in held} <= set(senders)
             assert {r["topic"] for r in held} <= {completed, p.prefix + TRANSFER.rejected_topic}
 
-            def relay_metrics() -> str:
-                return p.relay.get("/metrics")[1]
-
             await wait_until(
-                lambda: metric(relay_metrics(), "ledgerflow_outbox_quarantined_rows ") == len(held),
+                lambda: metric(p.relay, "ledgerflow_outbox_quarantined_rows") == len(held),
                 timeout_s=WAIT_S,
                 message="the relay reports the quarantined rows",
             )
-            text = relay_metrics()
-            quarantined_counter = (
-                'ledgerflow_relay_quarantined_total{error_class="UnknownTopicOrPartitionError",'
-                f'topic="{TRANSFER.completed_topic}"}}'
+            quarantined = metric(
+                p.relay,
+                "ledgerflow_relay_quarantined_total",
+                error_class="UnknownTopicOrPartitionError",
+                topic=TRANSFER.completed_topic,
             )
-            assert metric(text, quarantined_counter) > 0
+            assert quarantined > 0
             listed = orjson.loads(ledgerflow(p.env, "outbox", "quarantined", "--json"))
             assert [row["id"] for row in listed] == [r["id"] for r in held][: len(listed)]
             assert {row["topic"] for row in listed} <= {r["topic"] for r in held}

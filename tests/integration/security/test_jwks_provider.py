@@ -23,6 +23,7 @@ from ledgerflow.testkit.commands import onboarding
 from ledgerflow.testkit.identity_provider import JwksServer
 from ledgerflow.testkit.pipeline import COMMAND_PARTITIONS, event_id_of, running_pipeline
 from ledgerflow.testkit.plugin import wait_until
+from ledgerflow.testkit.scrape import metric
 from ledgerflow.workers.auth import (
     Authenticator,
     FetchOutcome,
@@ -66,18 +67,6 @@ def url_settings(idp: Issuer, server: JwksServer) -> dict[str, str]:
         "auth_audience": idp.audience,
         "auth_jwks_refresh_min_s": str(REFRESH_MIN_S),
     }
-
-
-def metric(process: ManagedProcess, name: str, **labels: str) -> float:
-    _, text = process.get("/metrics")
-    total = 0.0
-    for line in text.splitlines():
-        head, _, value = line.rpartition(" ")
-        if line.startswith("#") or head.split("{")[0] != name:
-            continue
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
 
 
 def group_joins(process: ManagedProcess) -> int:
