@@ -69,6 +69,7 @@ from ledgerflow.ledger_db.apply import (
 from ledgerflow.ledger_db.rules import TierLimits
 from ledgerflow.ledger_db.unit_of_work import create_pool
 from ledgerflow.testkit.commands import cashin, onboarding, parsed, transfer, wallet_of
+from ledgerflow.workers.kafka_io import idempotent_producer
 from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 if TYPE_CHECKING:
@@ -885,9 +886,7 @@ async def run_api_bench(
             f"api, {workers} transfer workers and the relay up; {len(records):,} transfers "
             f"signed for {write_rate:,.0f}/s"
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers, enable_idempotence=True, linger_ms=2
-        )
+        producer = idempotent_producer(bootstrap_servers, "ledgerflow-bench")
         await producer.start()
         owner = await asyncpg.connect(ledger.owner_url)
         publisher = _Publisher(producer, records, write_rate)

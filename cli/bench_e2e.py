@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
 from ledgerflow.cli.bench_ceiling import ceiling_for
@@ -59,6 +58,7 @@ from ledgerflow.testkit.commands import (
     wallet_of,
 )
 from ledgerflow.workers import gc_policy
+from ledgerflow.workers.kafka_io import idempotent_producer
 from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 if TYPE_CHECKING:
@@ -229,9 +229,7 @@ async def run_e2e(
         )
         results = ResultCollector(bootstrap_servers, prefix, flows=_RESULTS[flow])
         await results.start(from_end=True)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers, enable_idempotence=True, linger_ms=2
-        )
+        producer = idempotent_producer(bootstrap_servers, "ledgerflow-bench")
         await producer.start()
         try:
             rng = random.Random(11)

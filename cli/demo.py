@@ -69,6 +69,7 @@ from ledgerflow.ledger_db.merchants import MerchantFee, set_merchant_fee
 from ledgerflow.ledger_db.migrate import migrate
 from ledgerflow.ledger_db.queries import AccountView, get_account
 from ledgerflow.ledger_db.rules import AccountKind, house_account_id, wallet_account_id
+from ledgerflow.workers.kafka_io import idempotent_producer
 from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 console = Console()
@@ -185,11 +186,7 @@ async def run_demo(customers: int, transfers: int, seed: int) -> bool:
                 f"    ledgerflow {' '.join(args)}: pid {process.process.pid}, "
                 f"http://127.0.0.1:{process.port}/metrics"
             )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=endpoints.kafka_bootstrap_servers,
-            enable_idempotence=True,
-            linger_ms=5,
-        )
+        producer = idempotent_producer(endpoints.kafka_bootstrap_servers, "ledgerflow-demo")
         await producer.start()
         cleanup.push_async_callback(producer.stop)
         results = ResultCollector(endpoints.kafka_bootstrap_servers)

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
 from ledgerflow.contracts.topics import FLOWS
 from ledgerflow.harness.results import topic_partitions
+from ledgerflow.workers.kafka_io import idempotent_producer
 from ledgerflow.workers.kafka_security import kafka_client_options
 from ledgerflow.workers.records import header
 from ledgerflow.workers.settings import Settings
@@ -137,11 +138,7 @@ def replay(
         letters = await read_dead_letters(
             settings.kafka_bootstrap_servers, _topics(settings, flow), limit, security
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            enable_idempotence=True,
-            **security,
-        )
+        producer = idempotent_producer(settings.kafka_bootstrap_servers, "ledgerflow-dlq", security)
         await producer.start()
         try:
             for x in letters:

@@ -30,6 +30,7 @@ from ledgerflow.testkit.plugin import (
     drop_test_database,
     unique_prefix,
 )
+from ledgerflow.workers.kafka_io import idempotent_producer
 from ledgerflow.workers.topics import ensure_topics, topic_specs
 
 if TYPE_CHECKING:
@@ -175,9 +176,7 @@ async def running_pipeline(
         reader = start_process(["api"], env, log_dir) if api else None
         if reader is not None:
             processes.append(reader)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=kafka.bootstrap_servers, enable_idempotence=True
-        )
+        producer = idempotent_producer(kafka.bootstrap_servers, "ledgerflow-testkit")
         await producer.start()
         results = ResultCollector(kafka.bootstrap_servers, prefix)
         try:

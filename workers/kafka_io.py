@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +21,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("ledgerflow.worker")
 
 PRODUCER_REQUEST_BYTES_MAX = 1024 * 1024
+# One partition's record batch, at most (aiokafka's default is 16 KiB, ~20 result events). A
+# relay round of 500 events then went out as ~25 batches over several produce requests, each
+# acknowledged before the next (idempotence: one request in flight per partition); per record,
+# the producer used 17-19 µs of CPU and the broker 11-18 µs. At 256 KiB: 11 and 2-3 µs
+# (docs/benchmarks.md, the ninth round). Below the broker's message.max.bytes (1 MiB).
+PRODUCER_BATCH_BYTES_MAX = 256 * 1024
+# Keys whose partition hash is remembered (`key_partitioner`): a few MiB, and more than the
+# wallets a burst on one machine touches (docs/benchmarks.md, the ninth round).
+KEY_HASHES_MAX = 16_384
 PRODUCER_LINGER_MS = 2
 PRODUCER_REQUEST_TIMEOUT_MS = 30_000
 # An offset commit waits this long at most. aiokafka retries a commit while it finds no
@@ -26,6 +37,23 @@ PRODUCER_REQUEST_TIMEOUT_MS = 30_000
 # lands stops the flow's consumer, which then leaves its group for want of polls
 # (max_poll_interval_ms, 120 s) and does not rejoin. A commit given up is a redelivery at worst.
 COMMIT_TIMEOUT_S = 30.0
+
+
+@functools.lru_cache(maxsize=KEY_HASHES_MAX)
+def _key_hash(key: bytes) -> int:
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+_UNKEYED = DefaultPartitioner()
+
+
+def key_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """Kafka's default partitioner (the Java client's murmur2 of the key, so a key lands where
+    any Kafka client would put it), with each key's hash remembered: aiokafka's murmur2 is
+    pure Python, ~5 µs a key, and a wallet's events come again and again."""
+    if key is None:
+        return int(_UNKEYED(key, all_partitions, available))
+    return all_partitions[_key_hash(key) % len(all_partitions)]
 
 
 def idempotent_producer(
@@ -47,6 +75,8 @@ def idempotent_producer(
         enable_idempotence=True,
         acks="all",
         linger_ms=PRODUCER_LINGER_MS,
+        max_batch_size=PRODUCER_BATCH_BYTES_MAX,
+        partitioner=key_partitioner,
         max_request_size=PRODUCER_REQUEST_BYTES_MAX,
         request_timeout_ms=request_timeout_ms,
     )
