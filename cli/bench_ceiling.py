@@ -407,6 +407,7 @@ async def run_ceiling_bench(
     from ledgerflow.cli.bench_ledger import (  # noqa: PLC0415
         create_bench_database,
         drop_database,
+        settle_tables,
         with_database,
     )
 
@@ -414,12 +415,7 @@ async def run_ceiling_bench(
     try:
         app_bench_url = with_database(app_url, database)
         ids, _ = await _fund_wallets(app_bench_url, wallets, "")
-        # Settle the freshly loaded tables, as bench ledger does, so plans see real sizes.
-        owner = await asyncpg.connect(owner_bench_url)
-        try:
-            await owner.execute("VACUUM ANALYZE")
-        finally:
-            await owner.close()
+        await settle_tables(owner_bench_url)
         return await measure_ceiling(
             app_bench_url, ids, transfers=transfers, batch=batch, warm_up=WARM_UP
         )

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from ledgerflow.cli.bench_ceiling import ceiling_for
-from ledgerflow.cli.bench_ledger import create_bench_database, with_database
+from ledgerflow.cli.bench_ledger import create_bench_database, settle_tables, with_database
 from ledgerflow.cli.bench_measure import (
     LatencyWindows,
     Profiler,
@@ -197,7 +197,7 @@ async def run_e2e(
     assert flow in FLOWS, flow
     assert 1 <= workers <= partitions <= PARTITIONS_MAX, "a worker has a partition at least"
     database = f"ledgerflow_bench_e2e_{'naive' if naive else 'batched'}_{flow.replace('-', '_')}"
-    await create_bench_database(owner_url, database)
+    bench_owner_url = await create_bench_database(owner_url, database)
     bench_app_url = with_database(app_url, database)
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     # Setup results go to this run's topics too: the relay must never wait on a missing topic.
@@ -293,6 +293,9 @@ async def run_e2e(
                 await producer.flush()
                 expected += share
                 await results.wait_total(expected, RESULT_TIMEOUT_S)
+            # The set-up's rows are all in and published (the warm-up's results came after
+            # them): settled, as in bench ledger, before the clock starts.
+            await settle_tables(bench_owner_url)
             sent_at: dict[tuple[str, int], float] = {}
             # The measured window: CPU by process and py-spy from here to the last result.
             roles = {p.process.pid: " ".join(p.args) for p in processes}
