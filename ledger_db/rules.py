@@ -8,6 +8,7 @@ PostgreSQL at commit.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -59,6 +60,12 @@ class AccountKind(StrEnum):
 HOUSE_KINDS = (AccountKind.CASHIN_CLEARING, AccountKind.CASHOUT_CLEARING, AccountKind.FEE_REVENUE)
 
 
+# House accounts are a few kinds per currency, named on every payment, refund and cash-in: a
+# SHA-1 each time was ~4 % of a worker's CPU in the refund flow (docs/benchmarks.md).
+HOUSE_IDS_CACHED = 256
+
+
+@functools.lru_cache(maxsize=HOUSE_IDS_CACHED)
 def house_account_id(kind: AccountKind, currency: str) -> UUID:
     return uuid.uuid5(LEDGER_NAMESPACE, f"house:{kind.value}:{currency}")
 
