@@ -86,6 +86,16 @@ _RESULTS: dict[str, tuple[Flow, ...]] = {
 
 
 @dataclass(frozen=True, slots=True)
+class BatchStats:
+    """Means over the workers' batches, from their own metrics (warm-up included)."""
+
+    commands: float = 0.0
+    ms: float = 0.0
+    lock_wait_ms: float = 0.0  # taking the row locks: other batches' turns, then the statements
+    locked_ms: float = 0.0  # holding them, to the commit
+
+
+@dataclass(frozen=True, slots=True)
 class E2EResult:
     mode: str
     offered_rate: float | None
@@ -94,8 +104,7 @@ class E2EResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
-    batch_mean: float = 0.0
-    batch_ms_mean: float = 0.0
+    batch: BatchStats = field(default_factory=BatchStats)
     flow: str = "transfer"  # `transfers` counts commands: two per two-phase cash-out
     ceiling_per_s: float | None = None  # bench ceiling, same run and database (transfers only)
     workers: int = 2
@@ -123,8 +132,10 @@ class E2EResult:
                 "p99": round(self.p99_ms, 1),
             },
             **({"latency_windows": self.windows.as_json()} if self.windows else {}),
-            "worker_batch_mean_commands": round(self.batch_mean, 1),
-            "worker_batch_mean_ms": round(self.batch_ms_mean, 1),
+            "worker_batch_mean_commands": round(self.batch.commands, 1),
+            "worker_batch_mean_ms": round(self.batch.ms, 1),
+            "worker_batch_lock_wait_mean_ms": round(self.batch.lock_wait_ms, 1),
+            "worker_batch_locked_mean_ms": round(self.batch.locked_ms, 1),
             "flow": self.flow,
             "ceiling_per_s": round(self.ceiling_per_s) if self.ceiling_per_s else None,
             "ratio": (
@@ -351,7 +362,7 @@ async def run_e2e(
         latencies = sorted(latency for _, latency in samples)
         last = max(received.values())
         q = statistics.quantiles(latencies, n=100)
-        batch_mean, batch_ms = _batch_stats(processes[:workers], _RESULTS[flow])
+        batch = _batch_stats(processes[:workers], _RESULTS[flow])
         ceiling_per_s = None
         if flow == "transfer" and ceiling and rate is None:  # a yardstick for full speed
             # The yardstick from the same run, on the same database and wallets. Workers and
@@ -370,8 +381,7 @@ async def run_e2e(
             q[49],
             q[94],
             q[98],
-            batch_mean,
-            batch_ms,
+            batch,
             flow,
             ceiling_per_s=ceiling_per_s,
             workers=workers,
@@ -399,16 +409,22 @@ def _metric_sum(text: str, name: str, flows: tuple[Flow, ...]) -> float:
     )
 
 
-def _batch_stats(workers: list[ManagedProcess], flows: tuple[Flow, ...]) -> tuple[float, float]:
-    """Mean commands per batch and mean batch time (ms), from the workers' own metrics."""
-    size_sum = size_count = seconds_sum = seconds_count = 0.0
+def _batch_stats(workers: list[ManagedProcess], flows: tuple[Flow, ...]) -> BatchStats:
+    histograms = (
+        ("ledgerflow_batch_size_commands", 1.0),
+        ("ledgerflow_batch_duration_seconds", 1000.0),
+        ("ledgerflow_batch_lock_wait_seconds", 1000.0),
+        ("ledgerflow_batch_locked_seconds", 1000.0),
+    )
+    sums = [0.0] * len(histograms)
+    counts = [0.0] * len(histograms)
     for worker in workers:
         _, text = worker.get("/metrics")
-        size_sum += _metric_sum(text, "ledgerflow_batch_size_commands_sum", flows)
-        size_count += _metric_sum(text, "ledgerflow_batch_size_commands_count", flows)
-        seconds_sum += _metric_sum(text, "ledgerflow_batch_duration_seconds_sum", flows)
-        seconds_count += _metric_sum(text, "ledgerflow_batch_duration_seconds_count", flows)
-    return (
-        size_sum / size_count if size_count else 0.0,
-        1000 * seconds_sum / seconds_count if seconds_count else 0.0,
-    )
+        for i, (name, _) in enumerate(histograms):
+            sums[i] += _metric_sum(text, name + "_sum", flows)
+            counts[i] += _metric_sum(text, name + "_count", flows)
+    means = [
+        scale * total / count if count else 0.0
+        for (_, scale), total, count in zip(histograms, sums, counts, strict=True)
+    ]
+    return BatchStats(*means)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -131,6 +132,17 @@ class Outcome:
     topic: str
 
 
+@dataclass(slots=True)
+class LockTiming:
+    """A batch's row locks, in seconds (perf_counter): how long taking them took (waiting for
+    other batches that hold some, then the statements), and how long they were held, from
+    taken to committed. Batches that share a wallet take turns for `locked_s` each."""
+
+    lock_wait_s: float = 0.0
+    locked_s: float = 0.0
+    locked_at: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class _Stored:
     content_hash: bytes
@@ -196,18 +208,25 @@ class LedgerWriter:
     wallet_attributes: WalletAttributes = field(default_factory=WalletAttributes)
     _house_currencies: set[str] = field(default_factory=set)
 
-    async def apply(self, batch: Sequence[Incoming]) -> list[Outcome]:
+    async def apply(
+        self, batch: Sequence[Incoming], *, timing: LockTiming | None = None
+    ) -> list[Outcome]:
+        """`timing`, when given, is filled with how long the batch waited for its row locks and
+        how long it held them (the attempt that committed)."""
         assert len(batch) <= BATCH_COMMANDS_MAX, "batches are bounded"
         if not batch:
             return []
         await self._ensure_house_accounts(_currencies(batch))
 
         async def work(conn: asyncpg.Connection) -> list[Outcome]:
-            return await _apply_in_transaction(conn, batch, self)
+            return await _apply_in_transaction(conn, batch, self, timing)
 
-        return await run_in_transaction(
+        outcomes = await run_in_transaction(
             self.pool, work, retries_max=self.retries_max, stats=self.retry_stats
         )
+        if timing is not None and timing.locked_at is not None:
+            timing.locked_s = time.perf_counter() - timing.locked_at
+        return outcomes
 
     async def expire_holds(self, limit: int = EXPIRY_ROUND_MAX) -> list[Outcome]:
         """One expiry round: void up to `limit` pending holds past their time, each exactly
@@ -434,7 +453,10 @@ async def _read_attributes(
 
 
 async def _apply_in_transaction(
-    conn: asyncpg.Connection, batch: Sequence[Incoming], writer: LedgerWriter
+    conn: asyncpg.Connection,
+    batch: Sequence[Incoming],
+    writer: LedgerWriter,
+    timing: LockTiming | None = None,
 ) -> list[Outcome]:
     topic_prefix, vault, content_key = writer.topic_prefix, writer.vault, writer.content_hash_key
     valid = [item.command for item in batch if isinstance(item.command, ValidCommand)]
@@ -469,7 +491,11 @@ async def _apply_in_transaction(
     if refunded:  # the payers are credited: their wallets are locked with the others
         payers = await conn.fetch(sql.SELECT_PAYMENT_PAYERS, refunded)
         wallet_ids = list(set(wallet_ids) | {row["payer_account_id"] for row in payers})
+    locking = time.perf_counter()
     book = await _lock_book(conn, writer, wallet_ids, _named_cashouts(commands), refunded)
+    if timing is not None:
+        timing.locked_at = time.perf_counter()
+        timing.lock_wait_s = timing.locked_at - locking
     merchants = [
         w.customer_id
         for w in book.wallets.values()

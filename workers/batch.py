@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ledgerflow.contracts.parsing import InvalidCommand, Unattributable, ValidCommand, parse_command
-from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, Outcome
+from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, LockTiming, Outcome
 from ledgerflow.workers import metrics, tracing
 from ledgerflow.workers.auth import Authenticator, Refusal
 from ledgerflow.workers.dead_letters import DeadLetter, dead_letter
@@ -135,8 +135,12 @@ class BatchProcessor:
         stats = self.writer.retry_stats
         retries_before = dict(stats.by_cause)
         ended_before = stats.stuck_sessions_ended
+        timing = LockTiming()
         with tracing.ledger_transaction(self.flow.name, len(incoming)):
-            outcomes = await self.writer.apply(incoming)
+            outcomes = await self.writer.apply(incoming, timing=timing)
+        if timing.locked_at is not None:
+            metrics.BATCH_LOCK_WAIT.labels(self.flow.name).observe(timing.lock_wait_s)
+            metrics.BATCH_LOCKED.labels(self.flow.name).observe(timing.locked_s)
         metrics.STUCK_SESSIONS_ENDED.inc(stats.stuck_sessions_ended - ended_before)
         for cause, count in stats.by_cause.items():
             if count > retries_before.get(cause, 0):

@@ -50,6 +50,22 @@ BATCH_DURATION = Histogram(
     ["flow"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+# Batches that share a wallet (or a hot merchant) take turns under their row locks: a wait
+# growing toward the held time means the flow's batches queue on each other (docs/scaling.md).
+LOCK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+BATCH_LOCK_WAIT = Histogram(
+    "ledgerflow_batch_lock_wait_seconds",
+    "Time a batch's transaction took to lock the rows it decides on: waiting for other "
+    "batches' locks, then the statements.",
+    ["flow"],
+    buckets=LOCK_BUCKETS,
+)
+BATCH_LOCKED = Histogram(
+    "ledgerflow_batch_locked_seconds",
+    "Time a batch held its row locks, from taking them to its transaction committed.",
+    ["flow"],
+    buckets=LOCK_BUCKETS,
+)
 COMMAND_LATENCY = Histogram(
     "ledgerflow_command_latency_seconds",
     "Time from a command's Kafka timestamp to its batch's transaction committed, by flow.",
@@ -218,6 +234,8 @@ def initialize_flow(flow: str, command_topic: str) -> None:
         DB_RETRIES.labels(cause)
     BATCH_SIZE.labels(flow)
     BATCH_DURATION.labels(flow)
+    BATCH_LOCK_WAIT.labels(flow)
+    BATCH_LOCKED.labels(flow)
     COMMAND_LATENCY.labels(flow)
     OFFSET_COMMIT_FAILURES.labels(flow)
     CONSUMER_RESTARTS.labels(flow)

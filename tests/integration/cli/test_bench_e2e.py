@@ -55,6 +55,11 @@ async def test_refund_flow_is_measured_with_its_cpu_and_profiles(
     assert 0 < result.windows.median_p99_ms <= result.windows.worst_p99_ms
     assert result.as_json()["latency_windows"] == result.windows.as_json()
     assert result.cpu_s["worker transfer"] > 0
+    # Every batch locked the hot merchant: the workers' own lock histograms, averaged.
+    assert result.batch.commands > 0
+    assert 0 < result.batch.locked_ms <= result.batch.ms
+    assert 0 < result.batch.lock_wait_ms <= result.batch.ms
+    assert result.as_json()["worker_batch_locked_mean_ms"] == round(result.batch.locked_ms, 1)
     assert result.cpu_s["relay"] > 0
     assert result.ceiling_per_s is None  # the yardstick is measured for transfers only
     if py_spy_path() is not None:

@@ -85,6 +85,11 @@ async def test_metrics_follow_the_workload_and_lag_follows_the_worker(
         assert worker.total("ledgerflow_batch_size_commands_sum") == total + 1  # + the garbage
         assert worker.total("ledgerflow_command_latency_seconds_count") == total + 1
         assert worker.total("ledgerflow_batch_duration_seconds_count") >= len(sent)
+        # Every batch that decided commands took and held its row locks for a measured while.
+        locked = worker.total("ledgerflow_batch_locked_seconds_count")
+        assert locked >= len(sent)
+        assert worker.total("ledgerflow_batch_lock_wait_seconds_count") == locked
+        assert worker.total("ledgerflow_batch_locked_seconds_sum") > 0
         assert worker.total("ledgerflow_batch_failures_total") == 0
         # FastStream's middleware: every record received and acked, per handler (topic).
         for flow, count in sent.items():

@@ -31,7 +31,7 @@ from ledgerflow.workers.failures import is_infrastructure
 
 if TYPE_CHECKING:
     from ledgerflow.contracts.parsing import ValidCommand
-    from ledgerflow.ledger_db.apply import Incoming, Outcome
+    from ledgerflow.ledger_db.apply import Incoming, LockTiming, Outcome
     from ledgerflow.workers.dead_letters import DeadLetter
 
 REFRESH_MIN_S = 30.0
@@ -247,7 +247,9 @@ class NoWriter:
     retry_stats: RetryStats = field(default_factory=RetryStats)
     applied: int = 0
 
-    async def apply(self, batch: list[Incoming]) -> list[Outcome]:
+    async def apply(
+        self, batch: list[Incoming], *, timing: LockTiming | None = None
+    ) -> list[Outcome]:
         self.applied += len(batch)
         return []
 

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from ledgerflow.contracts.topics import TRANSFER
-from ledgerflow.ledger_db.apply import Incoming, Outcome, OutcomeKind
+from ledgerflow.ledger_db.apply import Incoming, LockTiming, Outcome, OutcomeKind
 from ledgerflow.ledger_db.unit_of_work import RetryStats
 from ledgerflow.testkit.commands import ConsumedRecord, record, transfer
 from ledgerflow.workers.batch import BatchProcessor, InjectedFault, PoisonUnproven
@@ -32,7 +32,9 @@ class FakeWriter:
     applied: list[str] = field(default_factory=list)
     retry_stats: RetryStats = field(default_factory=RetryStats)
 
-    async def apply(self, batch: list[Incoming]) -> list[Outcome]:
+    async def apply(
+        self, batch: list[Incoming], *, timing: LockTiming | None = None
+    ) -> list[Outcome]:
         if self.error is not None:
             raise self.error
         outcomes = []
