@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
+from ledger_helpers import wallet_held
 
 from ledgerflow.contracts.events import RejectReason
 from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, OutcomeKind
@@ -146,30 +147,13 @@ async def test_midnight_race_with_the_row_locked_across_the_boundary(
     late = writer_at(pool, DAILY, BEFORE_MIDNIGHT)
     next_day = writer_at(pool, DAILY, AFTER_MIDNIGHT)
     assert await out(late, w, 600) is None  # 14 March: 600
-    holder = await asyncpg.connect(database.app_url)
-    admin = await asyncpg.connect(database.admin_url)
-    try:
-
-        async def waiting() -> int:
-            return int(
-                await admin.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            )
-
-        transaction = holder.transaction()
-        await transaction.start()
-        await holder.execute("SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE", w)
+    async with wallet_held(database, w) as held:
         first = asyncio.ensure_future(out(next_day, w, 600))
-        await wait_until(lambda: _at_least(waiting, 1), timeout_s=10, message="one waits")
+        await wait_until(lambda: _at_least(held.waiting, 1), timeout_s=10, message="one waits")
         second = asyncio.ensure_future(out(late, w, 600))
-        await wait_until(lambda: _at_least(waiting, 2), timeout_s=10, message="both wait")
-        await transaction.commit()
+        await wait_until(lambda: _at_least(held.waiting, 2), timeout_s=10, message="both wait")
+        await held.release()
         assert list(await asyncio.gather(first, second)) == [None, LIMIT]
-    finally:
-        await admin.close()
-        await holder.close()
     assert tuple(await pool.fetchrow(OUTGOING, w)) == (600, 1_200)
     assert tuple(await pool.fetchrow(DAYS, w)) == ("2027-03-15", "2027-03-01")
     await assert_audit_passes(database.admin_url)

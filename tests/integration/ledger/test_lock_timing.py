@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from ledger_helpers import wallet_held
 
 from ledgerflow.ledger_db.apply import Incoming, LedgerWriter, LockTiming, OutcomeKind
 from ledgerflow.ledger_db.queries import get_account
@@ -34,33 +35,16 @@ async def test_a_batch_behind_another_transactions_lock_reports_the_wait(
     assert 0 < alone.lock_wait_s < HELD_S
     assert 0 < alone.locked_s < HELD_S
 
-    holder = await asyncpg.connect(database.app_url)
-    admin = await asyncpg.connect(database.admin_url)
-    try:
-
-        async def waiting() -> bool:
-            return bool(
-                await admin.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            )
-
-        transaction = holder.transaction()
-        await transaction.start()
-        await holder.execute("SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE", receiver)
+    async with wallet_held(database, receiver) as held:
         behind = LockTiming()
         batch = [Incoming(parsed(transfer(sender, receiver, 20)))]
         applied = asyncio.ensure_future(writer.apply(batch, timing=behind))
-        await wait_until(waiting, timeout_s=10, message="the batch waits for the wallet")
+        await wait_until(held.waiting, timeout_s=10, message="the batch waits for the wallet")
         blocked_at = time.perf_counter()
         await asyncio.sleep(HELD_S)  # the wait being measured, not a synchronisation
         released_at = time.perf_counter()
-        await transaction.rollback()
+        await held.release()
         outcomes = await applied
-    finally:
-        await admin.close()
-        await holder.close()
     assert [o.kind for o in outcomes] == [OutcomeKind.COMPLETED]
     assert behind.lock_wait_s >= released_at - blocked_at
     # Held from the locks to the commit: the batch's own work, not the other's hold.
