@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
+
+from asyncpg.pgproto import pgproto
 
 from ledgerflow.contracts.codec import encode_event
 from ledgerflow.contracts.commands import (
@@ -76,6 +79,8 @@ if TYPE_CHECKING:
 # pid, so concurrent batches rarely queue on one row (docs/decisions/hot-house-accounts.md).
 HOUSE_SHARDS = 16
 BATCH_COMMANDS_MAX = 5_000
+# Ids made at once: a result event per command and a journal entry per valid one.
+RANDOM_IDS_MAX = 2 * BATCH_COMMANDS_MAX
 # Commands decided before their rows are handed to PostgreSQL: small enough that it starts
 # early and never waits long for the next chunk, large enough that each insert carries enough
 # rows to be worth its round trips (docs/benchmarks.md).
@@ -491,8 +496,14 @@ async def _apply_in_transaction(
     if refunded:  # the payers are credited: their wallets are locked with the others
         payers = await conn.fetch(sql.SELECT_PAYMENT_PAYERS, refunded)
         wallet_ids = list(set(wallet_ids) | {row["payer_account_id"] for row in payers})
+    # Every id the batch can need (a result event per command, a journal entry per valid one),
+    # made now: under the locks each would cost the batch sharing a wallet its wait.
+    event_ids = random_ids(len(batch) + len(commands))
+    entry_ids = event_ids[len(batch) :]
+    del event_ids[len(batch) :]
     locking = time.perf_counter()
     book = await _lock_book(conn, writer, wallet_ids, _named_cashouts(commands), refunded)
+    book.entry_ids = entry_ids
     if timing is not None:
         timing.locked_at = time.perf_counter()
         timing.lock_wait_s = timing.locked_at - locking
@@ -540,7 +551,7 @@ async def _apply_in_transaction(
             else:
                 inserted = asyncio.ensure_future(_insert_after(inserted, conn, decided))
                 answers = _Inserts()
-            outcomes += await _answer_all(pending, answers, now, write_key)
+            outcomes += await _answer_all(pending, answers, now, write_key, event_ids)
             inserted = asyncio.ensure_future(_insert_after(inserted, conn, answers))
         balances = _balance_update(writes, book, conn.get_server_pid() % HOUSE_SHARDS)
     finally:
@@ -783,11 +794,16 @@ def _resolve(writes: _Writes, void: HoldVoided) -> None:
 
 
 async def _answer_all(
-    pending: list[_Pending], rows: _Inserts, now: datetime, write_key: ContentHashKey | None
+    pending: list[_Pending],
+    rows: _Inserts,
+    now: datetime,
+    write_key: ContentHashKey | None,
+    event_ids: list[uuid.UUID],
 ) -> list[Outcome]:
     """Encode each result event once (replays reuse the original bytes and id), in order.
 
-    Records store the content hash keyed under `write_key`, or plain while it is None.
+    New events take their ids from the end of `event_ids`, made before the locks. Records
+    store the content hash keyed under `write_key`, or plain while it is None.
     """
     outcomes: list[Outcome] = []
     for index, p in enumerate(pending):
@@ -800,7 +816,7 @@ async def _answer_all(
         else:
             assert p.data is not None, "a decided result has data"
             assert p.event_type, "and its CloudEvents type"
-            p.event_uuid = uuid.uuid4()
+            p.event_uuid = event_ids.pop() if event_ids else uuid.uuid4()
             p.event_id = str(p.event_uuid)
             p.payload = _encode(p.event_type, p.data, p.event_id, cmd, now)
         if p.recorded:  # decided in this batch, so encoded just above
@@ -828,6 +844,19 @@ async def _answer_all(
             Outcome(flow.name, cmd.idempotency_key, p.kind, p.reason, p.event_id, p.topic)
         )
     return outcomes
+
+
+def random_ids(count: int) -> list[uuid.UUID]:
+    """`count` random (version 4) UUIDs from one read of the OS's randomness, as asyncpg's C
+    UUID type, the type its rows carry: about a quarter of `uuid.uuid4()`'s cost each, and
+    copied into binary COPY as they are, not converted."""
+    assert 0 <= count <= RANDOM_IDS_MAX, f"{count} ids at once"
+    raw = bytearray(os.urandom(16 * count))
+    for at in range(6, 16 * count, 16):
+        raw[at] = raw[at] & 0x0F | 0x40  # version 4
+        raw[at + 2] = raw[at + 2] & 0x3F | 0x80  # the RFC 4122 variant
+    made = bytes(raw)
+    return [pgproto.UUID(made[at : at + 16]) for at in range(0, 16 * count, 16)]
 
 
 def _recorded_subject(subject: str | None) -> str | None:

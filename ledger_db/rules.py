@@ -74,11 +74,6 @@ def wallet_account_id(customer_id: UUID, currency: str) -> UUID:
     return uuid.uuid5(LEDGER_NAMESPACE, f"wallet:{customer_id}:{currency}")
 
 
-def new_journal_entry_id() -> UUID:
-    """Random: the journal's UNIQUE (flow, idempotency_key) is what refuses a second application."""
-    return uuid.uuid4()
-
-
 @dataclass(frozen=True, slots=True)
 class TierLimits:
     """Bounds in minor units; None means unbounded. A tier without limits moves no money."""
@@ -294,6 +289,10 @@ class Book:
     default_fee: FeeSchedule = field(default_factory=FeeSchedule)
     # The payments the batch's refunds name, and those it completes, by payment_id.
     payments: dict[UUID, Payment] = field(default_factory=dict)
+    # Journal-entry ids made before the batch took its locks, drawn from the end; once they run
+    # out, each is made when needed. Random: the journal's UNIQUE (flow, idempotency_key) is
+    # what refuses a second application, not the id.
+    entry_ids: list[UUID] = field(default_factory=list)
 
     def refuse_owner(self, command: LedgerCommand, subject: str | None) -> str | None:
         """Why `subject` may not debit the wallet the command names (None: it may).
@@ -731,7 +730,8 @@ class Book:
             if posting.amount < 0 and counts_outgoing:
                 self._count_outgoing(wallet, -posting.amount)
                 out_day = wallet.out_day
-        return MoneyMoved(new_journal_entry_id(), postings, first.balance, out_day, tuple(after))
+        entry_id = self.entry_ids.pop() if self.entry_ids else uuid.uuid4()
+        return MoneyMoved(entry_id, postings, first.balance, out_day, tuple(after))
 
 
 def _cash_out_postings(cashout: CashOut, wallet_id: UUID) -> tuple[Posting, ...]:
