@@ -186,6 +186,27 @@ async def _fund_wallets(
         await pool.close()
 
 
+def run_settings(
+    batch_records_max: int,
+    auth: Mapping[str, str],
+    overrides: Mapping[str, str],
+    *,
+    naive: bool,
+) -> dict[str, str]:
+    """The workers' settings for a run: the run's own, then `--setting`'s, which win (a batch
+    size among them is the ceiling's too); the naive mode's one-record batches win over all."""
+    settings = {
+        "batch_records_max": str(batch_records_max),
+        "basic_single_amount_max": str(10**15),
+        "basic_balance_max": str(10**15),
+        **auth,
+        **overrides,
+    }
+    if naive:
+        settings["batch_records_max"] = "1"
+    return settings
+
+
 async def run_e2e(
     owner_url: str,
     app_url: str,
@@ -220,16 +241,15 @@ async def run_e2e(
     identity = Issuer()
     signer = Signer(identity, owners=owners, ttl_s=3_600)
 
-    env = ledgerflow_env(
-        bench_app_url,
-        bootstrap_servers,
-        prefix,
-        batch_records_max="1" if naive else str(batch_records_max),
-        basic_single_amount_max=str(10**15),
-        basic_balance_max=str(10**15),
-        **(identity.settings(log_dir / "jwks.json") if auth else {"auth_mode": "off"}),
-        **(worker_settings or {}),
+    settings = run_settings(
+        batch_records_max,
+        identity.settings(log_dir / "jwks.json") if auth else {"auth_mode": "off"},
+        worker_settings or {},
+        naive=naive,
     )
+    if not naive:  # the ceiling batches as the workers do
+        batch_records_max = int(settings["batch_records_max"])
+    env = ledgerflow_env(bench_app_url, bootstrap_servers, prefix, **settings)
     processes: list[ManagedProcess] = []
     try:
         processes.extend(
