@@ -79,6 +79,24 @@ def test_second_debit_in_a_batch_sees_the_first() -> None:
     assert (a.balance, b.balance) == (100, 400)
 
 
+def test_entries_take_the_ids_made_before_the_locks_then_fresh_ones() -> None:
+    a, b = wallet(500), wallet(0)
+    ledger = book(a, b)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    ledger.entry_ids = [second, first]  # drawn from the end
+    moved = [ledger.decide(transfer(a, b, 10)) for _ in range(3)]
+    assert all(isinstance(m, MoneyMoved) for m in moved)
+    ids = [m.entry_id for m in moved if isinstance(m, MoneyMoved)]
+    assert ids[:2] == [first, second]
+    assert ids[2] not in (first, second)
+    assert ids[2].version == 4
+    assert ledger.entry_ids == []
+    # A rejection takes no id.
+    ledger.entry_ids = [first]
+    assert isinstance(ledger.decide(transfer(a, b, 10_000)), Rejected)
+    assert ledger.entry_ids == [first]
+
+
 @pytest.mark.parametrize(
     ("setup", "reason"),
     [
