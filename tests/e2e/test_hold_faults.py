@@ -125,9 +125,12 @@ async def test_kill9_worker_while_it_settles_holds(
     ) as p:
         holds = await place_holds(p, expires_in_s=3_600)
         total = len(holds)
+        # Watched from the first publish: a worker that keeps pace with the publishing has
+        # settled them all by the last one, so a watch begun after it finds nothing midway.
+        killing = asyncio.create_task(kill_when(p, "status = 'settled'", total))
         for hold in holds:
             await publish(p.producer, settle(hold), CASHOUT_SETTLE, p.prefix)
-        settled_at_kill = await kill_when(p, "status = 'settled'", total)
+        settled_at_kill = await killing
         await asyncio.to_thread(p.start, "worker", "all")
         for hold in holds:
             await p.results.wait_for_key(str(hold.cashout_id), TIMEOUT_S, count=2)
