@@ -498,9 +498,8 @@ async def _apply_in_transaction(
         wallet_ids = list(set(wallet_ids) | {row["payer_account_id"] for row in payers})
     # Every id the batch can need (a result event per command, a journal entry per valid one),
     # made now: under the locks each would cost the batch sharing a wallet its wait.
-    event_ids = random_ids(len(batch) + len(commands))
-    entry_ids = event_ids[len(batch) :]
-    del event_ids[len(batch) :]
+    ids = random_ids(len(batch) + len(commands))
+    event_ids, entry_ids = ids[: len(batch)], ids[len(batch) :]
     locking = time.perf_counter()
     book = await _lock_book(conn, writer, wallet_ids, _named_cashouts(commands), refunded)
     book.entry_ids = entry_ids
@@ -802,7 +801,8 @@ async def _answer_all(
 ) -> list[Outcome]:
     """Encode each result event once (replays reuse the original bytes and id), in order.
 
-    New events take their ids from the end of `event_ids`, made before the locks. Records
+    New events take their ids from the end of `event_ids`, made before the locks (one per
+    command of the batch, so they never run out). Records
     store the content hash keyed under `write_key`, or plain while it is None.
     """
     outcomes: list[Outcome] = []
@@ -816,7 +816,7 @@ async def _answer_all(
         else:
             assert p.data is not None, "a decided result has data"
             assert p.event_type, "and its CloudEvents type"
-            p.event_uuid = event_ids.pop() if event_ids else uuid.uuid4()
+            p.event_uuid = event_ids.pop()
             p.event_id = str(p.event_uuid)
             p.payload = _encode(p.event_type, p.data, p.event_id, cmd, now)
         if p.recorded:  # decided in this batch, so encoded just above
