@@ -8,9 +8,22 @@ from typing import Any
 import asyncpg
 import pytest
 
-from ledgerflow.ledger_db.apply import LedgerWriter
+from ledgerflow.contracts.commands import InitiatePayment
+from ledgerflow.ledger_db.apply import LedgerWriter, OutcomeKind
 from ledgerflow.ledger_db.audit import run_audit
-from ledgerflow.testkit.commands import apply_all, cashin, onboarding, transfer, wallet_of
+from ledgerflow.testkit.commands import (
+    apply_all,
+    cashin,
+    held_cashout,
+    merchant,
+    onboarding,
+    payment,
+    refund,
+    settle,
+    transfer,
+    wallet_of,
+)
+from ledgerflow.testkit.plugin import assert_audit_passes
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +132,107 @@ async def test_posting_currency_must_be_the_accounts(writer: LedgerWriter, datab
     try:
         with pytest.raises(asyncpg.CheckViolationError, match="currency"):
             await post_entry(conn, ("USD", a, -10), ("USD", b, 10))
+    finally:
+        await conn.close()
+
+
+async def paid_and_half_refunded(writer: LedgerWriter) -> InitiatePayment:
+    payer, seller = onboarding(), merchant()
+    await apply_all(writer, payer, seller, cashin(wallet_of(payer), 10_000))
+    paid = payment(wallet_of(payer), wallet_of(seller), 1_000)
+    await apply_all(writer, paid)
+    await apply_all(writer, refund(paid, 500))
+    return paid
+
+
+NEW_PAYMENT = (
+    "INSERT INTO payments (payment_id, payer_account_id, merchant_account_id, currency, amount,"
+    " fee, entry_id) VALUES ($1, $2, $3, 'EUR', 1000, 15, $4)"
+)
+
+
+@pytest.mark.parametrize("missing", ["payer_account_id", "merchant_account_id", "entry_id"])
+async def test_a_payment_names_rows_that_exist(
+    missing: str, writer: LedgerWriter, database: Any
+) -> None:
+    """Checked once per statement (0011), as strictly as the foreign keys it replaced."""
+    paid = await paid_and_half_refunded(writer)
+    conn = await asyncpg.connect(database.app_url)
+    transaction = conn.transaction()
+    await transaction.start()
+    try:  # rolled back: the hand-made entry has no postings
+        entry, other = uuid.uuid4(), uuid.uuid4()
+        for made in (entry, other):
+            await conn.execute(NEW_ENTRY, made, uuid.uuid4())
+        named = {
+            "payer_account_id": paid.from_account_id,
+            "merchant_account_id": paid.merchant_account_id,
+            "entry_id": entry,
+        }
+        await conn.execute(NEW_PAYMENT, uuid.uuid4(), *named.values())  # every row exists
+        nowhere = uuid.uuid4()
+        bad = {**named, "entry_id": other, missing: nowhere}
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match=f"not exist: {nowhere}"):
+            await conn.execute(NEW_PAYMENT, uuid.uuid4(), *bad.values())
+    finally:
+        await transaction.rollback()
+        await conn.close()
+
+
+async def test_a_hold_names_its_wallet_and_its_settling_entry(
+    writer: LedgerWriter, database: Any
+) -> None:
+    """Checked once per statement (0011) when a hold is placed and when it is resolved."""
+    owner = onboarding()
+    await apply_all(writer, owner, cashin(wallet_of(owner), 10_000))
+    approve = held_cashout(wallet_of(owner), 1_000)
+    await apply_all(writer, approve)
+    conn = await asyncpg.connect(database.owner_url)
+    try:
+        nowhere = uuid.uuid4()
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match=f"not exist: {nowhere}"):
+            await conn.execute(
+                "INSERT INTO holds (cashout_id, wallet_account_id, currency, amount, fee,"
+                " placed_at, expires_at, out_day, command_event_id, correlation_id)"
+                " SELECT $1, $2, currency, amount, fee, placed_at, expires_at, out_day,"
+                " 'e', 'c' FROM holds WHERE cashout_id = $3",
+                uuid.uuid4(),
+                nowhere,
+                approve.cashout_id,
+            )
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match=f"not exist: {nowhere}"):
+            await conn.execute(
+                "UPDATE holds SET status = 'settled', resolved_at = now(), settle_entry_id = $1"
+                " WHERE cashout_id = $2",
+                nowhere,
+                approve.cashout_id,
+            )
+    finally:
+        await conn.close()
+    [settled] = await apply_all(writer, settle(approve))  # the real settlement passes
+    assert settled.kind is OutcomeKind.COMPLETED
+    await assert_audit_passes(writer.pool)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["refunded = refunded - 1", "amount = amount + 1", "merchant_account_id = payer_account_id"],
+)
+async def test_refunds_only_grow_even_for_the_owner(
+    change: str, writer: LedgerWriter, database: Any
+) -> None:
+    paid = await paid_and_half_refunded(writer)
+    conn = await asyncpg.connect(database.owner_url)
+    try:
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="refunded further"):
+            await conn.execute(
+                f"UPDATE payments SET {change} WHERE payment_id = $1", paid.payment_id
+            )
+        # What a refund does passes the trigger (and the row's checks).
+        await conn.execute(
+            "UPDATE payments SET refunded = amount, fee_returned = fee WHERE payment_id = $1",
+            paid.payment_id,
+        )
     finally:
         await conn.close()
 
