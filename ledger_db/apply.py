@@ -802,8 +802,8 @@ async def _answer_all(
     """Encode each result event once (replays reuse the original bytes and id), in order.
 
     New events take their ids from the end of `event_ids`, made before the locks (one per
-    command of the batch, so they never run out). Records
-    store the content hash keyed under `write_key`, or plain while it is None.
+    command of the batch, so they never run out). Records store the content hash keyed under
+    `write_key`, or plain while it is None.
     """
     outcomes: list[Outcome] = []
     for index, p in enumerate(pending):

@@ -6,8 +6,8 @@
 -- each a query of its own with a FOR KEY SHARE lock: 10 of the 14.6 ms that a COPY of 420
 -- payments took, under the lock of the merchant's wallet, which every payment and refund of
 -- that merchant queues on (docs/benchmarks.md). A statement trigger looks each account the
--- statement names up once and each entry once, by primary key, as `check_postings()` (0010)
--- does: the COPY takes 4.8 ms.
+-- statement names up once and each entry once, by primary key (`unknown_reference`), as
+-- `check_postings()` (0010) does: the COPY takes 4.8 ms.
 --
 -- What the foreign keys also gave, and why it is not lost: they locked the referenced rows
 -- against a concurrent DELETE. Journal entries are never deleted or truncated (0001's triggers
@@ -27,36 +27,35 @@ ALTER TABLE payments
     DROP CONSTRAINT payments_merchant_account_id_fkey,
     DROP CONSTRAINT payments_entry_id_fkey;
 
+-- The one lookup both checks use: the first of the accounts and then of the journal entries
+-- named that does not exist (no row: all do). Scalar subqueries, never turned into joins: one
+-- primary-key probe per id, whatever the tables' size. Callers pass each id once.
+CREATE FUNCTION unknown_reference(accounts_named uuid[], entries_named uuid[])
+RETURNS TABLE (kind text, id uuid) LANGUAGE sql STABLE AS $$
+    (SELECT 'an account', i FROM unnest(accounts_named) AS i
+      WHERE (SELECT a.id FROM accounts a WHERE a.id = i) IS NULL LIMIT 1)
+    UNION ALL
+    (SELECT 'a journal entry', i FROM unnest(entries_named) AS i
+      WHERE (SELECT e.id FROM journal_entries e WHERE e.id = i) IS NULL LIMIT 1)
+    LIMIT 1
+$$;
+
 CREATE FUNCTION check_payments() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    missing uuid;
-    problem text;
+    unknown record;
 BEGIN
-    -- Each account once (a batch's payments share their merchant), each entry once; scalar
-    -- subqueries, never turned into joins: one probe per id, whatever the tables' size.
-    SELECT r.id INTO missing
-      FROM (SELECT payer_account_id AS id FROM new_payments
-            UNION SELECT merchant_account_id FROM new_payments) r
-     WHERE (SELECT a.id FROM accounts a WHERE a.id = r.id) IS NULL
-     LIMIT 1;
-    IF missing IS NOT NULL THEN
-        SELECT 'payment ' || p.payment_id || ' names a '
-               || CASE WHEN p.payer_account_id = missing THEN 'payer' ELSE 'merchant' END
-               || ' account that does not exist: ' || missing
-          INTO problem
-          FROM new_payments p
-         WHERE missing IN (p.payer_account_id, p.merchant_account_id)
-         LIMIT 1;
-    ELSE
-        SELECT 'payment ' || p.payment_id || ' names a journal entry that does not exist: '
-               || p.entry_id
-          INTO problem
-          FROM new_payments p
-         WHERE (SELECT e.id FROM journal_entries e WHERE e.id = p.entry_id) IS NULL
-         LIMIT 1;
-    END IF;
-    IF problem IS NOT NULL THEN
-        RAISE EXCEPTION '%', problem USING ERRCODE = 'foreign_key_violation';
+    -- Each account once (a batch's payments share their merchant).
+    SELECT * INTO unknown FROM unknown_reference(
+        ARRAY(SELECT payer_account_id FROM new_payments
+              UNION SELECT merchant_account_id FROM new_payments),
+        ARRAY(SELECT entry_id FROM new_payments));
+    IF unknown.id IS NOT NULL THEN
+        RAISE EXCEPTION 'payment % names % that does not exist: %',
+            (SELECT p.payment_id FROM new_payments p
+              WHERE unknown.id IN (p.payer_account_id, p.merchant_account_id, p.entry_id)
+              LIMIT 1),
+            unknown.kind, unknown.id
+            USING ERRCODE = 'foreign_key_violation';
     END IF;
     RETURN NULL;
 END $$;
@@ -86,29 +85,20 @@ ALTER TABLE holds
 
 CREATE FUNCTION check_holds() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    problem text;
+    unknown record;
 BEGIN
     -- The wallet is checked when a hold is placed: holds_resolve_once refuses to change it.
-    IF TG_OP = 'INSERT' THEN
-        SELECT 'hold ' || h.cashout_id || ' names a wallet account that does not exist: '
-               || h.wallet_account_id
-          INTO problem
-          FROM (SELECT DISTINCT ON (wallet_account_id) cashout_id, wallet_account_id
-                  FROM new_holds) h
-         WHERE (SELECT a.id FROM accounts a WHERE a.id = h.wallet_account_id) IS NULL
-         LIMIT 1;
-    END IF;
-    IF problem IS NULL THEN
-        SELECT 'hold ' || h.cashout_id || ' names a journal entry that does not exist: '
-               || h.settle_entry_id
-          INTO problem
-          FROM new_holds h
-         WHERE h.settle_entry_id IS NOT NULL
-           AND (SELECT e.id FROM journal_entries e WHERE e.id = h.settle_entry_id) IS NULL
-         LIMIT 1;
-    END IF;
-    IF problem IS NOT NULL THEN
-        RAISE EXCEPTION '%', problem USING ERRCODE = 'foreign_key_violation';
+    SELECT * INTO unknown FROM unknown_reference(
+        CASE WHEN TG_OP = 'INSERT'
+             THEN ARRAY(SELECT DISTINCT wallet_account_id FROM new_holds) END,
+        ARRAY(SELECT settle_entry_id FROM new_holds WHERE settle_entry_id IS NOT NULL));
+    IF unknown.id IS NOT NULL THEN
+        RAISE EXCEPTION 'hold % names % that does not exist: %',
+            (SELECT h.cashout_id FROM new_holds h
+              WHERE unknown.id IN (h.wallet_account_id, h.settle_entry_id)
+              LIMIT 1),
+            unknown.kind, unknown.id
+            USING ERRCODE = 'foreign_key_violation';
     END IF;
     RETURN NULL;
 END $$;
