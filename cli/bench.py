@@ -21,12 +21,14 @@ from ledgerflow.cli import (
     bench_ledger,
     bench_plot,
 )
+from ledgerflow.cli.bench_measure import repeat_summary
 from ledgerflow.workers import event_loop, gc_policy
 from ledgerflow.workers.settings import Settings
 
 console = Console()
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; results go to docs/benchmarks.md.")
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+REPEAT_MAX = 50  # runs of one `bench e2e --repeat`: ~25-90 s each
 
 
 def machine() -> dict[str, object]:
@@ -123,6 +125,14 @@ def e2e(
         help="A worker setting for this run, NAME=VALUE (LEDGERFLOW_NAME), e.g. batch_wait_ms=20; "
         "repeatable.",
     ),
+    repeat: int = typer.Option(
+        1,
+        min=1,
+        max=REPEAT_MAX,
+        help="Run the whole measurement this many times in a row on the same stack and report "
+        "each run and the median, range and values of its figures (one run's ratio spreads "
+        "by ±10 % on a shared box).",
+    ),
     as_json: JsonFlag = False,
 ) -> None:
     """Publish commands and measure publish → result-consumed throughput and latency."""
@@ -134,23 +144,50 @@ def e2e(
     # A flow other than transfers is judged against transfers measured in the same run.
     runs = [("transfer", False), (flow, False)] if flow != "transfer" else []
     runs += [] if runs else [(flow, False), (flow, True)] if compare else [(flow, naive)]
-    results = []
-    for run_flow, mode in runs:
-        n = min(transfers, 2_000) if (mode and compare) else transfers
-        results.append(
-            _run_e2e(
-                transfers=n,
-                wallets=wallets,
-                rate=rate,
-                naive=mode,
-                workers=workers,
-                auth=auth,
-                flow=run_flow,
-                partitions=partitions,
-                profile_dir=profile,
-                worker_settings=worker_settings,
+    reports: list[tuple[list[bench_e2e.E2EResult], dict[str, object]]] = []
+    for _ in range(repeat):
+        results = []
+        for run_flow, mode in runs:
+            n = min(transfers, 2_000) if (mode and compare) else transfers
+            results.append(
+                _run_e2e(
+                    transfers=n,
+                    wallets=wallets,
+                    rate=rate,
+                    naive=mode,
+                    workers=workers,
+                    auth=auth,
+                    flow=run_flow,
+                    partitions=partitions,
+                    profile_dir=profile,
+                    worker_settings=worker_settings,
+                )
             )
-        )
+        reports.append((results, _e2e_report(results, flow, compare=compare)))
+    summary = repeat_summary([out for _, out in reports])
+    if as_json:
+        if repeat == 1:
+            print(json.dumps(reports[0][1]))
+        else:
+            runs_out = [out for _, out in reports]
+            print(json.dumps({"runs": runs_out, "summary": summary, "machine": machine()}))
+        return
+    for results, out in reports:
+        _print_e2e(results, out, flow, compare=compare)
+    if repeat > 1:
+        for path, figure in summary.items():
+            console.print(
+                f"{path} over {repeat} runs: median {figure['median']}, "
+                f"min {figure['min']}, max {figure['max']}"
+            )
+    console.print(f"machine: {machine()}")
+
+
+def _e2e_report(
+    results: list[bench_e2e.E2EResult], flow: str, *, compare: bool
+) -> dict[str, object]:
+    """One measurement's JSON: the last run, with transfers (another flow) or the naive mode
+    (--compare) beside it."""
     out: dict[str, object] = results[-1].as_json() | {"machine": machine()}
     if flow != "transfer":
         out["transfer"] = results[0].as_json()
@@ -163,9 +200,12 @@ def e2e(
         out["batched_over_naive"] = round(
             results[0].throughput_per_s / results[1].throughput_per_s, 1
         )
-    if as_json:
-        print(json.dumps(out))
-        return
+    return out
+
+
+def _print_e2e(
+    results: list[bench_e2e.E2EResult], out: dict[str, object], flow: str, *, compare: bool
+) -> None:
     table = Table(
         "flow",
         "mode",
@@ -188,6 +228,8 @@ def e2e(
             f"{r.p50_ms:.0f}",
             f"{r.p95_ms:.0f}",
             f"{r.p99_ms:.0f}",
+            f"{r.batch.commands:.0f}",
+            f"{r.batch.ms:.0f}",
         )
     console.print(table)
     for r in results:
@@ -201,7 +243,6 @@ def e2e(
         )
     elif compare:
         console.print(f"batched / naive throughput: {out['batched_over_naive']}x")
-    console.print(f"machine: {machine()}")
 
 
 def _run_e2e(**options: Any) -> bench_e2e.E2EResult:

@@ -1,6 +1,6 @@
 """What the benchmarks measure besides the percentiles: latency by publish window, CPU by
-process from /proc, the run queue, and py-spy profiles of the processes under load (folded
-stacks, summarised by function)."""
+process from /proc, the run queue, py-spy profiles of the processes under load (folded
+stacks, summarised by function), and the spread of repeated runs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -17,13 +18,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping, Sequence
 
 PROFILE_RATE_HZ = 100  # py-spy samples per second: enough for shares of a few percent
 PROFILE_TOP = 25  # functions kept per profile summary
 PROFILE_STOP_TIMEOUT_S = 30.0
 WINDOW_S = 0.25  # latency windows: a few hundred commands each at 1,000/s
 WINDOW_LIMIT_MS = 100.0  # the p99 target (issue 18): windows above it are counted
+# The figures of a run report that repeated runs are summarised by (dotted paths into its JSON).
+REPEATED_FIGURES = (
+    "throughput_per_s",
+    "ratio",
+    "per_command_over_transfer",
+    "transfer.throughput_per_s",
+    "transfer.ratio",
+    "latency_ms.p99",
+    "worker_batch_locked_mean_ms",
+    "machine_busy",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,3 +203,33 @@ def summarize_folded(text: str, top: int = PROFILE_TOP) -> dict[str, object]:
         if total
         else {"samples": 0}
     )
+
+
+def _figure(report: Mapping[str, object], path: str) -> float | None:
+    value: object = report
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def repeat_summary(reports: Sequence[Mapping[str, object]]) -> dict[str, dict[str, object]]:
+    """Median, range and values of each figure that every run reported: a box shared by the
+    client, the broker and PostgreSQL spreads one run's ratio by ±10 %, so a target is judged
+    on the median of several runs in a row, not on one."""
+    summary: dict[str, dict[str, object]] = {}
+    for path in REPEATED_FIGURES:
+        values = [_figure(report, path) for report in reports]
+        present = [v for v in values if v is not None]
+        if not reports or len(present) < len(values):
+            continue
+        summary[path] = {
+            "median": round(statistics.median(present), 3),
+            "min": min(present),
+            "max": max(present),
+            "values": present,
+        }
+    return summary

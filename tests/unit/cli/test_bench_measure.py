@@ -1,9 +1,14 @@
-"""What the benchmarks report besides the percentiles: latency windows, profile summaries and
-CPU by process."""
+"""What the benchmarks report besides the percentiles: latency windows, profile summaries,
+CPU by process and the spread of repeated runs."""
 
 from __future__ import annotations
 
-from ledgerflow.cli.bench_measure import cpu_by_group, latency_windows, summarize_folded
+from ledgerflow.cli.bench_measure import (
+    cpu_by_group,
+    latency_windows,
+    repeat_summary,
+    summarize_folded,
+)
 
 FOLDED = """\
 main (app.py:10);apply (apply.py:20);decide (rules.py:30) 6
@@ -57,3 +62,41 @@ def test_latency_windows_tell_a_stall_from_a_steady_tail() -> None:
     assert windows.median_p99_ms == 40.0
     assert windows.as_json()["over_100ms"] == 1
     assert latency_windows([]) is None
+
+
+def _run(throughput: float, ratio: float | None, p99: float) -> dict[str, object]:
+    return {
+        "throughput_per_s": throughput,
+        "ratio": ratio,
+        "latency_ms": {"p50": 1.0, "p99": p99},
+        "machine_busy": 0.9,
+    }
+
+
+def test_repeated_runs_are_summarised_by_median_range_and_values() -> None:
+    runs = [
+        _run(7_600.0, 0.44, 2_100.0),
+        _run(8_500.0, 0.53, 1_900.0),
+        _run(8_100.0, 0.48, 2_000.0),
+    ]
+    summary = repeat_summary(runs)
+    assert summary["ratio"] == {
+        "median": 0.48,
+        "min": 0.44,
+        "max": 0.53,
+        "values": [0.44, 0.53, 0.48],
+    }
+    assert summary["throughput_per_s"]["median"] == 8_100.0
+    assert summary["latency_ms.p99"]["min"] == 1_900.0
+    assert summary["latency_ms.p99"]["max"] == 2_100.0
+
+
+def test_a_figure_missing_from_any_run_is_left_out_rather_than_summarised_from_fewer() -> None:
+    # A run at an offered rate has no ceiling, so no ratio; another flow's ratio sits under
+    # "transfer". Neither may pass for a median over every run.
+    runs = [_run(999.0, None, 50.0), _run(998.0, 0.5, 57.0)]
+    summary = repeat_summary(runs)
+    assert "ratio" not in summary
+    assert "transfer.ratio" not in summary
+    assert summary["latency_ms.p99"]["values"] == [50.0, 57.0]
+    assert repeat_summary([]) == {}
