@@ -1,9 +1,14 @@
 """`ledgerflow bench e2e` through real processes: the refund flow (payments to one merchant,
 then a partial refund of each) lands in the ledger, and the run reports its CPU by process and
-py-spy profiles of a worker and the relay, on the partitions it was asked for."""
+py-spy profiles of a worker and the relay, on the partitions it was asked for; and repeated
+runs summarised by their median."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -23,6 +28,8 @@ pytestmark = pytest.mark.integration
 COMMANDS = 2_000
 WARM_UP = 100
 BENCH_DATABASE = "ledgerflow_bench_e2e_batched_refund"  # the run's own, recreated each run
+TRANSFER_DATABASE = "ledgerflow_bench_e2e_batched_transfer"
+REPEAT_TIMEOUT_S = 300.0  # two small runs with their set-up and ceilings take ~30 s
 
 
 async def test_refund_flow_is_measured_with_its_cpu_and_profiles(
@@ -83,3 +90,45 @@ async def test_refund_flow_is_measured_with_its_cpu_and_profiles(
             await admin.close()
     assert row is not None
     assert (row["n"], row["halved"]) == ((COMMANDS + WARM_UP) // 2,) * 2
+
+
+async def test_repeated_runs_are_reported_each_and_summarised_by_their_median(
+    creates_databases: Any, kafka: Any
+) -> None:
+    """The command itself, as a user runs it: two whole measurements in a row on one stack,
+    each with its own ceiling, and the summary computed from exactly those runs."""
+    env = os.environ | {
+        "LEDGERFLOW_DATABASE_URL": creates_databases.app_url,
+        "LEDGERFLOW_MIGRATION_DATABASE_URL": creates_databases.owner_url,
+        "LEDGERFLOW_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+    }
+    args = ["--json", "--repeat", "2", "--transfers", "200", "--wallets", "40"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ledgerflow.cli", "bench", "e2e", *args,
+        "--workers", "1", "--partitions", "2",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), REPEAT_TIMEOUT_S)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        admin = await asyncpg.connect(creates_databases.admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{TRANSFER_DATABASE}" WITH (FORCE)')
+        finally:
+            await admin.close()
+    assert process.returncode == 0, err.decode()[-2_000:]
+    report = json.loads(out)
+    runs = report["runs"]
+    assert len(runs) == 2
+    ratios = [run["ratio"] for run in runs]
+    assert all(run["ceiling_per_s"] > 0 and run["transfers"] == 200 for run in runs)
+    assert report["summary"]["ratio"]["values"] == ratios
+    assert report["summary"]["ratio"]["min"] == min(ratios)
+    assert report["summary"]["ratio"]["max"] == max(ratios)
+    throughputs = [run["throughput_per_s"] for run in runs]
+    assert report["summary"]["throughput_per_s"]["median"] == round(sum(throughputs) / 2, 3)
+    assert report["machine"]["cores"] >= 1
