@@ -164,22 +164,21 @@ def e2e(
                 )
             )
         reports.append((results, _e2e_report(results, flow, compare=compare)))
-    summary = repeat_summary([out for _, out in reports])
+    outs = [out for _, out in reports]
+    summary = repeat_summary(outs) if repeat > 1 else {}
     if as_json:
         if repeat == 1:
-            print(json.dumps(reports[0][1]))
+            print(json.dumps(outs[0]))
         else:
-            runs_out = [out for _, out in reports]
-            print(json.dumps({"runs": runs_out, "summary": summary, "machine": machine()}))
+            print(json.dumps({"runs": outs, "summary": summary, "machine": machine()}))
         return
     for results, out in reports:
         _print_e2e(results, out, flow, compare=compare)
-    if repeat > 1:
-        for path, figure in summary.items():
-            console.print(
-                f"{path} over {repeat} runs: median {figure['median']}, "
-                f"min {figure['min']}, max {figure['max']}"
-            )
+    for path, figure in summary.items():
+        console.print(
+            f"{path} over {repeat} runs: median {figure['median']}, "
+            f"min {figure['min']}, max {figure['max']}"
+        )
     console.print(f"machine: {machine()}")
 
 

@@ -221,10 +221,12 @@ def repeat_summary(reports: Sequence[Mapping[str, object]]) -> dict[str, dict[st
     client, the broker and PostgreSQL spreads one run's ratio by ±10 %, so a target is judged
     on the median of several runs in a row, not on one."""
     summary: dict[str, dict[str, object]] = {}
+    if not reports:
+        return summary
     for path in REPEATED_FIGURES:
         values = [_figure(report, path) for report in reports]
         present = [v for v in values if v is not None]
-        if not reports or len(present) < len(values):
+        if len(present) < len(values):
             continue
         summary[path] = {
             "median": round(statistics.median(present), 3),
