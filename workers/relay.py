@@ -48,12 +48,17 @@ from ledgerflow.ledger_db.outbox import (
 )
 from ledgerflow.ledger_db.sql import OUTBOX_CHANNEL
 from ledgerflow.workers import http, metrics, tracing
-from ledgerflow.workers.kafka_io import idempotent_producer
+from ledgerflow.workers.kafka_io import (
+    PRODUCER_BATCH_BYTES_MAX,
+    idempotent_producer,
+    key_partitioner,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
     from aiokafka import AIOKafkaProducer
+    from aiokafka.producer.message_accumulator import BatchBuilder
 
     from ledgerflow.ledger_db.outbox import OutboxRow
     from ledgerflow.workers.lag import LagMonitor
@@ -116,6 +121,9 @@ RELAY_SERVER_SETTINGS = {
 }
 CONNECT_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 15.0  # client side: a server that vanished mid-query
+# A row over this (payload and key) is sent alone through the producer's `send`, which bounds a
+# record's size itself; smaller ones are batched by the relay, a quarter of a batch at most each.
+ALONE_BYTES_MIN = PRODUCER_BATCH_BYTES_MAX // 4
 
 # Retention: published rows older than the retention are deleted by the active relay, in bounded
 # statements, a few per round, one round a minute once caught up (every second while behind).
@@ -356,27 +364,13 @@ class Relay:
                 failed_keys.add(row.key)
             else:
                 to_send.append(row)
-        in_flight: dict[asyncio.Future[Any], OutboxRow] = {}
+        in_flight: dict[asyncio.Future[Any], list[OutboxRow]] = {}
         # Each event continues the trace its outbox row stored (workers/tracing.py).
         with tracing.publish_spans(to_send) as traceparents:
-            for row, traceparent in zip(to_send, traceparents, strict=True):
-                if row.key in failed_keys:
-                    continue
-                headers = [("content-type", b"application/cloudevents+json")]
-                if traceparent:
-                    headers.append(("traceparent", traceparent.encode()))
-                try:
-                    future = await producer.send(
-                        row.topic, row.payload, key=row.key, headers=headers
-                    )
-                except KafkaError as error:
-                    if not is_row_fault(error):  # e.g. the send buffer stayed full
-                        result.error = error
-                        break
-                    result.failures.append(RowFailure(row, type(error).__name__, str(error)))
-                    failed_keys.add(row.key)
-                    continue
-                in_flight[future] = row
+            try:
+                await _submit(producer, to_send, traceparents, failed_keys, in_flight, result)
+            except KafkaError as error:  # e.g. the send buffer stayed full: the rows not in
+                result.error = error  # flight wait for the next round
             await self._settle(producer, in_flight, result)
         _check_order(result)
         return result
@@ -384,7 +378,7 @@ class Relay:
     async def _settle(
         self,
         producer: AIOKafkaProducer,
-        in_flight: dict[asyncio.Future[Any], OutboxRow],
+        in_flight: dict[asyncio.Future[Any], list[OutboxRow]],
         result: SendResult,
     ) -> None:
         """Wait for the acknowledgements, up to `send_timeout_s`; meanwhile, rows whose topic
@@ -395,30 +389,32 @@ class Relay:
         while in_flight:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                _abandon(in_flight)
+                _abandon(list(in_flight))
                 result.error = result.error or KafkaTimeoutError(
                     f"{len(in_flight)} record(s) unacknowledged after {self.send_timeout_s} s"
                 )
                 break
             done, _ = await asyncio.wait(in_flight, timeout=min(ACK_CHECK_INTERVAL_S, remaining))
             for future in done:
-                row = in_flight.pop(future)
+                rows = in_flight.pop(future)
                 error = future.exception()
                 if error is None:
-                    result.published.append(row)
+                    result.published += rows
                 elif is_row_fault(error):
-                    result.failures.append(RowFailure(row, type(error).__name__, str(error)))
+                    result.failures += [
+                        RowFailure(row, type(error).__name__, str(error)) for row in rows
+                    ]
                 else:
-                    unsure.append((row, error))
+                    unsure += [(row, error) for row in rows]
             if in_flight:  # an interval passed with records still unacknowledged
                 gone = await _unavailable_topics_or_none(
-                    producer, {row.topic for row in in_flight.values()}
+                    producer, {rows[0].topic for rows in in_flight.values()}
                 )
-                for future, row in list(in_flight.items()):
-                    if row.topic in gone:
-                        _abandon({future: row})
+                for future, rows in list(in_flight.items()):
+                    if rows[0].topic in gone:  # a batch is of one partition, one topic
+                        _abandon([future])
                         del in_flight[future]
-                        result.failures.append(RowFailure(row, *gone[row.topic]))
+                        result.failures += [RowFailure(row, *gone[row.topic]) for row in rows]
         if unsure:
             # Not the row's fault, unless its topic turns out to be missing or forbidden.
             gone = await _unavailable_topics_or_none(producer, {row.topic for row, _ in unsure})
@@ -561,9 +557,83 @@ async def _unavailable_topics_or_none(
         return {}
 
 
-def _abandon(in_flight: dict[asyncio.Future[Any], OutboxRow]) -> None:
+async def _submit(
+    producer: AIOKafkaProducer,
+    rows: Sequence[OutboxRow],
+    traceparents: Sequence[str | None],
+    failed_keys: set[bytes],
+    in_flight: dict[asyncio.Future[Any], list[OutboxRow]],
+    result: SendResult,
+) -> None:
+    """Hand the rows to the producer in id order, as record batches of one partition each,
+    which the producer's own batching would make of them too (up to its batch size, in order
+    per partition): one call and one acknowledgement per batch rather than per record, ~3.5 µs
+    of the relay's CPU a row instead of ~11 (docs/benchmarks.md, fourteenth round). Each key
+    lands in the partition the default partitioner gives it (`key_partitioner`). A row too large
+    to share a batch goes alone through `send`, which checks its size as before. Raises the
+    broker's faults; a row's own fault fails its batch's rows, and their keys' later rows stay
+    out of the round."""
+    batches: dict[tuple[str, int], tuple[BatchBuilder, list[OutboxRow]]] = {}
+    partitions: dict[str, list[int]] = {}
+
+    async def submit(tp: tuple[str, int]) -> None:
+        builder, batch = batches.pop(tp)
+        builder.close()  # nothing but these rows, in this order
+        try:
+            future = await producer.send_batch(builder, tp[0], partition=tp[1])
+        except KafkaError as error:
+            if not is_row_fault(error):
+                raise
+            result.failures += [RowFailure(r, type(error).__name__, str(error)) for r in batch]
+            failed_keys.update(r.key for r in batch)
+            return
+        in_flight[future] = batch
+
+    for row, traceparent in zip(rows, traceparents, strict=True):
+        if row.key in failed_keys:
+            continue
+        headers = [("content-type", b"application/cloudevents+json")]
+        if traceparent:
+            headers.append(("traceparent", traceparent.encode()))
+        of_topic = partitions.get(row.topic)
+        if of_topic is None:
+            of_topic = partitions[row.topic] = sorted(await producer.partitions_for(row.topic))
+        tp = (row.topic, key_partitioner(row.key, of_topic, of_topic))
+        if len(row.payload) + len(row.key) > ALONE_BYTES_MIN:
+            if tp in batches:  # the rows before it in its partition go first
+                await submit(tp)
+                if row.key in failed_keys:
+                    continue
+            try:
+                future = await producer.send(row.topic, row.payload, key=row.key, headers=headers)
+            except KafkaError as error:
+                if not is_row_fault(error):
+                    raise
+                result.failures.append(RowFailure(row, type(error).__name__, str(error)))
+                failed_keys.add(row.key)
+                continue
+            in_flight[future] = [row]
+            continue
+        entry = batches.get(tp)
+        if entry is None:
+            entry = batches[tp] = (producer.create_batch(), [])
+        if entry[0].append(key=row.key, value=row.payload, timestamp=None, headers=headers) is None:
+            await submit(tp)  # full: it goes, the row starts the next one
+            if row.key in failed_keys:
+                continue
+            entry = batches[tp] = (producer.create_batch(), [])
+            appended = entry[0].append(
+                key=row.key, value=row.payload, timestamp=None, headers=headers
+            )
+            assert appended is not None, "an empty batch takes any row"
+        entry[1].append(row)
+    for tp in list(batches):
+        await submit(tp)
+
+
+def _abandon(futures: Iterable[asyncio.Future[Any]]) -> None:
     """Stop waiting for these records; their outcome is read and dropped when it comes."""
-    for future in in_flight:
+    for future in futures:
         future.add_done_callback(_retrieve)
 
 
