@@ -20,6 +20,7 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaTimeoutError
+from aiokafka.partitioner import murmur2
 from prometheus_client import REGISTRY
 
 from ledgerflow.cli.dlq_cmd import read_dead_letters
@@ -37,7 +38,7 @@ from ledgerflow.testkit.pipeline import ResultCollector, fund_wallets, publish, 
 from ledgerflow.testkit.plugin import create_topics, wait_until
 from ledgerflow.testkit.scrape import metric
 from ledgerflow.workers.kafka_io import idempotent_producer
-from ledgerflow.workers.relay import HELD_ERROR_CLASS, Relay
+from ledgerflow.workers.relay import ALONE_BYTES_MIN, HELD_ERROR_CLASS, Relay
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping, Sequence
@@ -283,6 +284,42 @@ async def test_a_broker_that_times_out_is_not_the_rows_fault(
     finally:
         await conn.close()
         await producer.stop()
+
+
+async def test_rows_go_in_batches_to_their_keys_default_partitions_in_id_order(
+    database: Any, kafka: Any, kafka_topic_prefix: str, relay_db: asyncpg.Connection
+) -> None:
+    """The relay builds the record batches itself (`send_batch`): every key still lands in the
+    partition Kafka's default partitioner gives it (murmur2, as any client would put it), its
+    rows in id order, a row too large to share a batch among them (sent alone by `send`)."""
+    bootstrap, ok = kafka.bootstrap_servers, f"{kafka_topic_prefix}ok.completed"
+    await create_topics(bootstrap, [ok], partitions=3)
+    keys = [f"wallet-{k}" for k in range(20)]
+    rows = [(ok, keys[n % len(keys)]) for n in range(300)]
+    ids = await add_rows(relay_db, rows[:150])
+    ids += await add_rows(
+        relay_db, [(ok, "large")], first=150, padded={"large": 2 * ALONE_BYTES_MIN}
+    )
+    ids += await add_rows(relay_db, [*rows[150:], (ok, "large")], first=151)
+    producer = idempotent_producer(bootstrap, "test-relay")
+    await producer.start()
+    relay = Relay(database.app_url, bootstrap, 1_000)
+    conn = await asyncpg.connect(database.app_url)
+    try:
+        assert await relay._round(conn, producer) is False
+    finally:
+        await conn.close()
+        await producer.stop()
+    assert set((await states(relay_db)).values()) == {("published", 0)}
+    records = await read_dead_letters(bootstrap, [ok], 1_000)
+    assert len(records) == len(ids)
+    by_key: dict[bytes, list[int]] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        key = record.key or b""
+        assert record.partition == (int(murmur2(key)) & 0x7FFFFFFF) % 3, key
+        by_key.setdefault(key, []).append(int(orjson.loads(record.value or b"{}")["n"]))
+    assert all(tags == sorted(tags) for tags in by_key.values())
+    assert by_key[b"large"] == [150, 301]
 
 
 # --------------------------------------------------------------------------------------------
