@@ -391,7 +391,8 @@ class Relay:
             if remaining <= 0:
                 _abandon(list(in_flight))
                 result.error = result.error or KafkaTimeoutError(
-                    f"{len(in_flight)} record(s) unacknowledged after {self.send_timeout_s} s"
+                    f"{sum(map(len, in_flight.values()))} record(s) unacknowledged after"
+                    f" {self.send_timeout_s} s"
                 )
                 break
             done, _ = await asyncio.wait(in_flight, timeout=min(ACK_CHECK_INTERVAL_S, remaining))
@@ -576,18 +577,20 @@ async def _submit(
     batches: dict[tuple[str, int], tuple[BatchBuilder, list[OutboxRow]]] = {}
     partitions: dict[str, list[int]] = {}
 
+    def refused(batch: list[OutboxRow], error: KafkaError) -> None:
+        """The producer refused these rows for a reason of theirs; a broker fault is raised."""
+        if not is_row_fault(error):
+            raise error
+        result.failures += [RowFailure(r, type(error).__name__, str(error)) for r in batch]
+        failed_keys.update(r.key for r in batch)
+
     async def submit(tp: tuple[str, int]) -> None:
         builder, batch = batches.pop(tp)
         builder.close()  # nothing but these rows, in this order
         try:
-            future = await producer.send_batch(builder, tp[0], partition=tp[1])
+            in_flight[await producer.send_batch(builder, tp[0], partition=tp[1])] = batch
         except KafkaError as error:
-            if not is_row_fault(error):
-                raise
-            result.failures += [RowFailure(r, type(error).__name__, str(error)) for r in batch]
-            failed_keys.update(r.key for r in batch)
-            return
-        in_flight[future] = batch
+            refused(batch, error)
 
     for row, traceparent in zip(rows, traceparents, strict=True):
         if row.key in failed_keys:
@@ -605,14 +608,11 @@ async def _submit(
                 if row.key in failed_keys:
                     continue
             try:
-                future = await producer.send(row.topic, row.payload, key=row.key, headers=headers)
+                in_flight[
+                    await producer.send(row.topic, row.payload, key=row.key, headers=headers)
+                ] = [row]
             except KafkaError as error:
-                if not is_row_fault(error):
-                    raise
-                result.failures.append(RowFailure(row, type(error).__name__, str(error)))
-                failed_keys.add(row.key)
-                continue
-            in_flight[future] = [row]
+                refused([row], error)
             continue
         entry = batches.get(tp)
         if entry is None:
